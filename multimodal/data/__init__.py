@@ -1,0 +1,1 @@
+"""Dataset readers that are not specific to one modality's decoder."""

@@ -1,0 +1,147 @@
+"""Byte-level BPE tokenizer (Radford et al. 2019, GPT-2; Sennrich et al. 2016, BPE) built with
+Hugging Face ``tokenizers``.
+
+Byte-level pre-tokenisation maps every UTF-8 byte to a symbol, so any Unicode string encodes
+and decodes back exactly, and there is no unknown token.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from multimodal.errors import CheckpointError
+from multimodal.registry import tokenizers
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+
+
+@tokenizers.register("byte_bpe")
+class ByteBPETokenizer:
+    """Byte-level BPE text tokenizer.
+
+    Args:
+        vocab_size: Target vocabulary size, special tokens and the 256 byte symbols included
+            (default 4096; at least 258).
+        min_frequency: A pair must occur this often to be merged (default 2).
+
+    A new tokenizer is untrained; :meth:`train` learns the merges from a corpus, and
+    :meth:`load` reads a ``tokenizer.json`` saved by :meth:`save`.
+    """
+
+    def __init__(self, *, vocab_size: int = 4096, min_frequency: int = 2):
+        if vocab_size < 258:
+            raise ValueError(f"vocab_size must be at least 258 (256 bytes + 2 specials), "
+                             f"got {vocab_size}")
+        self.target_vocab_size = vocab_size
+        self.min_frequency = min_frequency
+        self._tok = None
+        self._byte_lengths: list[int] | None = None
+
+    # -- building ---------------------------------------------------------------------------
+    def train(self, texts: Iterable[str]) -> "ByteBPETokenizer":
+        """Learn the BPE merges from ``texts``; returns ``self``."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=self.target_vocab_size,
+            min_frequency=self.min_frequency,
+            special_tokens=[EOS_TOKEN, PAD_TOKEN],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        self._tok = tok
+        self._byte_lengths = None
+        return self
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ByteBPETokenizer":
+        """Read a ``tokenizer.json``.
+
+        Raises:
+            CheckpointError: the file is missing or not a tokenizer file.
+        """
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"tokenizer file not found: {path}")
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise CheckpointError(f"{path} is not a valid tokenizer.json: {exc}") from None
+        self = cls(vocab_size=max(tok.get_vocab_size(), 258))
+        self._tok = tok
+        return self
+
+    def save(self, path: str | Path) -> None:
+        self._require_trained().save(str(path))
+
+    def _require_trained(self):
+        if self._tok is None:
+            raise RuntimeError("the tokenizer is not trained: call train() or load() first")
+        return self._tok
+
+    # -- use --------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included."""
+        return self._require_trained().get_vocab_size()
+
+    @property
+    def eos_id(self) -> int:
+        return self._require_trained().token_to_id(EOS_TOKEN)
+
+    @property
+    def pad_id(self) -> int:
+        return self._require_trained().token_to_id(PAD_TOKEN)
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of ``text`` (no special tokens added)."""
+        return self._require_trained().encode(text).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._require_trained().encode_batch(texts)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; special tokens are dropped. Bytes that do not yet form a whole
+        UTF-8 character decode to U+FFFD."""
+        return self._require_trained().decode(list(ids), skip_special_tokens=True)
+
+    def token_byte_lengths(self) -> list[int]:
+        """UTF-8 bytes each id stands for (special tokens: 1, the separator they replace);
+        used to turn a loss per token into bits per byte."""
+        if self._byte_lengths is None:
+            byte_of = {ch: b for b, ch in _bytes_to_unicode().items()}
+            tok = self._require_trained()
+            specials = {EOS_TOKEN, PAD_TOKEN}
+            lengths = [1] * tok.get_vocab_size()
+            for token, idx in tok.get_vocab().items():
+                if token not in specials:
+                    lengths[idx] = sum(1 for ch in token if ch in byte_of)
+            self._byte_lengths = lengths
+        return self._byte_lengths
+
+    def __repr__(self) -> str:
+        size = self._tok.get_vocab_size() if self._tok is not None else "untrained"
+        return f"ByteBPETokenizer(vocab_size={size})"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable-character table, the one ByteLevel pre-tokenisation uses."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+        + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+

@@ -1,0 +1,139 @@
+"""Multi-head self-attention with rotary positions and a key/value cache.
+
+Attention runs through ``torch.nn.functional.scaled_dot_product_attention``. Rotary position
+embeddings follow Su et al. 2021, "RoFormer" (https://arxiv.org/abs/2104.09864), in the
+"rotate half" layout used by LLaMA and Hugging Face ``LlamaAttention``, so weights copy across.
+
+Axes: b batch, n new tokens, m cached + new tokens, d width, h heads, k key/value heads,
+e head width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class RotaryEmbedding(nn.Module):
+    """Precomputed rotary ``cos``/``sin`` tables for positions ``[0, max_seq_len)``.
+
+    Args:
+        head_dim: Head width ``e`` (even).
+        max_seq_len: Number of positions in the table.
+        theta: Base of the frequencies (10,000 in RoFormer and LLaMA).
+    """
+
+    def __init__(self, *, head_dim: int, max_seq_len: int, theta: float = 10000.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary embeddings need an even head width, got {head_dim}")
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        freqs = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
+        freqs = torch.cat([freqs, freqs], dim=-1)  # (max_seq_len, e), "rotate half" layout
+        self.register_buffer("cos", freqs.cos().float(), persistent=False)
+        self.register_buffer("sin", freqs.sin().float(), persistent=False)
+
+    def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(cos, sin)``, each (length, e), for positions ``start .. start+length-1``."""
+        return self.cos[start : start + length], self.sin[start : start + length]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (b, h, n, e) queries or keys by (n, e) tables."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, for incremental decoding.
+
+    Args:
+        num_layers: Layers of the model.
+        batch_size: Sequences decoded together ``b``.
+        max_seq_len: Longest prompt + generation ``m``.
+        num_kv_heads: Key/value heads ``k``.
+        head_dim: Head width ``e``.
+        dtype, device: Of the cache tensors.
+
+    ``pos`` is the number of positions already written; the model advances it after each
+    forward. ``keys[i]`` and ``values[i]`` are (b, k, max_seq_len, e).
+    """
+
+    def __init__(self, *, num_layers: int, batch_size: int, max_seq_len: int,
+                 num_kv_heads: int, head_dim: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu"):
+        shape = (batch_size, num_kv_heads, max_seq_len, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.max_seq_len = max_seq_len
+        self.pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (b, k, n, e) new keys/values at ``pos``; return all (b, k, pos+n, e) so far."""
+        n = k.shape[2]
+        end = self.pos + n
+        if end > self.max_seq_len:
+            raise ValueError(f"KV cache holds {self.max_seq_len} positions; asked for {end}")
+        self.keys[layer][:, :, self.pos : end] = k
+        self.values[layer][:, :, self.pos : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention with rotary positions and grouped key/value heads.
+
+    Args:
+        dim: Width ``d``.
+        num_heads: Query heads ``h``; ``d`` must divide by it.
+        num_kv_heads: Key/value heads ``k`` (``h`` divisible by ``k``; default ``h``).
+        dropout: Attention-probability dropout while training.
+    """
+
+    def __init__(self, *, dim: int, num_heads: int, num_kv_heads: int | None = None,
+                 dropout: float = 0.0):
+        super().__init__()
+        num_kv_heads = num_kv_heads or num_heads
+        if dim % num_heads or num_heads % num_kv_heads:
+            raise ValueError(
+                f"dim ({dim}) must divide by num_heads ({num_heads}), and num_heads by "
+                f"num_kv_heads ({num_kv_heads})"
+            )
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim = dim // num_heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, (num_heads + 2 * num_kv_heads) * self.head_dim, bias=False)
+        self.proj = nn.Linear(num_heads * self.head_dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """(b, n, d) -> (b, n, d). With a cache, ``x`` holds the positions after ``kv_cache.pos``."""
+        q, k, v = self.qkv(x).split(
+            [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
+             self.num_kv_heads * self.head_dim], dim=-1)
+        q = rearrange(q, "b n (h e) -> b h n e", e=self.head_dim)
+        k = rearrange(k, "b n (k e) -> b k n e", e=self.head_dim)
+        v = rearrange(v, "b n (k e) -> b k n e", e=self.head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+        n = x.shape[1]
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.pos
+            k, v = kv_cache.update(layer, k, v)  # (b, k, m, e)
+        if self.num_kv_heads != self.num_heads:
+            k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+            v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+
+        dropout = self.dropout if self.training else 0.0
+        if past == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1, dropout_p=dropout)
+        elif n == 1:  # one new token sees every cached position
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        else:  # a chunk after a prefix: causal within the chunk, full over the prefix
+            m = past + n
+            mask = torch.ones(n, m, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return self.proj(rearrange(out, "b h n e -> b n (h e)"))

@@ -1,0 +1,243 @@
+"""Registries that name every component.
+
+One :class:`Registry` per kind of component (``backbones``, ``tokenizers``, ``decoders``,
+``schedulers``, ``datasets``, ``pipelines``, ``modalities``, ``losses``). A component registers
+itself with a decorator and a short snake_case name::
+
+    from multimodal.registry import decoders
+
+    @decoders.register("lm_head")
+    class LMHead(nn.Module): ...
+
+Configs then name it as ``type: lm_head`` inside the slot of that kind; a config can never name
+a free import path, so a YAML file cannot run arbitrary code.
+
+Built-in components live in the modules listed in ``_BUILTIN_MODULES`` and are imported on the
+first lookup, which keeps ``import multimodal`` cheap. Third-party plugins are found through the
+entry-point group ``multimodal.plugins``; each entry point names a ``register(registries)``
+function that receives the mapping ``{kind: Registry}``. A plugin that fails to import gives one
+warning naming it (or an error when ``MULTIMODAL_STRICT_PLUGINS=1``); the core keeps working.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from multimodal.errors import DuplicateRegistrationError, UnknownComponentError, did_you_mean
+
+KINDS = (
+    "backbones",
+    "tokenizers",
+    "decoders",
+    "schedulers",
+    "datasets",
+    "pipelines",
+    "modalities",
+    "losses",
+)
+
+# Modules that register the built-in components; imported on first lookup.
+_BUILTIN_MODULES = (
+    "multimodal.backbone.transformer",
+    "multimodal.modalities.text",
+    "multimodal.data.text",
+    "multimodal.pipelines.text_generation",
+)
+
+PLUGIN_GROUP = "multimodal.plugins"
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component: its name, the object, and where it was defined."""
+
+    name: str
+    obj: Any
+    owner: str  # "module:qualname", or the plugin's name for plugin components
+
+    @property
+    def summary(self) -> str:
+        doc = inspect.getdoc(self.obj) or ""
+        return doc.strip().splitlines()[0] if doc else ""
+
+
+class Registry:
+    """A name -> component mapping for one kind of component.
+
+    Args:
+        kind: The kind this registry holds, e.g. ``"decoders"``; used in error messages.
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    # -- registration -----------------------------------------------------------------------
+    def register(self, name: str, obj: Any = None, *, owner: str | None = None):
+        """Register ``obj`` under ``name``; usable as ``@registry.register("name")``.
+
+        Raises:
+            ValueError: ``name`` is not snake_case (letters, digits, ``_`` or ``-``).
+            DuplicateRegistrationError: a different object already holds ``name``; the message
+                names both owners.
+        """
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(
+                f"cannot register {name!r} in {self.kind}: names are lower-case snake_case "
+                "(letters, digits, '_' or '-', starting with a letter)"
+            )
+
+        def decorator(target: Any) -> Any:
+            where = owner or _owner_of(target)
+            existing = self._entries.get(name)
+            if existing is not None:
+                if existing.obj is target:
+                    return target
+                raise DuplicateRegistrationError(
+                    f"{self.kind} name '{name}' is already taken by {existing.owner}; "
+                    f"refusing to register {where} under the same name"
+                )
+            self._entries[name] = Entry(name, target, where)
+            return target
+
+        return decorator if obj is None else decorator(obj)
+
+    # -- lookup -----------------------------------------------------------------------------
+    def get(self, name: str) -> Any:
+        """Return the component registered as ``name``.
+
+        Raises:
+            UnknownComponentError: no such name; the message gives the closest match and the
+                registered names.
+        """
+        return self.entry(name).obj
+
+    def entry(self, name: str) -> Entry:
+        load_builtins()
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            known = sorted(self._entries)
+            raise UnknownComponentError(
+                f"unknown {self._singular} '{name}'{did_you_mean(name, known)}; "
+                f"registered {self.kind}: {', '.join(known) or '(none)'}"
+            ) from None
+
+    def names(self) -> list[str]:
+        load_builtins()
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        load_builtins()
+        return [self._entries[n] for n in sorted(self._entries)]
+
+    def __contains__(self, name: object) -> bool:
+        load_builtins()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (for tests and plugin reloading)."""
+        self._entries.pop(name, None)
+
+    @property
+    def _singular(self) -> str:
+        return self.kind[:-1] if self.kind.endswith("s") else self.kind
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {sorted(self._entries)})"
+
+
+def _owner_of(obj: Any) -> str:
+    module = getattr(obj, "__module__", "?")
+    qualname = getattr(obj, "__qualname__", type(obj).__name__)
+    return f"{module}:{qualname}"
+
+
+REGISTRIES: dict[str, Registry] = {kind: Registry(kind) for kind in KINDS}
+backbones = REGISTRIES["backbones"]
+tokenizers = REGISTRIES["tokenizers"]
+decoders = REGISTRIES["decoders"]
+schedulers = REGISTRIES["schedulers"]
+datasets = REGISTRIES["datasets"]
+pipelines = REGISTRIES["pipelines"]
+modalities = REGISTRIES["modalities"]
+losses = REGISTRIES["losses"]
+
+
+def get_registry(kind: str) -> Registry:
+    """Return the registry of ``kind`` (one of :data:`KINDS`).
+
+    Raises:
+        UnknownComponentError: ``kind`` is not a registry kind.
+    """
+    try:
+        return REGISTRIES[kind]
+    except KeyError:
+        raise UnknownComponentError(
+            f"unknown component kind '{kind}'{did_you_mean(kind, KINDS)}; "
+            f"kinds: {', '.join(KINDS)}"
+        ) from None
+
+
+# -- built-ins and plugins ------------------------------------------------------------------
+_loaded = False
+_loading = threading.RLock()
+plugin_failures: dict[str, str] = {}
+
+
+def load_builtins() -> None:
+    """Import the built-in component modules and the installed plugins, once."""
+    global _loaded
+    if _loaded:
+        return
+    with _loading:
+        if _loaded:
+            return
+        _loaded = True  # set first: the modules below call register(), which calls us back
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+        load_plugins()
+
+
+def load_plugins(entry_points: list | None = None) -> None:
+    """Call ``register(REGISTRIES)`` for every ``multimodal.plugins`` entry point.
+
+    A plugin that fails gives one warning naming it and the error, and is skipped; with the
+    environment variable ``MULTIMODAL_STRICT_PLUGINS=1`` the failure is raised instead.
+
+    Args:
+        entry_points: The entry points to load (for tests); default: the installed ones.
+    """
+    if entry_points is None:
+        from importlib.metadata import entry_points as _eps
+
+        entry_points = list(_eps(group=PLUGIN_GROUP))
+    strict = os.environ.get("MULTIMODAL_STRICT_PLUGINS", "") not in ("", "0")
+    for ep in entry_points:
+        try:
+            register: Callable = ep.load()
+            register(REGISTRIES)
+        except Exception as exc:  # a broken plugin must not break the core
+            plugin_failures[ep.name] = f"{type(exc).__name__}: {exc}"
+            if strict:
+                raise
+            warnings.warn(
+                f"multimodal plugin '{ep.name}' ({ep.value}) failed to load and is skipped: "
+                f"{type(exc).__name__}: {exc}",
+                RuntimeWarning,
+                stacklevel=2,
+            )

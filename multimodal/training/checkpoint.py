@@ -1,0 +1,317 @@
+"""Checkpoints: a directory of safetensors weights, the resolved config and the tokenizers.
+
+Layout of one checkpoint::
+
+    step_000500/
+      config.yaml              the fully resolved config: rebuilds the exact pipeline
+      model.safetensors        weights (no pickle anywhere)
+      tokenizers/text.json     each trained tokenizer
+      optimizer.safetensors    optimizer tensors (training checkpoints only)
+      trainer_state.json       step, optimizer hyper-parameters, metrics
+      meta.json                written last: format, step, checkpoint id
+
+A checkpoint is written into a temporary sibling directory and renamed into place only when
+complete, so a killed run never leaves a broken checkpoint under a real name. A run directory
+holds ``checkpoints/step_*``; wherever a checkpoint is asked for, a run directory means its
+newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from multimodal.config import dump_yaml, parse_yaml, validate_config
+from multimodal.errors import CheckpointError, ConfigError
+
+FORMAT = "multimodal-checkpoint/1"
+REQUIRED_FILES = ("config.yaml", "model.safetensors", "meta.json")
+
+
+# -- writing -----------------------------------------------------------------------------------
+def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
+                    tokenizers: dict[str, Any], step: int = 0,
+                    optimizer: torch.optim.Optimizer | None = None,
+                    trainer_state: dict | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write a checkpoint directory atomically.
+
+    Args:
+        path: The checkpoint directory to create (replaced if it exists).
+        model: Its ``state_dict`` is saved (cast to ``dtype`` when given, e.g. fp16 to ship).
+        config: The resolved config.
+        tokenizers: ``{name: tokenizer}``; each is saved with ``save(path)``.
+        step: Training step, recorded in ``meta.json``.
+        optimizer: Saved too when given, for ``--resume``.
+        trainer_state: JSON-serialisable training state.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        weights = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+                   .detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
+        (tmp / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
+        if tokenizers:
+            (tmp / "tokenizers").mkdir()
+            for name, tok in tokenizers.items():
+                tok.save(tmp / "tokenizers" / f"{name}.json")
+        if optimizer is not None:
+            tensors, groups = _flatten_optimizer(optimizer.state_dict())
+            save_file(tensors, tmp / "optimizer.safetensors")
+            state = dict(trainer_state or {}, param_groups=groups)
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        elif trainer_state is not None:
+            (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+        meta = {"format": FORMAT, "step": step,
+                "checkpoint_id": _file_digest(tmp / "model.safetensors")[:12]}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        _fsync_dir(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    for f in directory.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], list]:
+    tensors = {}
+    for idx, state in state_dict["state"].items():
+        for name, value in state.items():
+            value = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
+    return tensors, state_dict["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": groups}
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints of a run (and stale temps)."""
+    directory = Path(run_dir) / "checkpoints"
+    for stale in directory.glob(".*.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    complete = list_checkpoints(run_dir)
+    for old in complete[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# -- finding -----------------------------------------------------------------------------------
+def is_complete(path: Path) -> bool:
+    return path.is_dir() and all((path / f).is_file() for f in REQUIRED_FILES)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run directory, oldest first."""
+    directory = Path(run_dir) / "checkpoints"
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.glob("step_*") if is_complete(p)]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]) if p.name.split("_")[1].isdigit() else -1)
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """Resolve a checkpoint directory, or a run directory to its newest complete checkpoint.
+
+    Raises:
+        CheckpointError: nothing there, or only partial checkpoints (names the missing files).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a file; expected a checkpoint directory "
+                              "(holding config.yaml, model.safetensors, meta.json) or a run "
+                              "directory (holding checkpoints/step_*)")
+    if is_complete(path):
+        return path
+    found = list_checkpoints(path)
+    if found:
+        return found[-1]
+    present = {f for f in REQUIRED_FILES if (path / f).is_file()}
+    if present:
+        missing = sorted(set(REQUIRED_FILES) - present)
+        raise CheckpointError(f"checkpoint {path} is partial: missing {', '.join(missing)}")
+    raise CheckpointError(f"no checkpoint in {path}: expected config.yaml, model.safetensors "
+                          "and meta.json, or a run directory with checkpoints/step_*")
+
+
+# -- reading -----------------------------------------------------------------------------------
+@dataclass
+class LoadedCheckpoint:
+    """What :func:`load_checkpoint` returns."""
+
+    path: Path
+    config: dict
+    model: torch.nn.Module
+    tokenizers: dict[str, Any]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def checkpoint_id(self) -> str:
+        return self.meta.get("checkpoint_id", "unknown")
+
+
+def read_config(path: Path) -> dict:
+    """The validated config saved in a checkpoint.
+
+    Raises:
+        CheckpointError: unreadable, or incompatible with the registered components.
+    """
+    try:
+        config = parse_yaml((path / "config.yaml").read_text(encoding="utf-8"),
+                            str(path / "config.yaml"))
+        if not isinstance(config, dict):
+            raise ConfigError("config.yaml is not a mapping")
+        validate_config(config, source=str(path / "config.yaml"))
+    except (ConfigError, OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path} has an unusable config: {exc}") from None
+    return config
+
+
+def read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} has an unreadable meta.json: {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}; "
+                              f"this version reads {FORMAT!r}")
+    return meta
+
+
+def load_tokenizers(path: Path, config: dict) -> dict[str, Any]:
+    from multimodal.registry import tokenizers as registry
+
+    loaded = {}
+    for name, section in (config.get("tokenizers") or {}).items():
+        cls = registry.get(section["type"])
+        file = path / "tokenizers" / f"{name}.json"
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {path} is partial: missing tokenizers/{name}.json")
+        loaded[name] = cls.load(file)
+    return loaded
+
+
+def load_weights(model: torch.nn.Module, file: Path, *, strict: bool = True) -> dict[str, list]:
+    """Load safetensors weights into ``model``, cast to the model's dtypes.
+
+    Returns:
+        ``{"missing": [...], "unexpected": [...]}`` (both empty when ``strict``).
+
+    Raises:
+        CheckpointError: unreadable file; with ``strict``, missing or unexpected weights or a
+            shape mismatch, each named.
+    """
+    try:
+        weights = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read weights {file}: {exc}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    mismatched = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(expected[k].shape)}"
+                  for k in sorted(set(weights) & set(expected))
+                  if weights[k].shape != expected[k].shape]
+    problems = []
+    if mismatched:
+        problems.append("shape mismatch: " + "; ".join(mismatched[:10]))
+    if strict and missing:
+        problems.append(f"missing weights ({len(missing)}): {', '.join(missing[:10])}")
+    if strict and unexpected:
+        problems.append(f"unexpected weights ({len(unexpected)}): {', '.join(unexpected[:10])}")
+    if problems:
+        raise CheckpointError(f"weights in {file} do not fit the model built from its config: "
+                              + " | ".join(problems))
+    weights = {k: v.to(expected[k].dtype) for k, v in weights.items() if k in expected}
+    model.load_state_dict(weights, strict=False)
+    return {"missing": missing, "unexpected": unexpected}
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Rebuild the model and tokenizers saved in a checkpoint (or a run's newest one).
+
+    Raises:
+        CheckpointError: missing, partial or incompatible checkpoint (see :func:`find_checkpoint`
+            and :func:`load_weights`).
+    """
+    from multimodal.builders import build_model
+
+    path = find_checkpoint(path)
+    meta = read_meta(path)
+    config = read_config(path)
+    tokenizers = load_tokenizers(path, config)
+    try:
+        model = build_model(config, tokenizers)
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot build its model: {exc}") from None
+    load_weights(model, path / "model.safetensors")
+    model.to(device).eval()
+    return LoadedCheckpoint(path=path, config=config, model=model, tokenizers=tokenizers,
+                            meta=meta)
+
+
+def load_optimizer_state(path: Path, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore an optimizer saved by :func:`save_checkpoint`; return the trainer state.
+
+    Raises:
+        CheckpointError: the checkpoint holds no optimizer state or it does not fit.
+    """
+    file, state_file = path / "optimizer.safetensors", path / "trainer_state.json"
+    if not file.is_file() or not state_file.is_file():
+        raise CheckpointError(f"checkpoint {path} holds no optimizer state to resume from")
+    state = json.loads(state_file.read_text())
+    try:
+        optimizer.load_state_dict(_unflatten_optimizer(load_file(str(file)),
+                                                       state.pop("param_groups")))
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"optimizer state in {path} does not fit this model: {exc}") from None
+    return state

@@ -1,0 +1,366 @@
+"""One training loop for every modality.
+
+``train(config)`` builds tokenizers, data, the shared backbone and the decoders from a resolved
+config, then runs AdamW with linear warm-up and cosine decay (Loshchilov & Hutter 2017), gradient
+accumulation and clipping, optional bf16 autocast, periodic validation and atomic checkpoints.
+
+Every random draw of step ``s`` comes from generators seeded with ``(seed, s)``, and the learning
+rate is a function of ``s`` alone, so a run resumed from a checkpoint continues exactly as the
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from multimodal.errors import CheckpointError, ConfigError, DataError, TrainingError
+
+
+@dataclass
+class TrainConfig:
+    """The ``train:`` section of a config.
+
+    Attributes:
+        max_steps: Optimizer steps in all.
+        batch_size: Sequences per micro-batch, per modality.
+        seq_len: Tokens per training window (text).
+        grad_accum_steps: Micro-batches per optimizer step.
+        lr: Peak learning rate.
+        min_lr_ratio: Final learning rate as a share of ``lr`` (cosine decay).
+        warmup_steps: Linear warm-up steps.
+        weight_decay: AdamW decay on matrices (not on norms and biases).
+        betas: AdamW betas.
+        grad_clip: Clip the global gradient norm to this (0 turns clipping off).
+        precision: ``"fp32"`` or ``"bf16"`` (autocast; CPU and CUDA).
+        loss_weights: Weight of each modality's loss (default 1 each).
+        eval_every: Validate every this many steps (0: only at the end).
+        eval_batches: Validation batches per evaluation.
+        checkpoint_every: Checkpoint every this many steps (0: only at the end).
+        keep_checkpoints: Newest checkpoints kept.
+        log_every: Steps between log lines in ``log.csv``.
+        num_threads: CPU threads for torch (default: torch's choice).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    """
+
+    max_steps: int = 1000
+    batch_size: int = 32
+    seq_len: int = 128
+    grad_accum_steps: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    loss_weights: dict | None = None
+    eval_every: int = 200
+    eval_batches: int = 20
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    num_threads: int | None = None
+    device: str = "auto"
+
+    @classmethod
+    def from_config(cls, config: dict) -> "TrainConfig":
+        section = dict(config.get("train") or {})
+        if "betas" in section:
+            section["betas"] = tuple(section["betas"])
+        return cls(**section)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate at ``step``: linear warm-up to ``lr``, cosine decay to ``lr*min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but CUDA is not available; use 'cpu' or 'auto'")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device {name!r} is not a device; use 'auto', 'cpu' or 'cuda'") from None
+
+
+def autocast_for(device: torch.device, precision: str):
+    """A context-manager factory: bf16 autocast, or nothing for fp32."""
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def step_generator(seed: int, step: int, micro: int = 0, stream: int = 0) -> torch.Generator:
+    """The generator for one micro-batch: a pure function of its coordinates."""
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + step) * 1_009 + micro * 17 + stream)
+    return g
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay matrices and embeddings, not norms or biases (nanoGPT)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Trains the model of a resolved config.
+
+    Args:
+        config: The resolved, validated config (see :func:`multimodal.config.load_config`).
+        out_dir: Run directory (default ``config["out_dir"]`` or ``runs/<task>``); holds
+            ``checkpoints/step_*`` and ``log.csv``.
+        resume: Continue from the newest checkpoint in ``out_dir``.
+        progress: Show a tqdm progress bar.
+
+    Raises:
+        ConfigError, DataError, CheckpointError: on bad config, data or checkpoint.
+    """
+
+    def __init__(self, config: dict, *, out_dir: str | Path | None = None, resume: bool = False,
+                 progress: bool = True):
+        from multimodal.builders import build_datasets, build_modalities, build_model, build_tokenizers
+        from multimodal.training.checkpoint import find_checkpoint, load_tokenizers, load_weights
+
+        self.config = config
+        self.cfg = TrainConfig.from_config(config)
+        self.seed = int(config.get("seed", 0))
+        self.out_dir = Path(out_dir or config.get("out_dir") or f"runs/{config.get('task', 'run')}")
+        self.progress = progress
+        self.device = resolve_device(self.cfg.device)
+        if self.cfg.num_threads:
+            torch.set_num_threads(self.cfg.num_threads)
+        torch.manual_seed(self.seed)
+
+        resume_from = None
+        if resume:
+            try:
+                resume_from = find_checkpoint(self.out_dir)
+            except CheckpointError as exc:
+                raise CheckpointError(f"--resume: {exc}") from None
+            self._check_resumable(resume_from)
+        init_from = config.get("init_from")
+        init_path = find_checkpoint(init_from) if init_from else None
+
+        self.modalities = build_modalities(config)
+        train_sets = build_datasets(config, "train", self.modalities)
+        missing = [m for m in self.modalities if m not in train_sets]
+        if missing:
+            raise ConfigError([f"decoders.{m} has no dataset: add data.{m}: {{type: ...}}"
+                               for m in missing])
+
+        source = resume_from or init_path
+        if source is not None:
+            self.tokenizers = load_tokenizers(source, config)
+        else:
+            self.tokenizers = build_tokenizers(config)
+            if "text" in self.tokenizers:
+                self.tokenizers["text"].train(self._tokenizer_corpus(train_sets))
+
+        self.model = build_model(config, self.tokenizers).to(self.device)
+        if init_path is not None and resume_from is None:
+            load_weights(self.model, init_path / "model.safetensors")
+
+        self.train_data = {m: mod.prepare(train_sets[m], self.tokenizers, seq_len=self.cfg.seq_len)
+                           for m, mod in self.modalities.items()}
+        self.val_data = {}
+        for m, ds in build_datasets(config, "val", self.modalities).items():
+            try:
+                self.val_data[m] = self.modalities[m].prepare(ds, self.tokenizers,
+                                                              seq_len=self.cfg.seq_len)
+            except DataError:
+                pass  # too little validation data: training goes on without it
+
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.lr,
+            betas=self.cfg.betas, fused=False)
+        self.autocast = autocast_for(self.device, self.cfg.precision)
+        weights = self.cfg.loss_weights or {}
+        unknown = [k for k in weights if k not in self.modalities]
+        if unknown:
+            raise ConfigError([f"train.loss_weights.{k}: no such modality; configured: "
+                               f"{', '.join(self.modalities)}" for k in unknown])
+        self.loss_weights = {m: float(weights.get(m, 1.0)) for m in self.modalities}
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+        self.history: list[dict] = []
+        if resume_from is not None:
+            self._resume(resume_from)
+
+    # -- set-up helpers ---------------------------------------------------------------------
+    def _tokenizer_corpus(self, train_sets: dict) -> list[str]:
+        """Texts the text tokenizer learns from: the text data, plus captions/transcripts."""
+        texts: list[str] = []
+        for m, ds in train_sets.items():
+            corpus = getattr(self.modalities[m], "tokenizer_corpus", None)
+            texts += list(corpus(ds)) if corpus else [str(x) for x in ds if isinstance(x, str)]
+        if not texts:
+            raise DataError("no text to train the text tokenizer on")
+        return texts
+
+    def _check_resumable(self, path: Path) -> None:
+        from multimodal.training.checkpoint import read_config
+
+        saved = read_config(path)
+        diffs = [k for k in ("tokenizers", "backbone", "decoders", "seed")
+                 if saved.get(k) != self.config.get(k)]
+        if diffs:
+            raise CheckpointError(
+                f"--resume: the checkpoint {path} was made with a different "
+                f"{', '.join(diffs)} than this config; resume with the same model config, or "
+                "start a new run in another out_dir")
+
+    def _resume(self, path: Path) -> None:
+        from multimodal.training.checkpoint import load_optimizer_state, load_weights
+
+        load_weights(self.model, path / "model.safetensors")
+        state = load_optimizer_state(path, self.optimizer)
+        self.step = int(state["step"])
+        self.last_checkpoint = path
+
+    # -- the loop ---------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over ``grad_accum_steps`` micro-batches of every modality."""
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        torch.manual_seed(self.seed * 7919 + self.step)  # dropout and other in-model noise
+        metrics: dict[str, float] = {"lr": lr, "loss": 0.0, "tokens": 0.0}
+        for micro in range(cfg.grad_accum_steps):
+            for i, (name, modality) in enumerate(self.modalities.items()):
+                batch = modality.sample(self.train_data[name], batch_size=cfg.batch_size,
+                                        generator=step_generator(self.seed, self.step, micro, i))
+                batch = {k: v.to(self.device) if torch.is_tensor(v) else v
+                         for k, v in batch.items()}
+                with self.autocast():
+                    loss, info = modality.loss(self.model.backbone, self.model.decoders[name], batch)
+                if not torch.isfinite(loss):
+                    where = (f"the last good checkpoint is {self.last_checkpoint}"
+                             if self.last_checkpoint else "no checkpoint was written yet")
+                    raise TrainingError(
+                        f"{name} loss is {loss.item()} at step {self.step}; stopped. {where}. "
+                        "Lower train.lr, raise train.warmup_steps, or use precision fp32")
+                (self.loss_weights[name] * loss / cfg.grad_accum_steps).backward()
+                metrics[f"loss_{name}"] = metrics.get(f"loss_{name}", 0.0) + loss.item() / cfg.grad_accum_steps
+                metrics["loss"] += self.loss_weights[name] * loss.item() / cfg.grad_accum_steps
+                metrics["tokens"] += info.get("tokens", 0.0)
+        if cfg.grad_clip > 0:
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), cfg.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics of every modality with validation data, prefixed ``val_``."""
+        self.model.eval()
+        out = {}
+        for name, data in self.val_data.items():
+            result = self.modalities[name].evaluate(
+                self.model.backbone, self.model.decoders[name], data,
+                batch_size=self.cfg.batch_size, max_batches=self.cfg.eval_batches,
+                autocast=self.autocast)
+            out.update({f"val_{name}_{k}": v for k, v in result.items()})
+        return out
+
+    def save(self) -> Path:
+        from multimodal.training.checkpoint import prune_checkpoints, save_checkpoint
+
+        path = save_checkpoint(
+            self.out_dir / "checkpoints" / f"step_{self.step:06d}", model=self.model,
+            config=self.config, tokenizers=self.tokenizers, step=self.step,
+            optimizer=self.optimizer, trainer_state={"step": self.step,
+                                                     "train": asdict(self.cfg)})
+        prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints)
+        self.last_checkpoint = path
+        return path
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``max_steps``; return the final metrics and the last checkpoint path."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        log = _CsvLog(self.out_dir / "log.csv")
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.progress,
+                   desc=f"train {self.out_dir.name}", dynamic_ncols=True)
+        last: dict[str, float] = {}
+        t0, tokens = time.perf_counter(), 0.0
+        try:
+            while self.step < cfg.max_steps:
+                metrics = self.train_step()
+                tokens += metrics["tokens"]
+                elapsed = time.perf_counter() - t0
+                metrics["tokens_per_s"] = tokens / elapsed if elapsed > 0 else 0.0
+                done = self.step >= cfg.max_steps
+                if (cfg.eval_every and self.step % cfg.eval_every == 0) or done:
+                    metrics.update(self.evaluate())
+                if self.step % cfg.log_every == 0 or done or any(k.startswith("val_") for k in metrics):
+                    log.write({"step": self.step, **metrics})
+                    self.history.append({"step": self.step, **metrics})
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}",
+                                tok_s=f"{metrics['tokens_per_s']:.0f}", refresh=False)
+                if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or done:
+                    self.save()
+                last = metrics
+        finally:
+            bar.close()
+        if not last:  # already at max_steps (a finished run resumed)
+            last = self.evaluate()
+        return {"step": self.step, "checkpoint": str(self.last_checkpoint), **last}
+
+
+class _CsvLog:
+    """Appends metric rows to a CSV file, widening the header when new metrics appear."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fields: list[str] = []
+        if path.is_file():
+            with open(path, newline="") as fh:
+                self.fields = next(csv.reader(fh), [])
+
+    def write(self, row: dict) -> None:
+        new = [k for k in row if k not in self.fields]
+        if new:
+            rows = []
+            if self.path.is_file() and self.fields:
+                with open(self.path, newline="") as fh:
+                    rows = list(csv.DictReader(fh))
+            self.fields += new
+            with open(self.path, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=self.fields)
+                writer.writeheader()
+                writer.writerows(rows)
+        with open(self.path, "a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=self.fields).writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def train(config: dict, **kwargs) -> dict[str, Any]:
+    """Build a :class:`Trainer` for ``config`` and run it; see its arguments."""
+    return Trainer(config, **kwargs).fit()

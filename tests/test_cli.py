@@ -1,0 +1,103 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from multimodal.cli import main
+from multimodal.testing import tiny_config
+from multimodal.config import dump_yaml
+
+from conftest import requires_fortunes
+
+
+def run(*argv):
+    """Run the CLI in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-m", "multimodal", *argv], capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    config = root / "tiny.yaml"
+    config.write_text(dump_yaml(tiny_config(train={"max_steps": 4})))
+    out = run("train", str(config), "train.max_steps=3", "--out-dir", str(root / "run"),
+              "--no-progress")
+    assert out.returncode == 0, out.stderr
+    return root
+
+
+@requires_fortunes
+def test_train_then_generate_streams_and_writes_files(trained):
+    result = run("generate", "text-generation", "--checkpoint", str(trained / "run"),
+                 "--prompt", "The", "--max-new-tokens", "10", "--seed", "3",
+                 "--out", str(trained / "gen"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("The")
+    text = (trained / "gen" / "000.txt").read_text()
+    assert text.strip() == result.stdout.strip()
+    meta = json.loads((trained / "gen" / "000.json").read_text())
+    assert meta["seed"] == 3 and meta["prompt"] == "The" and len(meta["checkpoint_id"]) == 12
+    again = run("generate", "text-generation", "--checkpoint", str(trained / "run"),
+                "--prompt", "The", "--max-new-tokens", "10", "--seed", "3")
+    assert again.stdout == result.stdout
+
+
+@requires_fortunes
+def test_resume_of_a_finished_run(trained):
+    out = run("train", str(trained / "tiny.yaml"), "train.max_steps=3", "--out-dir",
+              str(trained / "run"), "--resume", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["step"] == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "text-gen", "--prompt", "x"], "did you mean 'text-generation'"),
+    (["generate", "text-generation", "--checkpoint", "/nonexistent"], "checkpoint not found"),
+    (["train", "/nonexistent.yaml"], "config file not found"),
+    (["list", "decoder"], "did you mean 'decoders'"),
+    (["evaluate", "text-to-nothing"], "tasks with an evaluation: text-generation"),
+])
+def test_bad_input_gives_one_message_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_config_errors_exit_2_without_traceback(tmp_path, capsys):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("  \n")
+    assert main(["train", str(empty)]) == 2
+    assert "is empty" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(dump_yaml(tiny_config()))
+    assert main(["train", str(bad), "backbone.dpth=3"]) == 2
+    assert "did you mean 'backbone.depth'" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback():
+    out = run("--debug", "train", "/nonexistent.yaml")
+    assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+def test_unwritable_output_directory(trained, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = run("generate", "text-generation", "--checkpoint", str(trained / "run"),
+              "--prompt", "a", "--max-new-tokens", "2", "--out", str(blocker))
+    assert out.returncode == 2 and "is a file" in out.stderr
+
+
+def test_list_shows_components_and_owners():
+    out = run("list")
+    assert out.returncode == 0
+    assert "transformer" in out.stdout and "multimodal.backbone.transformer" in out.stdout
+    assert "text-generation" in out.stdout
+
+
+def test_import_is_cheap():
+    code = "import sys, multimodal; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,195 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from multimodal.errors import CheckpointError, ConfigError, DataError, TrainingError
+from multimodal.pipelines import load_pipeline
+from multimodal.testing import tiny_config
+from multimodal.training.checkpoint import find_checkpoint, load_checkpoint
+from multimodal.training.trainer import Trainer, lr_at, TrainConfig, train
+
+from conftest import requires_fortunes
+
+pytestmark = requires_fortunes
+
+
+def test_tiny_config_trains_and_loss_falls(tmp_path):
+    trainer = Trainer(tiny_config(train={"max_steps": 30, "eval_every": 0}), out_dir=tmp_path,
+                      progress=False)
+    first = trainer.train_step()["loss"]
+    result = trainer.fit()
+    assert result["loss"] < first - 1.0
+    assert result["val_text_bpb"] > 0
+    assert (tmp_path / "log.csv").is_file()
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    trainer = Trainer(tiny_config(), out_dir=tmp_path, progress=False)
+    trainer.fit()
+    loaded = load_checkpoint(tmp_path)  # a run directory means its newest checkpoint
+    assert loaded.path.name == "step_000008"
+    ids = torch.randint(0, loaded.model.backbone.vocab_size, (2, 16))
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = trainer.model.decoders["text"](trainer.model.backbone(ids))
+        got = loaded.model.decoders["text"](loaded.model.backbone(ids))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    text = "A banker is a fellow"
+    assert loaded.tokenizers["text"].encode(text) == trainer.tokenizers["text"].encode(text)
+    saved = (loaded.path / "config.yaml").read_text()
+    assert "byte_bpe" in saved and "max_steps: 8" in saved
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    config = tiny_config(train={"max_steps": 8, "checkpoint_every": 4})
+    full = Trainer(config, out_dir=tmp_path / "full", progress=False)
+    full.fit()
+
+    # A run killed at step 6, after its checkpoint at step 4: steps 5 and 6 are lost.
+    interrupted = Trainer(config, out_dir=tmp_path / "part", progress=False)
+    for _ in range(4):
+        interrupted.train_step()
+    interrupted.save()
+    for _ in range(2):
+        interrupted.train_step()
+    del interrupted
+    resumed = Trainer(config, out_dir=tmp_path / "part", resume=True, progress=False)
+    assert resumed.step == 4
+    resumed.fit()
+    a = load_file(find_checkpoint(tmp_path / "full") / "model.safetensors")
+    b = load_file(find_checkpoint(tmp_path / "part") / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    train(tiny_config(train={"max_steps": 2}), out_dir=tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="different backbone"):
+        Trainer(tiny_config(backbone={"depth": 3}), out_dir=tmp_path, resume=True,
+                progress=False)
+
+
+def test_resume_without_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="--resume"):
+        Trainer(tiny_config(), out_dir=tmp_path / "empty", resume=True, progress=False)
+
+
+def test_partial_and_missing_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nothing")
+    train(tiny_config(train={"max_steps": 2}), out_dir=tmp_path / "run", progress=False)
+    ckpt = find_checkpoint(tmp_path / "run")
+    partial = tmp_path / "partial"
+    shutil.copytree(ckpt, partial)
+    (partial / "meta.json").unlink()
+    with pytest.raises(CheckpointError, match="partial: missing meta.json"):
+        load_checkpoint(partial)
+    # A crashed save leaves only a temporary directory, which is ignored.
+    shutil.copytree(ckpt, ckpt.parent / ".step_000009.tmp-123")
+    assert find_checkpoint(tmp_path / "run") == ckpt
+
+
+def test_checkpoint_from_an_incompatible_config(tmp_path):
+    train(tiny_config(train={"max_steps": 2}), out_dir=tmp_path, progress=False)
+    ckpt = find_checkpoint(tmp_path)
+    config = (ckpt / "config.yaml").read_text().replace("depth: 2", "depth: 3")
+    (ckpt / "config.yaml").write_text(config)
+    with pytest.raises(CheckpointError, match="missing weights.*blocks.2"):
+        load_checkpoint(ckpt)
+    (ckpt / "config.yaml").write_text(config.replace("type: lm_head", "type: nothing"))
+    with pytest.raises(CheckpointError, match="unusable config"):
+        load_checkpoint(ckpt)
+
+
+def test_corrupt_weights_file(tmp_path):
+    train(tiny_config(train={"max_steps": 2}), out_dir=tmp_path, progress=False)
+    ckpt = find_checkpoint(tmp_path)
+    (ckpt / "model.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(CheckpointError, match="cannot read weights"):
+        load_checkpoint(ckpt)
+
+
+def test_nan_loss_stops_with_last_checkpoint(tmp_path):
+    trainer = Trainer(tiny_config(train={"max_steps": 6, "checkpoint_every": 2}),
+                      out_dir=tmp_path, progress=False)
+    for _ in range(2):
+        trainer.train_step()
+    trainer.save()
+    with torch.no_grad():
+        trainer.model.backbone.norm.weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="step_000002"):
+        trainer.fit()
+
+
+def test_missing_dataset_for_decoder(tmp_path):
+    config = tiny_config()
+    del config["data"]
+    with pytest.raises(ConfigError, match="decoders.text has no dataset"):
+        Trainer(config, out_dir=tmp_path, progress=False)
+
+
+def test_non_utf8_text_files(tmp_path):
+    (tmp_path / "a.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    config = tiny_config(data={"text": {"type": "text_files", "paths": str(tmp_path / "*.txt")}})
+    with pytest.raises(DataError, match="not UTF-8.*offset 3"):
+        Trainer(config, out_dir=tmp_path / "run", progress=False)
+
+
+def test_text_files_with_no_match(tmp_path):
+    config = tiny_config(data={"text": {"type": "text_files", "paths": str(tmp_path / "*.md")}})
+    with pytest.raises(DataError, match="no text files match"):
+        Trainer(config, out_dir=tmp_path / "run", progress=False)
+
+
+def test_fortunes_split_is_deterministic_and_disjoint():
+    from multimodal.data.text import FortunesDataset
+
+    train_docs = FortunesDataset(split="train", files=["literature", "fortunes"])
+    val_docs = FortunesDataset(split="val", files=["literature", "fortunes"])
+    again = FortunesDataset(split="val", files=["literature", "fortunes"])
+    assert list(val_docs) == list(again)
+    assert not set(train_docs) & set(val_docs)
+    assert 0 < len(val_docs) < 0.15 * len(train_docs)
+    assert all("\n%\n" not in doc for doc in train_docs)
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(100, cfg) == pytest.approx(0.1)
+    assert lr_at(55, cfg) == pytest.approx(0.55)
+
+
+def test_generation_pipeline_is_seeded_and_validates_input(tmp_path):
+    train(tiny_config(train={"max_steps": 2}), out_dir=tmp_path, progress=False)
+    pipe = load_pipeline("text-generation", tmp_path)
+    a = pipe("The", max_new_tokens=12, seed=5, num_samples=2, stop_at_eos=False)
+    b = pipe("The", max_new_tokens=12, seed=5, num_samples=2, stop_at_eos=False)
+    assert a.texts == b.texts and len(a.token_ids[0]) == 12
+    greedy = pipe("The", max_new_tokens=8, do_sample=False, stop_at_eos=False)
+    assert len(greedy.token_ids[0]) == 8
+    from multimodal.errors import InputError
+
+    for kwargs in ({"max_new_tokens": 0}, {"max_new_tokens": 10_000}, {"num_samples": 0},
+                   {"temperature": 0.0}, {"top_p": 1.5}, {"top_k": 0}):
+        with pytest.raises(InputError):
+            pipe("The", **kwargs)
+    with pytest.raises(InputError, match="must be a string"):
+        pipe(None)
+    with pytest.warns(UserWarning, match="keeping the last"):
+        out = pipe("word " * 200, max_new_tokens=4)
+    assert len(out.token_ids[0]) <= 4
+
+
+def test_streamer_prints_what_is_returned(tmp_path):
+    from multimodal.pipelines.text_generation import TextStreamer
+
+    train(tiny_config(train={"max_steps": 2}), out_dir=tmp_path, progress=False)
+    pipe = load_pipeline("text-generation", tmp_path)
+    pieces = []
+    out = pipe("A", max_new_tokens=20, seed=1, streamer=TextStreamer(pipe.tokenizer, pieces.append))
+    assert "".join(pieces) == out.texts[0]
