@@ -16,6 +16,31 @@ from typing import Any, Iterator, Protocol
 import torch
 
 
+class Tokenizer(Protocol):
+    """What the trainer and checkpoints need from a tokenizer (media <-> ids or latents).
+
+    Attributes:
+        fit_on: ``"text"``: fitted on the texts of every modality (captions, transcripts and
+            documents, from each modality's ``text_corpus``); or a modality name: fitted on
+            that modality's training dataset (an image VAE on images).
+    """
+
+    fit_on: str
+
+    @property
+    def is_trained(self) -> bool: ...
+
+    def fit(self, data: Any, *, seed: int = 0, device: Any = "cpu", progress: bool = True) -> Any:
+        """Learn from ``data`` (see ``fit_on``); runs before the backbone trains."""
+
+    def save(self, directory: Any) -> None:
+        """Write everything needed to rebuild it into an existing ``directory``."""
+
+    @classmethod
+    def load(cls, directory: Any, **config: Any) -> "Tokenizer":
+        """Rebuild from ``directory``; ``config`` is its config section (without ``type``)."""
+
+
 class Modality(Protocol):
     """What the trainer needs from a modality.
 
@@ -33,6 +58,9 @@ class Modality(Protocol):
 
     def eval_batches(self, prepared: Any, *, batch_size: int, max_batches: int) -> Iterator[dict]:
         """A fixed, deterministic sequence of validation batches."""
+
+    def text_corpus(self, dataset: Any) -> Iterator[str]:
+        """The texts in ``dataset`` (documents, captions, transcripts) for the text tokenizer."""
 
     def loss(self, backbone: torch.nn.Module, decoder: torch.nn.Module, batch: dict
              ) -> tuple[torch.Tensor, dict[str, float]]:

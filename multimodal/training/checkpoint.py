@@ -5,7 +5,7 @@ Layout of one checkpoint::
     step_000500/
       config.yaml              the fully resolved config: rebuilds the exact pipeline
       model.safetensors        weights (no pickle anywhere)
-      tokenizers/text.json     each trained tokenizer
+      tokenizers/<name>/       each trained tokenizer (text: tokenizer.json)
       optimizer.safetensors    optimizer tensors (training checkpoints only)
       trainer_state.json       step, optimizer hyper-parameters, metrics
       meta.json                written last: format, step, checkpoint id
@@ -49,7 +49,7 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
         path: The checkpoint directory to create (replaced if it exists).
         model: Its ``state_dict`` is saved (cast to ``dtype`` when given, e.g. fp16 to ship).
         config: The resolved config.
-        tokenizers: ``{name: tokenizer}``; each is saved with ``save(path)``.
+        tokenizers: ``{name: tokenizer}``; each is saved with ``save(directory)``.
         step: Training step, recorded in ``meta.json``.
         optimizer: Saved too when given, for ``--resume``.
         trainer_state: JSON-serialisable training state.
@@ -68,7 +68,8 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
         if tokenizers:
             (tmp / "tokenizers").mkdir()
             for name, tok in tokenizers.items():
-                tok.save(tmp / "tokenizers" / f"{name}.json")
+                (tmp / "tokenizers" / name).mkdir()
+                tok.save(tmp / "tokenizers" / name)
         if optimizer is not None:
             tensors, groups = _flatten_optimizer(optimizer.state_dict())
             save_file(tensors, tmp / "optimizer.safetensors")
@@ -234,10 +235,11 @@ def load_tokenizers(path: Path, config: dict) -> dict[str, Any]:
     loaded = {}
     for name, section in (config.get("tokenizers") or {}).items():
         cls = registry.get(section["type"])
-        file = path / "tokenizers" / f"{name}.json"
-        if not file.is_file():
-            raise CheckpointError(f"checkpoint {path} is partial: missing tokenizers/{name}.json")
-        loaded[name] = cls.load(file)
+        directory = path / "tokenizers" / name
+        if not directory.is_dir():
+            raise CheckpointError(f"checkpoint {path} is partial: missing tokenizers/{name}/")
+        kwargs = {k: v for k, v in section.items() if k != "type"}
+        loaded[name] = cls.load(directory, **kwargs)
     return loaded
 
 
@@ -315,3 +317,15 @@ def load_optimizer_state(path: Path, optimizer: torch.optim.Optimizer) -> dict:
     except (ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"optimizer state in {path} does not fit this model: {exc}") from None
     return state
+
+
+def export_checkpoint(source: str | Path, destination: str | Path, *,
+                      dtype: torch.dtype | None = torch.float16) -> Path:
+    """Copy a checkpoint for shipping: weights only (no optimizer state), cast to ``dtype``.
+
+    Weights are cast back to the model's dtype (fp32) when loaded.
+    """
+    loaded = load_checkpoint(source)
+    return save_checkpoint(destination, model=loaded.model, config=loaded.config,
+                           tokenizers=loaded.tokenizers, step=loaded.meta.get("step", 0),
+                           dtype=dtype)

@@ -48,6 +48,8 @@ class TrainConfig:
         log_every: Steps between log lines in ``log.csv``.
         num_threads: CPU threads for torch (default: torch's choice).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        compile: Compile the backbone with ``torch.compile`` (inductor). Measured on 2 CPU
+            cores for ``text_fortunes``: 1.06x faster steps after a ~25 s compile.
     """
 
     max_steps: int = 1000
@@ -69,6 +71,7 @@ class TrainConfig:
     log_every: int = 10
     num_threads: int | None = None
     device: str = "auto"
+    compile: bool = False
 
     @classmethod
     def from_config(cls, config: dict) -> "TrainConfig":
@@ -174,13 +177,14 @@ class Trainer:
             self.tokenizers = load_tokenizers(source, config)
         else:
             self.tokenizers = build_tokenizers(config)
-            if "text" in self.tokenizers:
-                self.tokenizers["text"].train(self._tokenizer_corpus(train_sets))
+            self._fit_tokenizers(train_sets)
 
         self.model = build_model(config, self.tokenizers).to(self.device)
         if init_path is not None and resume_from is None:
             load_weights(self.model, init_path / "model.safetensors")
 
+        if self.cfg.compile:
+            self.model.backbone.compile(dynamic=False)  # in place: state_dict keys unchanged
         self.train_data = {m: mod.prepare(train_sets[m], self.tokenizers, seq_len=self.cfg.seq_len)
                            for m, mod in self.modalities.items()}
         self.val_data = {}
@@ -193,7 +197,7 @@ class Trainer:
 
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.lr,
-            betas=self.cfg.betas, fused=False)
+            betas=self.cfg.betas)
         self.autocast = autocast_for(self.device, self.cfg.precision)
         weights = self.cfg.loss_weights or {}
         unknown = [k for k in weights if k not in self.modalities]
@@ -208,15 +212,22 @@ class Trainer:
             self._resume(resume_from)
 
     # -- set-up helpers ---------------------------------------------------------------------
-    def _tokenizer_corpus(self, train_sets: dict) -> list[str]:
-        """Texts the text tokenizer learns from: the text data, plus captions/transcripts."""
-        texts: list[str] = []
-        for m, ds in train_sets.items():
-            corpus = getattr(self.modalities[m], "tokenizer_corpus", None)
-            texts += list(corpus(ds)) if corpus else [str(x) for x in ds if isinstance(x, str)]
-        if not texts:
-            raise DataError("no text to train the text tokenizer on")
-        return texts
+    def _fit_tokenizers(self, train_sets: dict) -> None:
+        """Fit each untrained tokenizer, before the backbone trains (stage one)."""
+        for name, tok in self.tokenizers.items():
+            if tok.is_trained:
+                continue
+            if tok.fit_on == "text":
+                data: Any = [t for m, ds in train_sets.items()
+                             for t in self.modalities[m].text_corpus(ds)]
+                if not data:
+                    raise DataError(f"tokenizers.{name}: no text to fit the text tokenizer on")
+            elif tok.fit_on in train_sets:
+                data = train_sets[tok.fit_on]
+            else:
+                raise ConfigError(f"tokenizers.{name} learns from data.{tok.fit_on}, which the "
+                                  f"config does not have")
+            tok.fit(data, seed=self.seed, device=self.device, progress=self.progress)
 
     def _check_resumable(self, path: Path) -> None:
         from multimodal.training.checkpoint import read_config

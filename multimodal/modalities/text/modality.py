@@ -59,6 +59,9 @@ class TextModality:
             token_bytes=torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.float64),
         )
 
+    def text_corpus(self, dataset: Sequence[str]) -> Iterator[str]:
+        return iter(dataset)
+
     def sample(self, stream: TokenStream, *, batch_size: int,
                generator: torch.Generator) -> dict:
         """Random windows: ``{"input_ids": (b, n + 1)}``."""

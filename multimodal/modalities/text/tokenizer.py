@@ -27,8 +27,10 @@ class ByteBPETokenizer:
         min_frequency: A pair must occur this often to be merged (default 2).
 
     A new tokenizer is untrained; :meth:`train` learns the merges from a corpus, and
-    :meth:`load` reads a ``tokenizer.json`` saved by :meth:`save`.
+    :meth:`load` reads the ``tokenizer.json`` that :meth:`save` writes into a directory.
     """
+
+    fit_on = "text"  # the trainer fits it on the texts of every modality (see Tokenizer)
 
     def __init__(self, *, vocab_size: int = 4096, min_frequency: int = 2):
         if vocab_size < 258:
@@ -59,9 +61,17 @@ class ByteBPETokenizer:
         self._byte_lengths = None
         return self
 
+    @property
+    def is_trained(self) -> bool:
+        return self._tok is not None
+
+    def fit(self, texts: Iterable[str], **_: object) -> "ByteBPETokenizer":
+        """The trainer's entry point: :meth:`train` on ``texts``."""
+        return self.train(texts)
+
     @classmethod
-    def load(cls, path: str | Path) -> "ByteBPETokenizer":
-        """Read a ``tokenizer.json``.
+    def load(cls, path: str | Path, **_: object) -> "ByteBPETokenizer":
+        """Read ``tokenizer.json`` (``path`` is the file or the directory holding it).
 
         Raises:
             CheckpointError: the file is missing or not a tokenizer file.
@@ -69,6 +79,8 @@ class ByteBPETokenizer:
         from tokenizers import Tokenizer
 
         path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
         if not path.is_file():
             raise CheckpointError(f"tokenizer file not found: {path}")
         try:
@@ -80,7 +92,10 @@ class ByteBPETokenizer:
         return self
 
     def save(self, path: str | Path) -> None:
-        self._require_trained().save(str(path))
+        """Write ``tokenizer.json`` into the directory ``path`` (or to ``path`` if it is a
+        ``.json`` file name)."""
+        path = Path(path)
+        self._require_trained().save(str(path if path.suffix == ".json" else path / "tokenizer.json"))
 
     def _require_trained(self):
         if self._tok is None:
