@@ -23,7 +23,7 @@ def run_demo(out_dir: str | Path, *, checkpoint=None, seed: int = 0) -> Iterator
     from multimodal.pipelines.text_generation import TextGenerationPipeline
 
     out = prepare_out_dir(out_dir)
-    path = checkpoint or default_checkpoint()
+    path = checkpoint or default_checkpoint("text-generation")
 
     start = time.perf_counter()
     pipe = TextGenerationPipeline.from_checkpoint(path)

@@ -27,11 +27,20 @@ def prepare_out_dir(out_dir: str | Path) -> Path:
     return out
 
 
+def default_mode(directory: bool = False) -> int:
+    """The permission bits a plain ``open``/``mkdir`` would give under the current umask
+    (``mkstemp``/``mkdtemp`` create private 0600/0700 files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary sibling and a rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, default_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

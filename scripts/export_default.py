@@ -1,6 +1,6 @@
-"""Make a trained checkpoint the embedded default (``multimodal/assets/default``).
+"""Make a trained checkpoint an embedded default (``multimodal/assets/<name>``).
 
-    .venv/bin/python scripts/export_default.py runs/text_fortunes
+    .venv/bin/python scripts/export_default.py runs/text_fortunes text-generation
 
 Weights are stored in fp16 (cast back to fp32 on load) without optimizer state. Replace the
 default only with a checkpoint whose judged quality is better (see `multimodal evaluate`), so
@@ -11,14 +11,15 @@ import argparse
 
 import torch
 
-from multimodal.pipelines import DEFAULT_CHECKPOINT
+from multimodal.pipelines import ASSETS
 from multimodal.training.checkpoint import export_checkpoint
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("checkpoint", help="checkpoint or run directory")
+parser.add_argument("name", help="asset name, e.g. text-generation or text-to-image")
 parser.add_argument("--fp32", action="store_true", help="keep fp32 weights")
 args = parser.parse_args()
-path = export_checkpoint(args.checkpoint, DEFAULT_CHECKPOINT,
+path = export_checkpoint(args.checkpoint, ASSETS / args.name,
                          dtype=None if args.fp32 else torch.float16)
 size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 print(f"exported {args.checkpoint} -> {path} ({size / 1e6:.1f} MB)")

@@ -7,24 +7,29 @@ from typing import Any
 
 from multimodal.errors import CheckpointError, UnknownComponentError, did_you_mean
 
-# The checkpoint used when none is given: shipped inside the package.
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "default"
+# Checkpoints used when none is given, shipped inside the package: one per model family
+# (``assets/<name>``), named by each pipeline's ``default_checkpoint_name``.
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
-def default_checkpoint() -> Path:
-    """The embedded default checkpoint.
+def default_checkpoint(task: str = "text-generation") -> Path:
+    """The embedded default checkpoint of ``task``.
 
     Raises:
+        UnknownComponentError: unknown task.
         CheckpointError: it is not there (a source checkout without the asset).
     """
+    from multimodal.registry import pipelines
     from multimodal.training.checkpoint import is_complete
 
-    if not is_complete(DEFAULT_CHECKPOINT):
+    cls = pipelines.get(task)
+    name = getattr(cls, "default_checkpoint_name", task)
+    path = ASSETS / name
+    if not is_complete(path):
         raise CheckpointError(
-            f"the embedded default checkpoint is missing ({DEFAULT_CHECKPOINT}); pass "
-            "checkpoint=... (CLI: --checkpoint DIR), or train one: "
-            "multimodal train configs/text_fortunes.yaml")
-    return DEFAULT_CHECKPOINT
+            f"the embedded default checkpoint of {task} is missing ({path}); pass "
+            "checkpoint=... (CLI: --checkpoint DIR), or train one from configs/")
+    return path
 
 
 def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
@@ -54,5 +59,5 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
         raise UnknownComponentError(
             f"unknown task '{task}'{did_you_mean(task, known)}; known tasks: {', '.join(known)}"
         ) from None
-    path = default_checkpoint() if checkpoint is None else checkpoint
+    path = default_checkpoint(task) if checkpoint is None else checkpoint
     return cls.from_checkpoint(path, device=device, **kwargs)

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from multimodal.config import dump_yaml, parse_yaml, validate_config
 from multimodal.errors import CheckpointError, ConfigError
+from multimodal.io import default_mode
 
 FORMAT = "multimodal-checkpoint/1"
 REQUIRED_FILES = ("config.yaml", "model.safetensors", "meta.json")
@@ -61,6 +62,7 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        os.chmod(tmp, default_mode(directory=True))
         weights = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
                    .detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
@@ -80,6 +82,8 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
         meta = {"format": FORMAT, "step": step,
                 "checkpoint_id": _file_digest(tmp / "model.safetensors")[:12]}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        for f in tmp.rglob("*"):  # safetensors writes 0600 files; give the usual permissions
+            os.chmod(f, default_mode(directory=f.is_dir()))
         _fsync_dir(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -1,0 +1,34 @@
+"""Smoke tests: each example script runs as a user would run it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from multimodal.testing import tiny_config
+from multimodal.training.trainer import train
+
+from conftest import requires_fortunes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_example(name, *args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+@requires_fortunes
+def test_text_generation_example(tmp_path):
+    train(tiny_config(train={"max_steps": 2}), out_dir=tmp_path, progress=False)
+    out = run_example("text_generation.py", "Once", "--checkpoint", str(tmp_path),
+                      "--max-new-tokens", "8")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Once") and "sample 2:" in out.stdout
+
+
+@requires_fortunes
+def test_train_text_example(tmp_path):
+    out = run_example("train_text.py", "--steps", "3", "--out-dir", str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr
+    assert "bits per byte" in out.stdout
+    assert (tmp_path / "run" / "checkpoints" / "step_000003" / "model.safetensors").is_file()
