@@ -49,6 +49,9 @@ _BUILTIN_MODULES = (
     "multimodal.modalities.text",
     "multimodal.data.text",
     "multimodal.pipelines.text_generation",
+    "multimodal.modalities.image",
+    "multimodal.data.images",
+    "multimodal.pipelines.text_to_image",
 )
 
 PLUGIN_GROUP = "multimodal.plugins"

@@ -23,15 +23,28 @@ _FALLBACK_CORPUS = [
 
 TINY: dict[str, dict[str, dict[str, Any]]] = {
     "backbones": {"transformer": {"dim": 32, "depth": 2, "num_heads": 4, "max_seq_len": 64}},
-    "tokenizers": {"byte_bpe": {"vocab_size": 300}},
-    "decoders": {"lm_head": {}},
+    "tokenizers": {
+        "byte_bpe": {"vocab_size": 300},
+        "image_vae": {"block_out_channels": [8, 16, 16], "norm_num_groups": 8, "fit_steps": 4,
+                      "batch_size": 8},
+    },
+    "decoders": {
+        "lm_head": {},
+        "latent_unet": {"block_out_channels": [16, 32], "norm_num_groups": 8,
+                        "num_attention_heads": 2},
+        "latent_dit": {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 8},
+    },
     "datasets": {
         "fortunes": {"files": ["literature"]},
         "text_files": {"paths": "__TEXT_FILES__"},  # replaced by a temporary file in tests
+        "fashion_mnist": {"max_items": 256},
+        "image_folder": {"path": "__IMAGE_LIST__"},  # replaced by a temporary JSONL in tests
     },
-    "pipelines": {"text-generation": {}},
-    "modalities": {"text": {}},
-    "schedulers": {},
+    "pipelines": {"text-generation": {}, "text-to-image": {}, "image-to-image": {},
+                  "inpainting": {}},
+    "modalities": {"text": {}, "image": {}},
+    "schedulers": {name: {"num_train_timesteps": 100}
+                   for name in ("ddpm", "ddim", "dpm_solver_multistep", "euler")},
     "losses": {},
 }
 
@@ -81,3 +94,96 @@ def tiny_pipeline(task: str, tmp_path) -> Any:
 
     result = train(tiny_config(train={"max_steps": 2}), out_dir=tmp_path, progress=False)
     return load_pipeline(task, result["checkpoint"])
+
+
+def tiny_image_config(**sections: Any) -> dict:
+    """A resolved config of a toy text-to-image model on 256 Fashion-MNIST images (a few
+    seconds for a few steps on CPU; needs the Debian package ``dataset-fashion-mnist``).
+
+    Keyword arguments replace or deep-merge into whole sections, as for :func:`tiny_config`.
+    """
+    from multimodal.config import merge
+
+    config = {
+        "task": "text-to-image",
+        "seed": 0,
+        "tokenizers": {"text": {"type": "byte_bpe", "vocab_size": 300},
+                       "image": {"type": "image_vae", **TINY["tokenizers"]["image_vae"]}},
+        "backbone": {"type": "transformer", **TINY["backbones"]["transformer"]},
+        "decoders": {"image": {"type": "latent_unet", **TINY["decoders"]["latent_unet"]}},
+        "data": {"image": {"type": "fashion_mnist", **TINY["datasets"]["fashion_mnist"]}},
+        "train": {"max_steps": 8, "batch_size": 16, "seq_len": 32, "warmup_steps": 2,
+                  "lr": 3e-3, "eval_every": 4, "eval_batches": 2, "checkpoint_every": 4,
+                  "log_every": 1, "keep_checkpoints": 3},
+    }
+    return merge(config, copy.deepcopy(sections))
+
+
+def tiny_image_pipeline(task: str = "text-to-image", denoiser: str = "latent_unet",
+                        **denoiser_overrides):
+    """An untrained image pipeline of tiny components, built in milliseconds (no data)."""
+    from multimodal.modalities.image.vae import ImageVAETokenizer
+    from multimodal.registry import decoders, pipelines
+
+    backbone = tiny_backbone().eval()
+    kwargs = dict(TINY["decoders"][denoiser], **denoiser_overrides)
+    model = decoders.get(denoiser)(backbone=backbone, **kwargs).eval()
+    vae_kwargs = {k: v for k, v in TINY["tokenizers"]["image_vae"].items()}
+    vae = ImageVAETokenizer(**vae_kwargs)
+    return pipelines.get(task)(backbone=backbone, denoiser=model, vae=vae,
+                               tokenizer=tiny_tokenizer(), checkpoint_id="tiny")
+
+
+def tiny_image_folder(directory, *, count: int = 40, fmt: str = "jsonl", size: int = 28) -> str:
+    """Write ``count`` small grayscale PNGs (two kinds: bars and blobs) with captions and their
+    list file (``images.jsonl`` or ``images.csv``) into ``directory``; return the list path."""
+    import csv
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    directory = Path(directory)
+    (directory / "img").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(count):
+        pixels = np.zeros((size, size), np.uint8)
+        if i % 2:
+            pixels[:, size // 3 : 2 * size // 3] = 200 + rng.integers(0, 50)
+            caption, label = "a vertical bar", 1
+        else:
+            pixels[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 150 + rng.integers(0, 100)
+            caption, label = "a square blob", 0
+        Image.fromarray(pixels).save(directory / "img" / f"{i:03d}.png")
+        records.append({"image": f"img/{i:03d}.png", "caption": caption, "label": label})
+    if fmt == "csv":
+        path = directory / "images.csv"
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["image", "caption", "label"])
+            writer.writeheader()
+            writer.writerows(records)
+    else:
+        path = directory / "images.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def tiny_image_checkpoint(path, denoiser: str = "latent_unet"):
+    """Save a checkpoint of tiny, barely trained image components (no dataset needed): a VAE
+    fitted for a few steps on random images, an untrained backbone and denoiser. Returns the
+    checkpoint directory."""
+    import torch
+
+    from multimodal.model import MultimodalModel
+    from multimodal.training.checkpoint import save_checkpoint
+
+    pipe = tiny_image_pipeline(denoiser=denoiser)
+    generator = torch.Generator().manual_seed(0)
+    images = [{"image": torch.rand(1, 32, 32, generator=generator) * 2 - 1} for _ in range(16)]
+    pipe.vae.fit(images, progress=False)
+    config = tiny_image_config(decoders={"image": {"type": denoiser, **TINY["decoders"][denoiser]}})
+    model = MultimodalModel(backbone=pipe.backbone, decoders={"image": pipe.denoiser})
+    return save_checkpoint(path, model=model, config=config,
+                           tokenizers={"text": pipe.tokenizer, "image": pipe.vae})

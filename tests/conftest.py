@@ -9,6 +9,12 @@ FORTUNES = Path("/usr/share/games/fortunes")
 requires_fortunes = pytest.mark.skipif(
     not (FORTUNES / "literature").is_file(), reason="Debian package 'fortunes' not installed")
 
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+requires_fashion_mnist = pytest.mark.skipif(
+    not (FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="Debian package 'dataset-fashion-mnist' not installed")
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():

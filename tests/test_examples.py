@@ -32,3 +32,14 @@ def test_train_text_example(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "bits per byte" in out.stdout
     assert (tmp_path / "run" / "checkpoints" / "step_000003" / "model.safetensors").is_file()
+
+
+def test_text_to_image_example(tmp_path):
+    from multimodal.testing import tiny_image_checkpoint
+
+    ckpt = tiny_image_checkpoint(tmp_path / "ckpt")
+    out = run_example("text_to_image.py", "a bag", "--checkpoint", str(ckpt), "--out",
+                      str(tmp_path / "out"), "--steps", "2")
+    assert out.returncode == 0, out.stderr
+    for name in ("samples.png", "edited.png", "inpainted.png"):
+        assert (tmp_path / "out" / name).is_file()

@@ -11,6 +11,7 @@ from multimodal.errors import UnknownComponentError, did_you_mean
 
 EVALUATORS = {
     "text-generation": "multimodal.evaluation.text:evaluate_text_generation",
+    "text-to-image": "multimodal.evaluation.image:evaluate_text_to_image",
 }
 
 

@@ -1,0 +1,389 @@
+"""Image datasets: Fashion-MNIST (Xiao et al. 2017, https://arxiv.org/abs/1708.07747) from the
+Debian package ``dataset-fashion-mnist``, and a user's own images with captions.
+
+Every item is a dict::
+
+    {"image": float tensor (c, h, w) in [-1, 1], "caption": str, "label": int (-1 if none)}
+
+Fashion-MNIST's 28x28 grayscale pictures are padded with black (-1) to 32x32, so a VAE with two
+down-sampling stages gives 8x8 latents. Captions are made from the class names in varied
+natural phrasings and synonyms ("ankle boot", "a boot", "a photo of an ankle boot", "a pair of
+trousers", "a handbag"); the phrasing of item ``i`` is a pure function of ``(caption_seed,
+split, i)``, so it is deterministic and needs no storage.
+
+Besides ``__getitem__``, both datasets offer bulk access used by the VAE fit and the image
+modality (decoding 60,000 dicts one by one would be slow): ``get_images(indices)`` -> (k, c, h,
+w) float tensor, ``labels`` (list of int) and ``captions`` (list of str).
+
+Axes: k items, c channels, h w height width.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import random
+import threading
+import zlib
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from multimodal.errors import DataError
+from multimodal.registry import datasets
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+CLASS_NAMES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+               "sneaker", "bag", "ankle boot")
+
+# Per class: (singular, plural) noun phrases; the first is the canonical name. A singular of
+# ``None`` is a plural-only noun ("trousers"), used as "a pair of ...".
+SYNONYMS: tuple[tuple[tuple[str | None, str], ...], ...] = (
+    (("t-shirt", "t-shirts"), ("tee", "tees"), ("tee shirt", "tee shirts"), ("top", "tops"),
+     ("tshirt", "tshirts"), ("t shirt", "t shirts"), ("short-sleeved top", "short-sleeved tops")),
+    ((None, "trousers"), (None, "pants"), (None, "jeans"), (None, "slacks"), ("trouser", "trousers"),
+     (None, "leggings")),
+    (("pullover", "pullovers"), ("sweater", "sweaters"), ("jumper", "jumpers"),
+     ("sweatshirt", "sweatshirts"), ("knit sweater", "knit sweaters"), ("hoodie", "hoodies")),
+    (("dress", "dresses"), ("gown", "gowns"), ("frock", "frocks"), ("sundress", "sundresses"),
+     ("summer dress", "summer dresses")),
+    (("coat", "coats"), ("jacket", "jackets"), ("overcoat", "overcoats"), ("parka", "parkas"),
+     ("winter coat", "winter coats")),
+    (("sandal", "sandals"), ("flip-flop", "flip-flops"), ("summer sandal", "summer sandals"),
+     ("strappy sandal", "strappy sandals")),
+    (("shirt", "shirts"), ("button-up shirt", "button-up shirts"), ("blouse", "blouses"),
+     ("collared shirt", "collared shirts"), ("button-down shirt", "button-down shirts"),
+     ("flannel shirt", "flannel shirts")),
+    (("sneaker", "sneakers"), ("trainer", "trainers"), ("running shoe", "running shoes"),
+     ("tennis shoe", "tennis shoes"), ("athletic shoe", "athletic shoes")),
+    (("bag", "bags"), ("handbag", "handbags"), ("purse", "purses"), ("tote bag", "tote bags"),
+     ("shoulder bag", "shoulder bags"), ("satchel", "satchels")),
+    (("ankle boot", "ankle boots"), ("boot", "boots"), ("bootie", "booties"),
+     ("chelsea boot", "chelsea boots"), ("short boot", "short boots")),
+)
+
+# Caption templates: {a} singular with its article ("an ankle boot", "a pair of trousers"),
+# {n} the bare noun ("ankle boot", "trousers"), {p} plural, {adj} a neutral adjective.
+# Prompts used by the evaluation ("a picture of ...", "show me some ...") are deliberately NOT
+# here: see multimodal.evaluation.image.HELD_OUT_TEMPLATES.
+TEMPLATES = (
+    "{n}", "{n}", "{a}", "{a}", "{p}", "a photo of {a}", "a photo of {p}", "a photograph of {a}",
+    "an image of {a}", "an image of {p}", "a black and white photo of {a}",
+    "a grayscale image of {a}", "a low resolution photo of {a}", "a small photo of {a}",
+    "a product photo of {a}", "a catalog image of {a}", "{a} on a black background",
+    "{n}, product shot", "{a} for sale", "this is {a}", "it is {a}", "{adj} {n}", "{a_adj}",
+    "{p} in a shop", "my {n}", "fashion item: {n}", "{a} in grayscale", "a close-up of {a}",
+    "a centered photo of {a}", "a thumbnail of {a}", "an example of {a}", "a {adj} looking {n}",
+    "a new {n}", "the {n}", "one {n}", "{adj} {p}",
+)
+ADJECTIVES = ("plain", "simple", "new", "stylish", "casual", "classic", "modern", "cheap",
+              "nice", "fashionable", "comfortable", "cool", "old", "elegant")
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def class_caption(label: int, rng: random.Random) -> str:
+    """A caption for class ``label`` (0-9) in a phrasing drawn from ``rng``."""
+    # The canonical name half the time, so the plain class name is the best-learned phrase.
+    synonyms = SYNONYMS[label]
+    singular, plural = synonyms[0] if rng.random() < 0.5 else rng.choice(synonyms)
+    noun = singular or plural
+    with_article = _article(singular) if singular else f"a pair of {plural}"
+    adj = rng.choice(ADJECTIVES)
+    adj_article = _article(f"{adj} {singular}") if singular else f"a pair of {adj} {plural}"
+    return rng.choice(TEMPLATES).format(a=with_article, n=noun, p=plural, adj=adj,
+                                        a_adj=adj_article)
+
+
+def caption_rng(seed: int, split: str, index: int) -> random.Random:
+    """The generator that picks the phrasing of item ``index`` (a pure function of its args)."""
+    return random.Random(zlib.crc32(f"{seed}/{split}/{index}".encode()))
+
+
+# -- shared helpers ------------------------------------------------------------------------------
+def _check_split(split: str) -> None:
+    if split not in ("train", "val"):
+        raise DataError(f"split must be 'train' or 'val', got {split!r}")
+
+
+def uint8_to_float(pixels: np.ndarray):
+    """(k, c, h, w) uint8 -> float32 torch tensor in [-1, 1]."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(pixels)).float().div_(127.5).sub_(1.0)
+
+
+def pad_to(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Centre (..., h, w) uint8 pixels on a black ``size`` x ``size`` canvas."""
+    h, w = pixels.shape[-2:]
+    top, left = (size - h) // 2, (size - w) // 2
+    out = np.zeros((*pixels.shape[:-2], size, size), dtype=pixels.dtype)
+    out[..., top : top + h, left : left + w] = pixels
+    return out
+
+
+def pil_to_array(image: Any, *, size: int, channels: int, resample: str = "bicubic") -> np.ndarray:
+    """A PIL image -> (c, size, size) uint8, the way training images are made.
+
+    A 28x28 image (Fashion-MNIST's size) is padded with black to ``size``, exactly as the
+    training data; any other size is resized to ``size`` x ``size`` (aspect ratio not kept).
+    """
+    from PIL import Image
+
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size == (28, 28) and size == 32:
+        pixels = np.asarray(image)
+        pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+        return pad_to(pixels, size)
+    if image.size != (size, size):
+        method = Image.Resampling.NEAREST if resample == "nearest" else Image.Resampling.BICUBIC
+        image = image.resize((size, size), method)
+    pixels = np.asarray(image)
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+# -- Fashion-MNIST -----------------------------------------------------------------------------
+_IDX_CACHE: dict[tuple[str, float], np.ndarray] = {}
+_IDX_LOCK = threading.Lock()
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Decode a gzipped IDX file (LeCun's MNIST format) into a uint8 array, cached in memory.
+
+    Raises:
+        DataError: missing, unreadable or not an unsigned-byte IDX file.
+    """
+    key = (str(path), path.stat().st_mtime if path.is_file() else 0.0)
+    with _IDX_LOCK:
+        if key in _IDX_CACHE:
+            return _IDX_CACHE[key]
+        try:
+            with gzip.open(path, "rb") as fh:
+                raw = fh.read()
+        except (OSError, EOFError) as exc:
+            raise DataError(f"cannot read IDX file {path}: {exc}") from None
+        if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+            raise DataError(f"{path} is not an unsigned-byte IDX file")
+        ndim = raw[3]
+        offset = 4 + 4 * ndim
+        shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+        if len(raw) < offset or len(raw) - offset != int(np.prod(shape)):
+            raise DataError(f"{path} is not a valid IDX file: its header says shape {shape} "
+                            f"but it holds {max(0, len(raw) - offset)} bytes of data")
+        array = np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
+        _IDX_CACHE[key] = array
+        return array
+
+
+@datasets.register("fashion_mnist")
+class FashionMNISTDataset(Sequence[dict]):
+    """Fashion-MNIST with captions: 60,000 training and 10,000 test images of 10 classes.
+
+    Items: ``{"image": (1, 32, 32) float in [-1, 1], "caption": str, "label": int}``; labels are
+    0 t-shirt/top, 1 trouser, 2 pullover, 3 dress, 4 coat, 5 sandal, 6 shirt, 7 sneaker,
+    8 bag, 9 ankle boot.
+
+    Args:
+        split: ``"train"`` (the 60k train file) or ``"val"`` (the 10k t10k file); set by the
+            builder.
+        root: Directory of the IDX files (default ``/usr/share/datasets/fashion-mnist``).
+        caption_seed: Seed of the caption phrasings (default 0).
+        max_items: Keep only the first this many items (default: all); the files are shuffled,
+            so a prefix is close to class-balanced.
+
+    Raises:
+        DataError: a file is missing (install it: ``apt-get install dataset-fashion-mnist``)
+            or malformed.
+    """
+
+    injected_args = ("split",)
+
+    def __init__(self, *, split: Literal["train", "val"] = "train", root: str = FASHION_MNIST_DIR,
+                 caption_seed: int = 0, max_items: int | None = None):
+        _check_split(split)
+        if max_items is not None and max_items < 1:
+            raise DataError(f"max_items must be >= 1 or null, got {max_items}")
+        image_file, label_file = (Path(root) / f for f in FASHION_MNIST_FILES[split])
+        missing = [str(p) for p in (image_file, label_file) if not p.is_file()]
+        if missing:
+            raise DataError(f"Fashion-MNIST file(s) not found: {', '.join(missing)}; install them "
+                            "with `apt-get install dataset-fashion-mnist` or set data.image.root")
+        pixels, labels = read_idx(image_file), read_idx(label_file)
+        if pixels.ndim != 3 or labels.ndim != 1 or len(pixels) != len(labels):
+            raise DataError(f"{image_file} and {label_file} do not match: images "
+                            f"{pixels.shape}, labels {labels.shape}")
+        stop = len(labels) if max_items is None else min(max_items, len(labels))
+        self.split, self.caption_seed = split, caption_seed
+        self._pixels = pixels[:stop]  # (k, 28, 28) uint8, shared with the cache
+        self.labels: list[int] = labels[:stop].astype(np.int64).tolist()
+        self._captions: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def caption(self, index: int) -> str:
+        """The caption of item ``index``."""
+        return class_caption(self.labels[index], caption_rng(self.caption_seed, self.split, index))
+
+    @property
+    def captions(self) -> list[str]:
+        """Every item's caption, in order."""
+        if self._captions is None:
+            self._captions = [self.caption(i) for i in range(len(self))]
+        return self._captions
+
+    def get_images(self, indices: Sequence[int] | slice | None = None):
+        """Images (k, 1, 32, 32) float in [-1, 1] of ``indices`` (default: all)."""
+        chosen = self._pixels if indices is None else self._pixels[indices]
+        return uint8_to_float(pad_to(chosen, 32)[:, None])
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        index %= len(self)
+        return {"image": self.get_images([index])[0], "caption": self.caption(index),
+                "label": self.labels[index]}
+
+
+# -- a user's images -----------------------------------------------------------------------------
+@datasets.register("image_folder")
+class ImageFolderDataset(Sequence[dict]):
+    """A user's own images with captions, listed in a JSONL or CSV file.
+
+    JSONL: one object a line, ``{"image": "shoes/001.png", "caption": "a red shoe"}`` with an
+    optional integer ``"label"``. CSV: a header row naming ``image`` and ``caption`` (and
+    optionally ``label``) columns. Image paths are relative to the list file's directory (or
+    ``root``). Images are read with Pillow, converted to grayscale (``channels: 1``) or RGB, and
+    resized to ``image_size`` square (28x28 images are padded instead, like Fashion-MNIST).
+
+    Args:
+        path: The ``.jsonl`` or ``.csv`` file.
+        split: ``"train"`` or ``"val"`` (set by the builder); decided by a CRC32 of each image
+            path, so it is stable when records are added.
+        root: Directory the image paths are relative to (default: the list file's directory).
+        image_size: Side of the square images (default 32).
+        channels: 1 (grayscale) or 3 (RGB) (default 1).
+        val_fraction: Share of records held out for validation (default 0.05).
+
+    Raises:
+        DataError: the list file is missing, malformed (names the line), or names an image that
+            does not exist; an image that cannot be decoded is reported when it is read.
+    """
+
+    injected_args = ("split",)
+
+    def __init__(self, *, path: str, split: Literal["train", "val"] = "train",
+                 root: str | None = None, image_size: int = 32, channels: Literal[1, 3] = 1,
+                 val_fraction: float = 0.05):
+        _check_split(split)
+        if channels not in (1, 3):
+            raise DataError(f"channels must be 1 or 3, got {channels}")
+        list_file = Path(os.path.expanduser(path))
+        if not list_file.is_file():
+            raise DataError(f"image list file not found: {list_file}")
+        base = Path(os.path.expanduser(root)) if root else list_file.parent
+        records = _read_records(list_file)
+        self.image_size, self.channels = image_size, channels
+        self.paths: list[Path] = []
+        self.captions: list[str] = []
+        self.labels: list[int] = []
+        missing = []
+        for where, record in records:
+            is_val = (zlib.crc32(record["image"].encode("utf-8")) % 10_000) < val_fraction * 10_000
+            if is_val != (split == "val"):
+                continue
+            image_path = base / record["image"]
+            if not image_path.is_file():
+                missing.append(f"{image_path} ({where})")
+            self.paths.append(image_path)
+            self.captions.append(record["caption"])
+            self.labels.append(record["label"])
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise DataError(f"images listed in {list_file} not found: "
+                            f"{', '.join(missing[:5])}{more}")
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _pixels(self, index: int) -> np.ndarray:
+        if index not in self._cache:
+            from PIL import Image, UnidentifiedImageError
+
+            try:
+                with Image.open(self.paths[index]) as image:
+                    self._cache[index] = pil_to_array(image, size=self.image_size,
+                                                      channels=self.channels)
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                raise DataError(f"cannot read image {self.paths[index]}: {exc}") from None
+        return self._cache[index]
+
+    def get_images(self, indices: Sequence[int] | slice | None = None):
+        """Images (k, c, s, s) float in [-1, 1] of ``indices`` (default: all)."""
+        chosen = range(len(self))[indices] if isinstance(indices, slice) else (
+            range(len(self)) if indices is None else indices)
+        c, s = self.channels, self.image_size
+        pixels = np.stack([self._pixels(int(i)) for i in chosen]) if len(chosen) else \
+            np.zeros((0, c, s, s), np.uint8)
+        return uint8_to_float(pixels)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        index %= len(self)
+        return {"image": self.get_images([index])[0], "caption": self.captions[index],
+                "label": self.labels[index]}
+
+
+def _read_records(list_file: Path) -> list[tuple[str, dict]]:
+    """``[(where, {"image", "caption", "label"})]`` from a JSONL or CSV file."""
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read image list {list_file}: {exc}") from None
+    rows: list[tuple[str, Any]] = []
+    if list_file.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
+            raise DataError(f"{list_file}: the CSV header must name 'image' and 'caption' "
+                            f"columns, got {reader.fieldnames}")
+        rows = [(f"{list_file}:{i + 2}", row) for i, row in enumerate(reader)]
+    elif list_file.suffix.lower() in (".jsonl", ".json"):
+        for i, line in enumerate(text.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"{list_file}:{i + 1}", json.loads(line)))
+            except ValueError as exc:
+                raise DataError(f"{list_file}:{i + 1}: not a JSON object: {exc}") from None
+    else:
+        raise DataError(f"image list {list_file} must be a .jsonl or .csv file")
+    records = []
+    for where, row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("image"), str) or \
+                not isinstance(row.get("caption"), str) or not row["image"]:
+            raise DataError(f"{where}: a record needs a string 'image' (path) and 'caption', "
+                            f"got {row!r}")
+        label = row.get("label")
+        try:
+            label = -1 if label in (None, "") else int(label)
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: 'label' must be an integer, got {label!r}") from None
+        records.append((where, {"image": row["image"], "caption": row["caption"], "label": label}))
+    if not records:
+        raise DataError(f"image list {list_file} holds no records")
+    return records

@@ -1,0 +1,229 @@
+"""Image training objective: latent diffusion conditioned on the shared backbone.
+
+Training images are encoded ONCE by the fitted VAE (Rombach et al. 2022, LDM,
+https://arxiv.org/abs/2112.10752), so the denoiser trains in the small latent space. Each
+step: run the backbone on the captions, replace a share ``cond_dropout`` of them by the empty
+caption (classifier-free guidance, Ho & Salimans 2022, https://arxiv.org/abs/2207.12598), noise
+the latents to a random timestep with the denoiser's DDPM schedule (Ho et al. 2020,
+https://arxiv.org/abs/2006.11239) and regress ``eps`` (or ``v``) with a mean squared error.
+
+Every random draw of a batch (which images, noise, timesteps, which captions are dropped) is
+made in :meth:`ImageModality.sample` from the trainer's generator; :meth:`~ImageModality.loss`
+draws nothing, so a resumed run repeats the uninterrupted one exactly.
+
+Captions are tokenised as the text pipeline does prompts: end-of-text first (the start of a
+document), then the caption's ids, padded at the END (the backbone is causal, so padding after
+the text does not change the states of real tokens) with a mask that hides the padding from
+cross-attention. The empty caption is end-of-text alone.
+
+Axes: b batch, n caption tokens, d backbone width, l latent channels, y x latent height and
+width, k items.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from multimodal.errors import DataError
+from multimodal.registry import modalities
+
+EVAL_SEED = 1234
+ENCODE_CHUNK = 512
+
+
+def encode_captions(tokenizer, captions: Sequence[str], *, max_len: int,
+                    pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Tokenise captions for the backbone: end-of-text, the caption's ids, then padding.
+
+    Args:
+        tokenizer: The text tokenizer (``eos_id``, ``pad_id``, ``encode_batch``).
+        captions: k texts; ``""`` is the empty (unconditional) caption.
+        max_len: Longest sequence kept; longer captions are cut at the end.
+        pad_to: Pad to this length (default: the longest caption, at most ``max_len``).
+
+    Returns:
+        ``(ids (k, n) int64, mask (k, n) bool, number of captions cut)``.
+    """
+    eos, pad = tokenizer.eos_id, tokenizer.pad_id
+    unique = sorted(set(captions))
+    encoded = dict(zip(unique, tokenizer.encode_batch(unique))) if unique else {}
+    rows = [[eos] + encoded[c] for c in captions]
+    cut = sum(len(r) > max_len for r in rows)
+    rows = [r[:max_len] for r in rows]
+    length = pad_to or max((len(r) for r in rows), default=1)
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = True
+    return ids, mask, cut
+
+
+@dataclass
+class LatentCaptions:
+    """A dataset encoded once: latents and tokenised captions.
+
+    Attributes:
+        latents: (k, l, y, x) scaled VAE latents.
+        caption_ids: (k, n) int64, end-of-text first, padded.
+        caption_mask: (k, n) bool, ``True`` on real tokens.
+        labels: (k,) int64 (-1 where the dataset has none).
+        empty_ids: (n,) the empty caption (end-of-text, then padding).
+        empty_mask: (n,) its mask.
+    """
+
+    latents: torch.Tensor
+    caption_ids: torch.Tensor
+    caption_mask: torch.Tensor
+    labels: torch.Tensor
+    empty_ids: torch.Tensor
+    empty_mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+
+@modalities.register("image")
+class ImageModality:
+    """Text-to-image latent diffusion on the shared backbone (see the module docstring)."""
+
+    name = "image"
+
+    def text_corpus(self, dataset: Any) -> Iterator[str]:
+        """The captions of ``dataset``."""
+        captions = getattr(dataset, "captions", None)
+        return iter(captions if captions is not None else (item["caption"] for item in dataset))
+
+    def prepare(self, dataset: Any, tokenizers: dict, *, seq_len: int) -> LatentCaptions:
+        """Encode every image with ``tokenizers["image"]`` and tokenise every caption with
+        ``tokenizers["text"]``, padded to the longest caption (at most ``seq_len`` tokens).
+
+        Raises:
+            DataError: the dataset is empty, or a tokenizer is missing.
+        """
+        from tqdm.auto import tqdm
+
+        from multimodal.modalities.image.vae import dataset_images
+
+        missing = [k for k in ("image", "text") if k not in tokenizers]
+        if missing:
+            raise DataError(f"the image modality needs tokenizers.{' and tokenizers.'.join(missing)}"
+                            " (an image_vae and a byte_bpe)")
+        if len(dataset) == 0:
+            raise DataError("the image dataset is empty")
+        vae, text = tokenizers["image"], tokenizers["text"]
+        n = len(dataset)
+        latents = torch.cat([
+            vae.encode(dataset_images(dataset, range(i, min(n, i + ENCODE_CHUNK)))).cpu()
+            for i in tqdm(range(0, n, ENCODE_CHUNK), desc="encode images", leave=False,
+                          disable=None)])
+        captions = list(self.text_corpus(dataset))
+        ids, mask, cut = encode_captions(text, captions, max_len=seq_len)
+        if cut:
+            warnings.warn(f"{cut} of {n} captions are longer than train.seq_len = {seq_len} "
+                          "tokens and were cut at the end; raise train.seq_len", stacklevel=2)
+        empty_ids, empty_mask, _ = encode_captions(text, [""], max_len=seq_len,
+                                                   pad_to=ids.shape[1])
+        labels = getattr(dataset, "labels", None)
+        labels = torch.tensor(list(labels) if labels is not None else
+                              [item["label"] for item in dataset], dtype=torch.long)
+        return LatentCaptions(latents=latents, caption_ids=ids, caption_mask=mask,
+                              labels=labels, empty_ids=empty_ids[0], empty_mask=empty_mask[0])
+
+    def sample(self, prepared: LatentCaptions, *, batch_size: int,
+               generator: torch.Generator) -> dict:
+        """A random batch; every draw comes from ``generator``.
+
+        Returns:
+            ``{"latents" (b, l, y, x), "caption_ids" (b, n), "caption_mask" (b, n),
+            "noise" (b, l, y, x), "t_uniform" (b,) in [0, 1) (the timestep, as a share of the
+            schedule), "drop_uniform" (b,) in [0, 1) (caption dropped where below
+            ``cond_dropout``), "empty_ids" (n,), "empty_mask" (n,)}``.
+        """
+        index = torch.randint(0, len(prepared), (batch_size,), generator=generator)
+        latents = prepared.latents[index]
+        return {
+            "latents": latents,
+            "caption_ids": prepared.caption_ids[index],
+            "caption_mask": prepared.caption_mask[index],
+            "noise": torch.randn(latents.shape, generator=generator),
+            "t_uniform": torch.rand(batch_size, generator=generator),
+            "drop_uniform": torch.rand(batch_size, generator=generator),
+            "empty_ids": prepared.empty_ids,
+            "empty_mask": prepared.empty_mask,
+        }
+
+    def eval_batches(self, prepared: LatentCaptions, *, batch_size: int,
+                     max_batches: int) -> Iterator[dict]:
+        """Consecutive items from the start, with noise and timesteps from a fixed seed and no
+        caption dropout: the same batches at every evaluation."""
+        generator = torch.Generator().manual_seed(EVAL_SEED)
+        for b in range(max_batches):
+            start = b * batch_size
+            if start >= len(prepared):
+                return
+            index = torch.arange(start, min(len(prepared), start + batch_size))
+            latents = prepared.latents[index]
+            yield {
+                "latents": latents,
+                "caption_ids": prepared.caption_ids[index],
+                "caption_mask": prepared.caption_mask[index],
+                "noise": torch.randn(latents.shape, generator=generator),
+                "t_uniform": torch.rand(len(index), generator=generator),
+                "drop_uniform": torch.ones(len(index)),
+                "empty_ids": prepared.empty_ids,
+                "empty_mask": prepared.empty_mask,
+            }
+
+    def loss(self, backbone, decoder, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean squared error of the denoiser's ``eps`` (or ``v``) prediction, weighted per
+        sample by Min-SNR when the decoder's ``snr_gamma`` is set.
+
+        Raises:
+            ConfigError: the VAE's latents do not fit the denoiser.
+        """
+        x0, noise = batch["latents"], batch["noise"]  # (b, l, y, x)
+        decoder.check_latents(x0)
+        drop = (batch["drop_uniform"] < decoder.cond_dropout)[:, None]  # (b, 1)
+        ids = torch.where(drop, batch["empty_ids"], batch["caption_ids"])  # (b, n)
+        mask = torch.where(drop, batch["empty_mask"], batch["caption_mask"])
+        length = int(mask.sum(1).max())  # columns past the longest caption are all padding
+        ids, mask = ids[:, :length], mask[:, :length]
+        context = backbone(ids)  # (b, n, d)
+        scheduler = decoder.training_scheduler
+        num_train = decoder.num_train_timesteps
+        timesteps = (batch["t_uniform"] * num_train).long().clamp_(max=num_train - 1)
+        x_t = scheduler.add_noise(x0, noise, timesteps)
+        if decoder.prediction_type == "epsilon":
+            target = noise
+        else:
+            target = scheduler.get_velocity(x0, noise, timesteps)
+        prediction = decoder(x_t, timesteps, context, mask)
+        error = (prediction.float() - target.float()).square().mean(dim=(1, 2, 3))  # (b,)
+        if decoder.snr_gamma is not None:  # Min-SNR weighting (Hang et al. 2023)
+            alphas_cumprod = scheduler.alphas_cumprod.to(x0.device)[timesteps]
+            snr = alphas_cumprod / (1 - alphas_cumprod)
+            clipped = snr.clamp(max=decoder.snr_gamma)
+            error = error * (clipped / snr if decoder.prediction_type == "epsilon"
+                             else clipped / (snr + 1))
+        return error.mean(), {"tokens": float(mask.sum()) + x0[:, 0].numel()}
+
+    @torch.no_grad()
+    def evaluate(self, backbone, decoder, prepared: LatentCaptions, *, batch_size: int,
+                 max_batches: int, autocast=None) -> dict[str, float]:
+        """Validation denoising loss over fixed batches (noise, timesteps from a fixed seed)."""
+        total, count = 0.0, 0
+        device = next(decoder.parameters()).device
+        for batch in self.eval_batches(prepared, batch_size=batch_size, max_batches=max_batches):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast() if autocast else contextlib.nullcontext():
+                loss, _ = self.loss(backbone, decoder, batch)
+            size = batch["latents"].shape[0]
+            total += loss.item() * size
+            count += size
+        return {"loss": total / count} if count else {}

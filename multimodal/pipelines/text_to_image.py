@@ -1,0 +1,588 @@
+"""Text-to-image, image-to-image and inpainting with latent diffusion on the shared backbone.
+
+One loop serves the three tasks (:class:`LatentDiffusionPipeline`):
+
+* text-to-image: start from Gaussian noise in latent space and denoise with a diffusers
+  scheduler (Ho et al. 2020, DDPM, https://arxiv.org/abs/2006.11239; Rombach et al. 2022,
+  LDM, https://arxiv.org/abs/2112.10752), guided by the prompt's backbone states with
+  classifier-free guidance (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598):
+  ``eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)``, the unconditional and
+  conditional predictions made in ONE batched forward. A negative prompt replaces the empty
+  prompt in the unconditional branch.
+* image-to-image (SDEdit, Meng et al. 2021, https://arxiv.org/abs/2108.01073): encode the
+  image, noise it to ``strength`` of the way along the schedule, and denoise toward the new
+  prompt. Strength 0 runs no step and returns the input unchanged; strength 1 ignores it.
+* inpainting (the latent blend of RePaint, Lugmayr et al. 2022,
+  https://arxiv.org/abs/2201.09865, without resampling; diffusers' "legacy" inpainting): after
+  every step the latents outside the mask are replaced by the original latents noised to the
+  next timestep; at the end the original pixels outside the mask are pasted back, so they are
+  unchanged exactly.
+
+The empty prompt ``""`` samples unconditionally (it is the caption the model saw for dropped
+captions in training). Random draws, in order, from one ``torch.Generator`` seeded with
+``seed``: the initial noise (num_samples, l, y, x), then whatever each scheduler step draws
+(DDPM's and Euler's noise), so a seed reproduces the samples exactly.
+
+Input images are read with Pillow and converted to the model's format: grayscale (or RGB for
+an RGB model) at 32x32; 28x28 images (Fashion-MNIST's size) are padded with black like the
+training data, any other size is resized (bicubic; masks: nearest). Outputs are at the model's
+resolution. Masks: white (> 127) = regenerate, black = keep; a mask must have the image's size.
+
+Axes: s samples, b batch (2 s with guidance), n prompt tokens, d backbone width, l latent
+channels, y x latent height and width, c image channels, h w image height and width.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange, repeat
+
+from multimodal.errors import CheckpointError, InputError
+from multimodal.registry import pipelines
+
+PNG_METADATA_KEY = "multimodal"
+DEFAULT_SCHEDULER = "dpm_solver_multistep"
+DEFAULT_GUIDANCE = 4.0
+
+
+# -- outputs and files ---------------------------------------------------------------------------
+@dataclass
+class ImageGenerationOutput:
+    """What the image pipelines return.
+
+    Attributes:
+        images: One uint8 array per sample, (h, w) grayscale or (h, w, 3) RGB, 0..255.
+        latents: The final latents (s, l, y, x) before decoding (``None`` when no step ran).
+        task, prompt, negative_prompt, seed, num_inference_steps, guidance_scale, scheduler,
+            checkpoint_id, strength: The settings used (``strength`` for editing tasks).
+    """
+
+    images: list[np.ndarray]
+    latents: torch.Tensor | None = field(repr=False, default=None)
+    task: str = "text-to-image"
+    prompt: str = ""
+    negative_prompt: str | None = None
+    seed: int | None = None
+    num_inference_steps: int = 0
+    guidance_scale: float = 1.0
+    scheduler: str = DEFAULT_SCHEDULER
+    checkpoint_id: str = "none"
+    strength: float | None = None
+
+    def metadata(self, index: int | None = None) -> dict[str, Any]:
+        """The settings of sample ``index`` as written into its PNG."""
+        meta = {"task": self.task, "prompt": self.prompt, "negative_prompt": self.negative_prompt,
+                "seed": self.seed, "sample": index, "num_samples": len(self.images),
+                "num_inference_steps": self.num_inference_steps,
+                "guidance_scale": self.guidance_scale, "scheduler": self.scheduler,
+                "checkpoint_id": self.checkpoint_id}
+        if self.strength is not None:
+            meta["strength"] = self.strength
+        return meta
+
+    def to_pil(self) -> list:
+        """The samples as PIL images."""
+        from PIL import Image
+
+        return [Image.fromarray(image) for image in self.images]
+
+
+def png_bytes(image: np.ndarray, metadata: dict[str, Any]) -> bytes:
+    """Encode a uint8 (h, w) or (h, w, 3) image as PNG with ``metadata`` as JSON in a tEXt chunk
+    (ASCII-escaped, so any prompt survives the Latin-1 chunk)."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PNG_METADATA_KEY, json.dumps(metadata, ensure_ascii=True))
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def read_png_metadata(path: str | Path) -> dict[str, Any]:
+    """The settings a pipeline wrote into a PNG.
+
+    Raises:
+        InputError: the file is not a PNG written by these pipelines.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            text = image.text.get(PNG_METADATA_KEY) if hasattr(image, "text") else None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from None
+    if text is None:
+        raise InputError(f"{path} carries no '{PNG_METADATA_KEY}' metadata")
+    return json.loads(text)
+
+
+def image_grid(images: list[np.ndarray], columns: int | None = None) -> np.ndarray:
+    """Tile same-sized (h, w[, c]) images into one, row by row (empty cells black)."""
+    count = len(images)
+    columns = columns or int(np.ceil(np.sqrt(count)))
+    rows = int(np.ceil(count / columns))
+    cells = list(images) + [np.zeros_like(images[0])] * (rows * columns - count)
+    return rearrange(np.stack(cells), "(r k) h w ... -> (r h) (k w) ...", r=rows, k=columns)
+
+
+def load_image_array(source: Any, *, what: str) -> np.ndarray:
+    """A path, PIL image or uint8 array -> uint8 array (h, w) or (h, w, c), unchanged in size.
+
+    Raises:
+        InputError: a missing, unreadable or non-image file, or an array that is not an image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"{what} file not found: {path}")
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return _pil_array(image)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise InputError(f"cannot read {what} {path}: not an image Pillow can decode "
+                             f"({type(exc).__name__}: {exc})") from None
+    if isinstance(source, Image.Image):
+        return _pil_array(source)
+    if isinstance(source, np.ndarray) and source.dtype == np.uint8 and source.ndim in (2, 3):
+        return source
+    raise InputError(f"{what} must be a file path, a PIL image or a uint8 array (h, w[, c]), "
+                     f"got {type(source).__name__}")
+
+
+def _pil_array(image) -> np.ndarray:
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        if image.mode == "RGBA":
+            image = image.convert("RGB")
+    return np.asarray(image)
+
+
+# -- the shared pipeline ---------------------------------------------------------------------
+class LatentDiffusionPipeline:
+    """Latent diffusion on the shared backbone: the sampling loop shared by the three tasks.
+
+    Args:
+        backbone: The shared Transformer (encodes prompts).
+        denoiser: The image decoder (``latent_unet`` or ``latent_dit``).
+        vae: The image tokenizer (``image_vae``).
+        tokenizer: The text tokenizer.
+        checkpoint_id: Recorded in outputs.
+
+    Attributes:
+        batch_guidance: Run the unconditional and conditional branches of classifier-free
+            guidance in one batched forward (default ``True``; ``False`` runs two forwards,
+            for benchmarks).
+    """
+
+    task = "text-to-image"
+    default_checkpoint_name = "text-to-image"  # multimodal/assets/text-to-image, for all three
+
+    def __init__(self, *, backbone, denoiser, vae, tokenizer, checkpoint_id: str = "none"):
+        self.backbone, self.denoiser, self.vae, self.tokenizer = backbone, denoiser, vae, tokenizer
+        self.checkpoint_id = checkpoint_id
+        self.batch_guidance = True
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> "LatentDiffusionPipeline":
+        """Load from a checkpoint (or a run directory's newest one).
+
+        Raises:
+            CheckpointError: unusable checkpoint, or one without an image decoder and tokenizers.
+        """
+        from multimodal.training.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path, device=device)
+        missing = [key for key, found in (("decoders.image", "image" in ckpt.model.decoders),
+                                          ("tokenizers.image", "image" in ckpt.tokenizers),
+                                          ("tokenizers.text", "text" in ckpt.tokenizers))
+                   if not found]
+        if missing:
+            raise CheckpointError(f"checkpoint {ckpt.path} has no {', '.join(missing)}; "
+                                  f"{cls.task} needs an image decoder, an image_vae and a text "
+                                  "tokenizer (train e.g. configs/text_to_image_fashion.yaml)")
+        return cls(backbone=ckpt.model.backbone, denoiser=ckpt.model.decoders["image"],
+                   vae=ckpt.tokenizers["image"].to(device), tokenizer=ckpt.tokenizers["text"],
+                   checkpoint_id=ckpt.checkpoint_id)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    # -- building blocks --------------------------------------------------------------------
+    def make_scheduler(self, name: str | None = None):
+        """A fresh diffusers scheduler registered as ``name`` (default DPM-Solver++), built
+        from the denoiser's training noise schedule.
+
+        Raises:
+            UnknownComponentError: no scheduler of that name (with a did-you-mean).
+        """
+        from multimodal.modalities.image.schedulers import make_scheduler
+
+        return make_scheduler(name or DEFAULT_SCHEDULER, self.denoiser.noise_schedule)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone states of prompts, padded together: ``(context (k, n, d), mask (k, n))``.
+
+        Prompts longer than the backbone's context are cut at the end.
+        """
+        from multimodal.modalities.image.modality import encode_captions
+
+        limit = self.backbone.max_seq_len
+        ids, mask, cut = encode_captions(self.tokenizer, prompts, max_len=limit)
+        if cut:
+            warnings.warn(f"a prompt is longer than the backbone's context ({limit} tokens); "
+                          f"keeping its first {limit}", stacklevel=3)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        return self.backbone(ids), mask
+
+    def predict(self, latents: torch.Tensor, t: torch.Tensor, scheduler, context: torch.Tensor,
+                context_mask: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """The guided model output for one step.
+
+        Args:
+            latents: (s, l, y, x) current latents.
+            t: The scheduler's timestep (a 0-d tensor).
+            context, context_mask: (s, n, d) and (s, n) for one branch, or (2 s, n, d) and
+                (2 s, n) with the unconditional branch first for guidance.
+            guidance_scale: The classifier-free guidance weight (used with two branches).
+
+        Returns:
+            (s, l, y, x) ``eps`` or ``v``, as the denoiser predicts.
+        """
+        guided = context.shape[0] == 2 * latents.shape[0]
+        if guided and not self.batch_guidance:
+            half = latents.shape[0]
+            uncond = self.predict(latents, t, scheduler, context[:half], context_mask[:half], 1.0)
+            cond = self.predict(latents, t, scheduler, context[half:], context_mask[half:], 1.0)
+            return uncond + guidance_scale * (cond - uncond)
+        model_input = torch.cat([latents, latents]) if guided else latents  # (b, l, y, x)
+        model_input = scheduler.scale_model_input(model_input, t)
+        timesteps = t.to(self.device).expand(model_input.shape[0])
+        prediction = self.denoiser(model_input, timesteps, context, context_mask)
+        if not guided:
+            return prediction
+        uncond, cond = prediction.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    # -- the loop ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompt: str = "", *, negative_prompt: str | None = None,
+                 num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
+                 num_samples: int = 1, seed: int | None = None,
+                 generator: torch.Generator | None = None, scheduler: str | None = None,
+                 progress: bool = True, image: Any = None, mask: Any = None,
+                 strength: float = 1.0) -> ImageGenerationOutput:
+        """The loop behind every task's ``__call__``; see the module docstring.
+
+        Args:
+            prompt: What to draw; ``""`` samples unconditionally.
+            negative_prompt: What to steer away from (replaces ``""`` in the unconditional
+                branch of guidance); default none.
+            num_inference_steps: Scheduler steps (1 .. num_train_timesteps; default 25).
+            guidance_scale: Classifier-free guidance weight >= 0; 1 turns guidance off, 0
+                ignores the prompt (default 4.0).
+            num_samples: Images made together (>= 1).
+            seed: Seed of the generator (random when neither it nor ``generator`` is given).
+            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
+            scheduler: A registered scheduler name (``ddpm``, ``ddim``, ``dpm_solver_multistep``,
+                ``euler``); default DPM-Solver++.
+            progress: Show a tqdm bar over the steps.
+            image: Start image (path, PIL image or uint8 array) for editing tasks.
+            mask: Inpainting mask of the image's size; white = regenerate.
+            strength: Share of the schedule to run from the noised ``image``, in [0, 1].
+
+        Returns:
+            :class:`ImageGenerationOutput` with ``num_samples`` images.
+
+        Raises:
+            InputError: an argument outside the ranges above, a mask whose size differs from
+                the image, an unreadable or non-image file.
+            UnknownComponentError: an unknown scheduler name.
+        """
+        from tqdm.auto import tqdm
+
+        steps, guidance_scale = self._check_arguments(
+            prompt, negative_prompt, num_inference_steps, guidance_scale, num_samples, strength)
+        sched = self.make_scheduler(scheduler)
+        init_pixels, pixel_mask = self._load_inputs(image, mask)
+        if generator is None:
+            if seed is None:
+                seed = int(torch.randint(0, 2**31 - 1, ()).item())
+            generator = torch.Generator().manual_seed(seed)
+        output = ImageGenerationOutput(
+            images=[], task=self.task, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
+            num_inference_steps=steps, guidance_scale=guidance_scale,
+            scheduler=scheduler or DEFAULT_SCHEDULER, checkpoint_id=self.checkpoint_id,
+            strength=strength if image is not None else None)
+
+        device = self.device
+        sched.set_timesteps(steps, device=device)
+        timesteps = sched.timesteps
+        noise = torch.randn((num_samples, *self.denoiser.latent_shape),
+                            generator=generator).to(device)  # (s, l, y, x)
+        x0 = latent_mask = None
+        if init_pixels is not None:
+            x0 = self.vae.encode(self._to_model_range(init_pixels)).to(device)
+            self.denoiser.check_latents(x0)
+            x0 = x0.expand(num_samples, -1, -1, -1)  # (s, l, y, x)
+        if strength < 1.0:  # SDEdit: start part-way, from the noised image
+            start = steps - min(int(steps * strength), steps)
+            timesteps = timesteps[start * sched.order:]
+            if len(timesteps) == 0:  # strength 0: nothing to denoise
+                output.images = [self._to_output(init_pixels[0])] * num_samples
+                return output
+            if hasattr(sched, "set_begin_index"):
+                sched.set_begin_index(start * sched.order)
+            latents = sched.add_noise(x0, noise, timesteps[:1].repeat(num_samples))
+        else:
+            latents = noise * sched.init_noise_sigma
+        if pixel_mask is not None:  # (1, 1, h, w) -> (1, 1, y, x): regenerate any touched cell
+            factor = pixel_mask.shape[-1] // latents.shape[-1]
+            latent_mask = torch.nn.functional.max_pool2d(pixel_mask, factor).to(device)
+
+        uncond = "" if negative_prompt is None else negative_prompt
+        if guidance_scale not in (0.0, 1.0) and uncond != prompt:  # both branches, one batch
+            both, both_mask = self.encode_prompts([uncond, prompt])  # (2, n, d), (2, n)
+            context = repeat(both, "two n d -> (two s) n d", s=num_samples)
+            context_mask = repeat(both_mask, "two n -> (two s) n", s=num_samples)
+        else:  # one branch: the prompt (scale 1), the unconditional one (scale 0), or equal
+            one, one_mask = self.encode_prompts([uncond if guidance_scale == 0 else prompt])
+            context = repeat(one, "1 n d -> s n d", s=num_samples)
+            context_mask = repeat(one_mask, "1 n -> s n", s=num_samples)
+
+        for i, t in enumerate(tqdm(timesteps, desc=self.task, disable=not progress,
+                                   leave=False)):
+            model_output = self.predict(latents, t, sched, context, context_mask, guidance_scale)
+            latents = sched.step(model_output, t, latents, generator=generator).prev_sample
+            if latent_mask is not None:  # keep the known region on the noise level of t_next
+                known = x0 if i == len(timesteps) - 1 else sched.add_noise(
+                    x0, noise, timesteps[i + 1 : i + 2].repeat(num_samples))
+                latents = latent_mask * latents + (1 - latent_mask) * known
+
+        pixels = self._to_uint8(self.vae.decode(latents))  # (s, c, h, w)
+        if pixel_mask is not None:  # the kept pixels, exactly
+            keep = pixel_mask.to(torch.bool).logical_not().cpu()
+            pixels = torch.where(keep, init_pixels, pixels)
+        output.images = [self._to_output(p) for p in pixels]
+        output.latents = latents.cpu()
+        return output
+
+    __call__ = generate
+
+    # -- input checks and conversions -------------------------------------------------------
+    def _check_arguments(self, prompt, negative_prompt, steps, guidance_scale, num_samples,
+                         strength) -> tuple[int, float]:
+        if not isinstance(prompt, str):
+            raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            raise InputError(f"negative_prompt must be a string or None, "
+                             f"got {type(negative_prompt).__name__}")
+        limit = self.denoiser.num_train_timesteps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
+            raise InputError(f"num_inference_steps must be an integer in 1..{limit}, "
+                             f"got {steps!r}")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise InputError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        if not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
+            raise InputError(f"guidance_scale must be a number >= 0 (1 turns guidance off), "
+                             f"got {guidance_scale!r}")
+        if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+            raise InputError(f"strength must be in [0, 1] (0 keeps the image, 1 ignores it), "
+                             f"got {strength!r}")
+        return steps, float(guidance_scale)
+
+    @property
+    def _image_format(self) -> tuple[int, int]:
+        return self.vae.in_channels, self.vae.image_size
+
+    def _load_inputs(self, image, mask) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(pixels (1, c, h, w) uint8-valued float, mask (1, 1, h, w) in {0, 1})``."""
+        from PIL import Image
+
+        from multimodal.data.images import pil_to_array
+
+        if image is None:
+            if mask is not None:
+                raise InputError("a mask needs an image to inpaint")
+            return None, None
+        channels, size = self._image_format
+        raw = load_image_array(image, what="image")
+        pixels = pil_to_array(Image.fromarray(raw), size=size, channels=channels)
+        pixels = torch.from_numpy(pixels.copy()).float()[None]  # (1, c, h, w), 0..255
+        if mask is None:
+            return pixels, None
+        raw_mask = load_image_array(mask, what="mask")
+        if raw_mask.shape[:2] != raw.shape[:2]:
+            raise InputError(f"the mask is {raw_mask.shape[1]}x{raw_mask.shape[0]} pixels but "
+                             f"the image is {raw.shape[1]}x{raw.shape[0]}; give a mask of the "
+                             "image's size (white = regenerate, black = keep)")
+        mask_pixels = pil_to_array(Image.fromarray(raw_mask), size=size, channels=1,
+                                   resample="nearest")
+        return pixels, torch.from_numpy((mask_pixels > 127).astype(np.float32))[None]
+
+    @staticmethod
+    def _to_model_range(pixels: torch.Tensor) -> torch.Tensor:
+        return pixels / 127.5 - 1.0
+
+    @staticmethod
+    def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+        """(s, c, h, w) in [-1, 1] -> uint8-valued float 0..255 on the CPU."""
+        return ((images.float().cpu() + 1.0) * 127.5).round().clamp(0, 255)
+
+    @staticmethod
+    def _to_output(pixels: torch.Tensor) -> np.ndarray:
+        """(c, h, w) 0..255 -> uint8 (h, w) or (h, w, c)."""
+        array = pixels.to(torch.uint8).numpy()
+        return array[0] if array.shape[0] == 1 else rearrange(array, "c h w -> h w c")
+
+    # -- command line -----------------------------------------------------------------------
+    @classmethod
+    def add_cli_arguments(cls, parser) -> None:
+        parser.add_argument("--prompt", default="",
+                            help="what to draw ('' samples unconditionally)")
+        parser.add_argument("--negative-prompt", default=None, help="what to steer away from")
+        cls.add_task_arguments(parser)
+        parser.add_argument("--num-samples", type=int, default=1)
+        parser.add_argument("--seed", type=int, default=None)
+        parser.add_argument("--num-inference-steps", type=int, default=25)
+        parser.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE)
+        parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
+                            help="ddpm, ddim, dpm_solver_multistep or euler")
+        parser.add_argument("--out", default=f"out/{cls.task}",
+                            help="output directory for 000.png, 001.png, ...")
+        parser.add_argument("--grid", action="store_true", help="also write grid.png")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    @classmethod
+    def add_task_arguments(cls, parser) -> None:
+        """Arguments of one task (none for text-to-image)."""
+
+    @staticmethod
+    def task_kwargs(args) -> dict[str, Any]:
+        """The ``__call__`` arguments of :meth:`add_task_arguments`."""
+        return {}
+
+    def run_cli(self, args) -> int:
+        """Generate and write ``000.png`` ... (and ``grid.png``) atomically; on any failure no
+        file of this run is left behind."""
+        from multimodal.io import atomic_write_bytes, prepare_out_dir
+
+        out = Path(args.out)
+        existed = out.exists()
+        out = prepare_out_dir(out)  # before generating: an unwritable directory fails at once
+        written: list[Path] = []
+        try:
+            result = self(args.prompt, negative_prompt=args.negative_prompt,
+                          num_inference_steps=args.num_inference_steps,
+                          guidance_scale=args.guidance_scale, num_samples=args.num_samples,
+                          seed=args.seed, scheduler=args.scheduler,
+                          progress=not args.no_progress, **self.task_kwargs(args))
+            files = {f"{i:03d}.png": png_bytes(image, result.metadata(i))
+                     for i, image in enumerate(result.images)}
+            if args.grid:
+                files["grid.png"] = png_bytes(image_grid(result.images), result.metadata(None))
+            for name, data in files.items():
+                atomic_write_bytes(out / name, data)
+                written.append(out / name)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            if not existed:
+                try:
+                    out.rmdir()
+                except OSError:
+                    pass
+            raise
+        for path in written:
+            print(path)
+        print(f"seed {result.seed}")
+        return 0
+
+
+@pipelines.register("text-to-image")
+class TextToImagePipeline(LatentDiffusionPipeline):
+    """Generate images from a prompt (latent diffusion with classifier-free guidance).
+
+    Call it as ``pipe(prompt, *, negative_prompt=None, num_inference_steps=25,
+    guidance_scale=4.0, num_samples=1, seed=None, generator=None, scheduler=None,
+    progress=True)``; see :meth:`LatentDiffusionPipeline.generate`.
+    """
+
+    task = "text-to-image"
+
+    def __call__(self, prompt: str = "", **kwargs) -> ImageGenerationOutput:
+        for name in ("image", "mask", "strength"):
+            if name in kwargs:
+                raise InputError(f"text-to-image takes no {name}; use image-to-image or "
+                                 "inpainting")
+        return self.generate(prompt, **kwargs)
+
+
+@pipelines.register("image-to-image")
+class ImageToImagePipeline(LatentDiffusionPipeline):
+    """Redraw an image toward a prompt (SDEdit): noise it to ``strength``, then denoise.
+
+    Call it as ``pipe(prompt, *, image, strength=0.6, **kwargs)`` with the keyword arguments
+    of text-to-image; ``strength`` 0 returns the image unchanged, 1 ignores it.
+    """
+
+    task = "image-to-image"
+
+    def __call__(self, prompt: str = "", *, image: Any, strength: float = 0.6,
+                 **kwargs) -> ImageGenerationOutput:
+        if "mask" in kwargs:
+            raise InputError("image-to-image takes no mask; use inpainting")
+        return self.generate(prompt, image=image, strength=strength, **kwargs)
+
+    @classmethod
+    def add_task_arguments(cls, parser) -> None:
+        parser.add_argument("--image", required=True, help="the image to redraw (PNG, JPEG)")
+        parser.add_argument("--strength", type=float, default=0.6,
+                            help="how far to move from the image, 0..1 (default 0.6)")
+
+    @staticmethod
+    def task_kwargs(args) -> dict[str, Any]:
+        return {"image": args.image, "strength": args.strength}
+
+
+@pipelines.register("inpainting")
+class InpaintingPipeline(LatentDiffusionPipeline):
+    """Regenerate the masked part of an image (white = regenerate), keeping the rest exactly.
+
+    Call it as ``pipe(prompt, *, image, mask, strength=1.0, **kwargs)`` with the keyword
+    arguments of text-to-image.
+    """
+
+    task = "inpainting"
+
+    def __call__(self, prompt: str = "", *, image: Any, mask: Any, strength: float = 1.0,
+                 **kwargs) -> ImageGenerationOutput:
+        return self.generate(prompt, image=image, mask=mask, strength=strength, **kwargs)
+
+    @classmethod
+    def add_task_arguments(cls, parser) -> None:
+        parser.add_argument("--image", required=True, help="the image to edit (PNG, JPEG)")
+        parser.add_argument("--mask", required=True,
+                            help="mask of the image's size: white = regenerate, black = keep")
+        parser.add_argument("--strength", type=float, default=1.0,
+                            help="share of the schedule to run in the masked area (default 1)")
+
+    @staticmethod
+    def task_kwargs(args) -> dict[str, Any]:
+        return {"image": args.image, "mask": args.mask, "strength": args.strength}
