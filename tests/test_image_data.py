@@ -121,3 +121,28 @@ def test_image_folder_errors_name_the_problem(tmp_path):
     dataset = ImageFolderDataset(path=str(listing), val_fraction=0.0)
     with pytest.raises(DataError, match="cannot read image .*fake.png"):
         dataset[0]
+
+
+def test_distractor_words_never_name_an_item_and_keep_the_caption():
+    from multimodal.data.images import add_distractors, distractor_words
+
+    words = set(distractor_words())
+    for label in range(10):
+        for name in names_of(label):
+            assert not set(name.replace("-", " ").split()) & words, name
+    rng = random.Random(0)
+    for _ in range(50):
+        caption = class_caption(3, rng)
+        padded = add_distractors(caption, rng)
+        assert caption in padded and len(padded.split()) > len(caption.split())
+
+
+@requires_fashion_mnist
+def test_distractor_rate_pads_that_share_of_captions():
+    plain = FashionMNISTDataset(max_items=400)
+    padded = FashionMNISTDataset(max_items=400, distractor_rate=0.5)
+    changed = sum(a != b for a, b in zip(plain.captions, padded.captions))
+    assert 140 < changed < 260
+    assert all(a in b for a, b in zip(plain.captions, padded.captions))
+    with pytest.raises(DataError, match="distractor_rate"):
+        FashionMNISTDataset(max_items=4, distractor_rate=1.5)

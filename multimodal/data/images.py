@@ -104,6 +104,39 @@ def class_caption(label: int, rng: random.Random) -> str:
                                         a_adj=adj_article)
 
 
+DICTIONARY = Path("/usr/share/dict/words")
+_distractors: tuple[str, ...] | None = None
+
+
+def distractor_words() -> tuple[str, ...]:
+    """Ordinary English words to pad captions with: the lower-case 3-8 letter words of
+    ``/usr/share/dict/words`` (Debian ``wamerican``), else the template and adjective words."""
+    global _distractors
+    if _distractors is None:
+        words: set[str] = set()
+        if DICTIONARY.is_file():
+            words = {w for w in DICTIONARY.read_text(encoding="utf-8", errors="ignore").split()
+                     if w.isascii() and w.isalpha() and w.islower() and 3 <= len(w) <= 8}
+        if not words:
+            words = {w for t in TEMPLATES for w in t.split() if w.isalpha()} | set(ADJECTIVES)
+        # Never a garment word: a distractor must not name an item.
+        items = {w for pairs in SYNONYMS for pair in pairs for phrase in pair if phrase
+                 for w in phrase.replace("-", " ").split()}
+        items |= {w + "s" for w in items} | {"shirts", "shoe", "shoes", "boots", "jacket", "top"}
+        _distractors = tuple(sorted(words - items))
+    return _distractors
+
+
+def add_distractors(caption: str, rng: random.Random) -> str:
+    """Put 1-3 random ordinary words before and/or after ``caption``, so the model learns to
+    find the item in prompts phrased in ways no template has (a general robustness
+    augmentation: the words are arbitrary, not the evaluation's phrasings)."""
+    words = distractor_words()
+    before = " ".join(rng.choice(words) for _ in range(rng.randint(0, 2)))
+    after = " ".join(rng.choice(words) for _ in range(rng.randint(0 if before else 1, 2)))
+    return " ".join(part for part in (before, caption, after) if part)
+
+
 def caption_rng(seed: int, split: str, index: int) -> random.Random:
     """The generator that picks the phrasing of item ``index`` (a pure function of its args)."""
     return random.Random(zlib.crc32(f"{seed}/{split}/{index}".encode()))
@@ -199,6 +232,8 @@ class FashionMNISTDataset(Sequence[dict]):
         caption_seed: Seed of the caption phrasings (default 0).
         max_items: Keep only the first this many items (default: all); the files are shuffled,
             so a prefix is close to class-balanced.
+        distractor_rate: Share of captions padded with 1-3 random ordinary words before
+            and/or after (see :func:`add_distractors`; default 0).
 
     Raises:
         DataError: a file is missing (install it: ``apt-get install dataset-fashion-mnist``)
@@ -208,8 +243,12 @@ class FashionMNISTDataset(Sequence[dict]):
     injected_args = ("split",)
 
     def __init__(self, *, split: Literal["train", "val"] = "train", root: str = FASHION_MNIST_DIR,
-                 caption_seed: int = 0, max_items: int | None = None):
+                 caption_seed: int = 0, max_items: int | None = None,
+                 distractor_rate: float = 0.0):
         _check_split(split)
+        if not 0.0 <= distractor_rate <= 1.0:
+            raise DataError(f"distractor_rate must be in [0, 1], got {distractor_rate}")
+        self.distractor_rate = distractor_rate
         if max_items is not None and max_items < 1:
             raise DataError(f"max_items must be >= 1 or null, got {max_items}")
         image_file, label_file = (Path(root) / f for f in FASHION_MNIST_FILES[split])
@@ -232,7 +271,11 @@ class FashionMNISTDataset(Sequence[dict]):
 
     def caption(self, index: int) -> str:
         """The caption of item ``index``."""
-        return class_caption(self.labels[index], caption_rng(self.caption_seed, self.split, index))
+        rng = caption_rng(self.caption_seed, self.split, index)
+        caption = class_caption(self.labels[index], rng)
+        if self.distractor_rate and rng.random() < self.distractor_rate:
+            caption = add_distractors(caption, rng)
+        return caption
 
     @property
     def captions(self) -> list[str]:
