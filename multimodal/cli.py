@@ -53,10 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one plain line (``warning: ...``), not Python's file:line format."""
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(argv)
+    if not args.debug:
+        warnings.showwarning = _show_warning
     try:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
