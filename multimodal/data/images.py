@@ -32,6 +32,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from multimodal.data import check_split
 from multimodal.errors import DataError
 from multimodal.registry import datasets
 
@@ -143,11 +144,6 @@ def caption_rng(seed: int, split: str, index: int) -> random.Random:
 
 
 # -- shared helpers ------------------------------------------------------------------------------
-def _check_split(split: str) -> None:
-    if split not in ("train", "val"):
-        raise DataError(f"split must be 'train' or 'val', got {split!r}")
-
-
 def uint8_to_float(pixels: np.ndarray):
     """(k, c, h, w) uint8 -> float32 torch tensor in [-1, 1]."""
     import torch
@@ -217,8 +213,22 @@ def read_idx(path: Path) -> np.ndarray:
         return array
 
 
+class _ImageItems(Sequence[dict]):
+    """Item access shared by the image datasets: ``{"image", "caption", "label"}`` built from
+    the subclass's ``get_images``, ``caption`` and ``labels``."""
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        index %= len(self)
+        return {"image": self.get_images([index])[0], "caption": self.caption(index),
+                "label": self.labels[index]}
+
+
 @datasets.register("fashion_mnist")
-class FashionMNISTDataset(Sequence[dict]):
+class FashionMNISTDataset(_ImageItems):
     """Fashion-MNIST with captions: 60,000 training and 10,000 test images of 10 classes.
 
     Items: ``{"image": (1, 32, 32) float in [-1, 1], "caption": str, "label": int}``; labels are
@@ -245,7 +255,7 @@ class FashionMNISTDataset(Sequence[dict]):
     def __init__(self, *, split: Literal["train", "val"] = "train", root: str = FASHION_MNIST_DIR,
                  caption_seed: int = 0, max_items: int | None = None,
                  distractor_rate: float = 0.0):
-        _check_split(split)
+        check_split(split)
         if not 0.0 <= distractor_rate <= 1.0:
             raise DataError(f"distractor_rate must be in [0, 1], got {distractor_rate}")
         self.distractor_rate = distractor_rate
@@ -289,19 +299,11 @@ class FashionMNISTDataset(Sequence[dict]):
         chosen = self._pixels if indices is None else self._pixels[indices]
         return uint8_to_float(pad_to(chosen, 32)[:, None])
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        index %= len(self)
-        return {"image": self.get_images([index])[0], "caption": self.caption(index),
-                "label": self.labels[index]}
 
 
 # -- a user's images -----------------------------------------------------------------------------
 @datasets.register("image_folder")
-class ImageFolderDataset(Sequence[dict]):
+class ImageFolderDataset(_ImageItems):
     """A user's own images with captions, listed in a JSONL or CSV file.
 
     JSONL: one object a line, ``{"image": "shoes/001.png", "caption": "a red shoe"}`` with an
@@ -329,7 +331,7 @@ class ImageFolderDataset(Sequence[dict]):
     def __init__(self, *, path: str, split: Literal["train", "val"] = "train",
                  root: str | None = None, image_size: int = 32, channels: Literal[1, 3] = 1,
                  val_fraction: float = 0.05):
-        _check_split(split)
+        check_split(split)
         if channels not in (1, 3):
             raise DataError(f"channels must be 1 or 3, got {channels}")
         list_file = Path(os.path.expanduser(path))
@@ -382,14 +384,9 @@ class ImageFolderDataset(Sequence[dict]):
             np.zeros((0, c, s, s), np.uint8)
         return uint8_to_float(pixels)
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        index %= len(self)
-        return {"image": self.get_images([index])[0], "caption": self.captions[index],
-                "label": self.labels[index]}
+    def caption(self, index: int) -> str:
+        """The caption of item ``index``."""
+        return self.captions[index]
 
 
 def _read_records(list_file: Path) -> list[tuple[str, dict]]:

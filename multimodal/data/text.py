@@ -12,6 +12,7 @@ import zlib
 from pathlib import Path
 from typing import Literal, Sequence
 
+from multimodal.data import check_split
 from multimodal.errors import DataError
 from multimodal.registry import datasets
 
@@ -45,11 +46,6 @@ def read_text(path: Path) -> str:
         ) from None
 
 
-def _check_split(split: str) -> None:
-    if split not in ("train", "val"):
-        raise DataError(f"split must be 'train' or 'val', got {split!r}")
-
-
 @datasets.register("fortunes")
 class FortunesDataset(Sequence[str]):
     """Quotations and literature from the Debian ``fortunes`` package (~2 MB of English).
@@ -71,7 +67,7 @@ class FortunesDataset(Sequence[str]):
 
     def __init__(self, *, split: Literal["train", "val"] = "train", root: str = FORTUNES_DIR,
                  files: list[str] | None = None, val_fraction: float = 0.05):
-        _check_split(split)
+        check_split(split)
         root_path = Path(root)
         if not root_path.is_dir():
             raise DataError(
@@ -127,7 +123,7 @@ class TextFilesDataset(Sequence[str]):
     def __init__(self, *, paths: str | list[str], split: Literal["train", "val"] = "train",
                  separator: str | None = None, split_paragraphs: bool = False,
                  val_fraction: float = 0.05):
-        _check_split(split)
+        check_split(split)
         patterns = [paths] if isinstance(paths, str) else list(paths)
         files: list[Path] = []
         for pattern in patterns:

@@ -146,17 +146,7 @@ class ImageModality:
             ``cond_dropout``), "empty_ids" (n,), "empty_mask" (n,)}``.
         """
         index = torch.randint(0, len(prepared), (batch_size,), generator=generator)
-        latents = prepared.latents[index]
-        return {
-            "latents": latents,
-            "caption_ids": prepared.caption_ids[index],
-            "caption_mask": prepared.caption_mask[index],
-            "noise": torch.randn(latents.shape, generator=generator),
-            "t_uniform": torch.rand(batch_size, generator=generator),
-            "drop_uniform": torch.rand(batch_size, generator=generator),
-            "empty_ids": prepared.empty_ids,
-            "empty_mask": prepared.empty_mask,
-        }
+        return _batch(prepared, index, generator, drop_captions=True)
 
     def eval_batches(self, prepared: LatentCaptions, *, batch_size: int,
                      max_batches: int) -> Iterator[dict]:
@@ -168,17 +158,7 @@ class ImageModality:
             if start >= len(prepared):
                 return
             index = torch.arange(start, min(len(prepared), start + batch_size))
-            latents = prepared.latents[index]
-            yield {
-                "latents": latents,
-                "caption_ids": prepared.caption_ids[index],
-                "caption_mask": prepared.caption_mask[index],
-                "noise": torch.randn(latents.shape, generator=generator),
-                "t_uniform": torch.rand(len(index), generator=generator),
-                "drop_uniform": torch.ones(len(index)),
-                "empty_ids": prepared.empty_ids,
-                "empty_mask": prepared.empty_mask,
-            }
+            yield _batch(prepared, index, generator, drop_captions=False)
 
     def loss(self, backbone, decoder, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean squared error of the denoiser's ``eps`` (or ``v``) prediction, weighted per
@@ -227,3 +207,19 @@ class ImageModality:
             total += loss.item() * size
             count += size
         return {"loss": total / count} if count else {}
+
+
+def _batch(prepared: LatentCaptions, index: torch.Tensor, generator: torch.Generator, *,
+           drop_captions: bool) -> dict:
+    """The items ``index`` of ``prepared`` with noise and timestep draws from ``generator``
+    (in this order: noise, timesteps, then caption-dropout draws when ``drop_captions``;
+    without it no caption is dropped)."""
+    latents = prepared.latents[index]
+    k = len(index)
+    noise = torch.randn(latents.shape, generator=generator)
+    t_uniform = torch.rand(k, generator=generator)
+    drop_uniform = torch.rand(k, generator=generator) if drop_captions else torch.ones(k)
+    return {"latents": latents, "caption_ids": prepared.caption_ids[index],
+            "caption_mask": prepared.caption_mask[index], "noise": noise,
+            "t_uniform": t_uniform, "drop_uniform": drop_uniform,
+            "empty_ids": prepared.empty_ids, "empty_mask": prepared.empty_mask}
