@@ -1,9 +1,12 @@
 """``multimodal demo``: one output of every task the embedded models can do, in one folder.
 
-Writes ``text.txt`` (+ ``text.json``) from the text model and, when the text-to-image model is
-there, ``image.png``: one sample for each of ten prompts naming the Fashion-MNIST items, as a
-grid (2 rows of 5; each 32x32 sample upscaled 4x, nearest neighbour), its prompts, seed and
-settings in the PNG's text chunk.
+Writes ``text.txt`` (+ ``text.json``) from the text model and, for each other task whose
+model is there (else a "skipped" line):
+
+* ``image.png``: one sample for each of ten prompts naming the Fashion-MNIST items, as a grid
+  (2 rows of 5; each 32x32 sample upscaled 4x, nearest neighbour), its prompts, seed and
+  settings in the PNG's text chunk;
+* ``audio.wav`` (+ ``audio.json``): :data:`AUDIO_PROMPT` spoken, 16 kHz.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Iterator
 from multimodal.io import atomic_write_bytes, atomic_write_text, prepare_out_dir
 
 TEXT_PROMPT = "The secret of life is"
+AUDIO_PROMPT = "Seven. A sneaker and a bag."
 IMAGE_PROMPTS = ("a t-shirt", "a pair of trousers", "a pullover", "a dress", "a coat",
                  "a sandal", "a shirt", "a sneaker", "a bag", "an ankle boot")
 
@@ -48,12 +52,18 @@ def run_demo(out_dir: str | Path, *, checkpoint=None, seed: int = 0) -> Iterator
     yield f"text-generation ({time.perf_counter() - start:.1f} s) -> {out / 'text.txt'}:"
     yield "  " + text.strip().replace("\n", "\n  ")
 
-    start = time.perf_counter()
-    try:
-        image_pipe = load_pipeline("text-to-image", checkpoint)
-    except CheckpointError as exc:
-        yield f"text-to-image: skipped ({exc})"
-        return
+    for task, step in (("text-to-image", _image), ("text-to-audio", _audio)):
+        start = time.perf_counter()
+        try:
+            pipe = load_pipeline(task, checkpoint)
+        except CheckpointError as exc:
+            yield f"{task}: skipped ({exc})"
+            continue
+        line = step(pipe, out, seed)
+        yield f"{task} ({time.perf_counter() - start:.1f} s) -> {line}"
+
+
+def _image(image_pipe, out: Path, seed: int) -> str:
     from multimodal.pipelines.text_to_image import image_grid, png_bytes
 
     samples, settings = [], None
@@ -63,5 +73,15 @@ def run_demo(out_dir: str | Path, *, checkpoint=None, seed: int = 0) -> Iterator
         settings = result.metadata(0)
     settings = dict(settings, prompt=list(IMAGE_PROMPTS), sample=None, grid="2 rows of 5")
     atomic_write_bytes(out / "image.png", png_bytes(image_grid(samples, columns=5), settings))
-    yield (f"text-to-image ({time.perf_counter() - start:.1f} s) -> {out / 'image.png'}: "
-           + ", ".join(IMAGE_PROMPTS))
+    return f"{out / 'image.png'}: " + ", ".join(IMAGE_PROMPTS)
+
+
+def _audio(audio_pipe, out: Path, seed: int) -> str:
+    from multimodal.pipelines.text_to_audio import wav_bytes
+
+    result = audio_pipe(AUDIO_PROMPT, seed=seed, progress=False)
+    atomic_write_bytes(out / "audio.wav", wav_bytes(result.audios[0], result.sample_rate))
+    atomic_write_text(out / "audio.json", json.dumps(result.metadata(0), indent=1,
+                                                     ensure_ascii=False) + "\n")
+    seconds = len(result.audios[0]) / result.sample_rate
+    return f"{out / 'audio.wav'}: {AUDIO_PROMPT!r} ({seconds:.1f} s, {result.vocoder} vocoder)"

@@ -21,3 +21,13 @@ def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(int(os.environ.get("MULTIMODAL_TEST_THREADS", "1")))
     yield
+
+
+def _has_espeak() -> bool:
+    import shutil
+
+    return shutil.which("espeak-ng") is not None
+
+
+requires_espeak = pytest.mark.skipif(not _has_espeak(),
+                                     reason="Debian package 'espeak-ng' not installed")

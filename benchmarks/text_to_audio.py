@@ -1,0 +1,201 @@
+"""Benchmark the text-to-audio stack: its vocoders against their baselines.
+
+(a) Fast WaveNet. Cached autoregressive generation (per-layer queues, Paine et al. 2016)
+    against the naive loop that runs the full forward over the receptive-field window for
+    every sample, for 1 s of audio (16,000 samples). The naive loop over all 16,000 samples
+    takes minutes, so it is timed over ``--naive-samples`` samples once its window is full
+    (its per-sample cost is constant from then on: the window length is the receptive field)
+    and extrapolated; the cached loop is timed over the whole second, best of 2 (eager, and with the
+    ``torch.compile``d step unless ``--no-compile``). Target: >= 100x.
+
+(b) Real-time factor (seconds of compute per second of 16 kHz audio) of the Parallel WaveGAN
+    generator (target <= 0.05 on 2 threads), of cached WaveNet, and of Griffin-Lim
+    (``LogMel.griffin_lim``, 64 iterations), the baseline.
+
+(c) End-to-end text-to-WAV real-time factor (to come).
+
+Human-readable lines are printed as the parts run; the last line is one JSON object with every
+figure. Without ``--checkpoint`` the vocoders have the constructor defaults and random weights
+(timings do not depend on the weights).
+
+Run (from the repository root)::
+
+    .venv/bin/python benchmarks/text_to_audio.py                  # untrained default sizes
+    .venv/bin/python benchmarks/text_to_audio.py --checkpoint DIR # trained vocoders
+
+Timings on a shared or loaded machine are noisy: prefer ``--threads`` below the number of idle
+cores, and read the best-of-repeats figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from multimodal.modalities.audio.features import SAMPLE_RATE, LogMel  # noqa: E402
+from multimodal.modalities.audio.wavenet import (ParallelWaveGANGenerator,  # noqa: E402
+                                                 WaveNetVocoder)
+
+AR_WEIGHTS, PARALLEL_WEIGHTS = "wavenet.safetensors", "parallel_wavegan.safetensors"
+
+
+def log(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def build_vocoders(checkpoint: str | None = None, *, wavenet_args: dict | None = None,
+                   parallel_args: dict | None = None
+                   ) -> tuple[WaveNetVocoder, ParallelWaveGANGenerator]:
+    """The two vocoders at their constructor defaults (updated by ``wavenet_args`` and
+    ``parallel_args``); with ``checkpoint``, their weights from ``DIR/wavenet.safetensors``
+    and ``DIR/parallel_wavegan.safetensors``."""
+    ar = WaveNetVocoder(**(wavenet_args or {})).eval()
+    parallel = ParallelWaveGANGenerator(**(parallel_args or {})).eval()
+    if checkpoint:
+        from safetensors.torch import load_file
+
+        for model, name in ((ar, AR_WEIGHTS), (parallel, PARALLEL_WEIGHTS)):
+            model.load_state_dict(load_file(Path(checkpoint) / name))
+    return ar, parallel
+
+
+def mel_of(seconds: float, hop_length: int, seed: int = 0) -> torch.Tensor:
+    """A (1, 80, frames) normalised mel covering ``seconds`` (random: timing only)."""
+    frames = max(1, round(seconds * SAMPLE_RATE / hop_length))
+    return torch.randn(1, 80, frames, generator=torch.Generator().manual_seed(seed))
+
+
+def part_a(ar: WaveNetVocoder, *, naive_samples: int = 300, compile: bool = True) -> dict:
+    """Cached vs naive autoregressive generation of 1 s of audio."""
+    log(f"(a) Fast WaveNet (cached) vs the naive loop, 1 s of audio; receptive field "
+        f"{ar.receptive_field} samples, {len(ar.dilations)} layers, "
+        f"{ar.residual_channels} residual channels")
+    mel = mel_of(1.0, ar.hop_length)
+    num_samples = mel.shape[-1] * ar.hop_length
+    seed = torch.Generator().manual_seed(0)
+    window = ar.receptive_field
+    # the naive loop: time samples [window, window + naive_samples) (full window) only
+    fill = timed(lambda: ar.generate_naive(mel, window, generator=seed.manual_seed(0)))
+    total = timed(lambda: ar.generate_naive(mel, window + naive_samples,
+                                            generator=seed.manual_seed(0)))
+    naive_per_sample = max(total - fill, 1e-9) / naive_samples
+    naive_1s = naive_per_sample * SAMPLE_RATE
+    out = {"receptive_field": window, "naive_per_sample_s": naive_per_sample,
+           "naive_1s_extrapolated_s": naive_1s}
+    cached = min(timed(lambda: ar.generate(mel, generator=seed.manual_seed(0)))
+                 for _ in range(2))
+    out["cached_1s_s"] = cached / num_samples * SAMPLE_RATE
+    out["cached_samples_per_s"] = num_samples / cached
+    out["speedup"] = naive_1s / out["cached_1s_s"]
+    log(f"    naive   {naive_per_sample * 1e3:8.2f} ms/sample (timed over {naive_samples} "
+        f"full-window samples) -> {naive_1s:8.1f} s per second of audio (extrapolated)")
+    log(f"    cached  {cached / num_samples * 1e6:8.1f} us/sample "
+        f"({out['cached_samples_per_s']:.0f} samples/s) -> {out['cached_1s_s']:8.2f} s per "
+        f"second; speed-up {out['speedup']:.0f}x (target >= 100x)")
+    if compile:
+        compile_s = timed(lambda: ar.generate(mel[..., :2], compile=True))
+        compiled = min(timed(lambda: ar.generate(mel, generator=seed.manual_seed(0),
+                                                 compile=True)) for _ in range(2))
+        same = (ar.generate(mel[..., :8], generator=seed.manual_seed(1)) ==
+                ar.generate(mel[..., :8], generator=seed.manual_seed(1), compile=True))
+        out["compiled_equal_fraction"] = same.float().mean().item()  # near-ties may diverge
+        out.update(compile_s=compile_s, compiled_1s_s=compiled / num_samples * SAMPLE_RATE,
+                   compiled_samples_per_s=num_samples / compiled,
+                   compiled_speedup=naive_1s / (compiled / num_samples * SAMPLE_RATE))
+        log(f"    compiled {compiled / num_samples * 1e6:7.1f} us/sample "
+            f"({out['compiled_samples_per_s']:.0f} samples/s) -> {out['compiled_1s_s']:8.2f} s "
+            f"per second; speed-up {out['compiled_speedup']:.0f}x; compiled once in "
+            f"{compile_s:.1f} s; {out['compiled_equal_fraction'] * 100:.1f}% of 2,048 samples "
+            "identical to the eager loop's")
+    out["meets_target"] = max(out["speedup"], out.get("compiled_speedup", 0)) >= 100
+    return out
+
+
+def part_b(ar: WaveNetVocoder, parallel: ParallelWaveGANGenerator, *, seconds: float = 4.0,
+           repeats: int = 3, cached_rtf: float | None = None) -> dict:
+    """Real-time factors of the vocoders and of Griffin-Lim."""
+    log(f"(b) real-time factor (compute s per s of audio), {seconds:g} s clips, best of "
+        f"{repeats}")
+    mel = mel_of(seconds, parallel.hop_length)
+    audio_s = mel.shape[-1] * parallel.hop_length / SAMPLE_RATE
+    with torch.inference_mode():
+        parallel(mel[..., :4])  # warm-up
+        pwg = min(timed(lambda: parallel(mel, generator=torch.Generator().manual_seed(0)))
+                  for _ in range(repeats)) / audio_s
+    features = LogMel()
+    log_mel = features(torch.randn(1, mel.shape[-1] * features.hop_length) * 0.1)
+    griffin_lim = min(timed(lambda: features.griffin_lim(log_mel)) for _ in range(repeats))
+    griffin_lim /= audio_s
+    if cached_rtf is None:
+        short = mel_of(0.25, ar.hop_length)
+        cached_rtf = timed(lambda: ar.generate(short)) / (
+            short.shape[-1] * ar.hop_length / SAMPLE_RATE)
+    out = {"parallel_wavegan": pwg, "wavenet_cached": cached_rtf, "griffin_lim": griffin_lim,
+           "meets_target": pwg <= 0.05}
+    log(f"    {'vocoder':<18}{'RTF':>10}")
+    for name, value in (("Parallel WaveGAN", pwg), ("WaveNet (cached)", cached_rtf),
+                        ("Griffin-Lim (64)", griffin_lim)):
+        log(f"    {name:<18}{value:>10.4f}")
+    log(f"    Parallel WaveGAN target <= 0.05: {'met' if pwg <= 0.05 else 'missed'}")
+    return out
+
+
+def vocoder_figures(ar: WaveNetVocoder, parallel: ParallelWaveGANGenerator, threads: int, *,
+                    naive_samples: int = 300, compile: bool = True, seconds: float = 4.0,
+                    repeats: int = 3) -> dict:
+    """Parts (a) and (b) for the given (trained or untrained) vocoders on ``threads`` CPU
+    threads; returns ``{"a": ..., "b": ...}``."""
+    torch.set_num_threads(threads)
+    ar, parallel = ar.eval(), parallel.eval()
+    a = part_a(ar, naive_samples=naive_samples, compile=compile)
+    b = part_b(ar, parallel, seconds=seconds, repeats=repeats,
+               cached_rtf=min(a["cached_1s_s"], a.get("compiled_1s_s", float("inf"))))
+    return {"a": a, "b": b}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", help="a directory with wavenet.safetensors and "
+                        "parallel_wavegan.safetensors (default: untrained default sizes)")
+    parser.add_argument("--wavenet-args", type=json.loads, default={},
+                        help="JSON constructor arguments of WaveNetVocoder, "
+                        'e.g. \'{"num_layers": 20}\'')
+    parser.add_argument("--parallel-args", type=json.loads, default={},
+                        help="JSON constructor arguments of ParallelWaveGANGenerator")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--naive-samples", type=int, default=300,
+                        help="full-window samples the naive loop is timed over in (a)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="clip length in (b)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the torch.compile'd WaveNet step in (a)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    ar, parallel = build_vocoders(args.checkpoint, wavenet_args=args.wavenet_args,
+                                  parallel_args=args.parallel_args)
+    log(f"{torch.get_num_threads()} threads; WaveNet {sum(p.numel() for p in ar.parameters())} "
+        f"parameters, Parallel WaveGAN {sum(p.numel() for p in parallel.parameters())}")
+    report = {"threads": torch.get_num_threads(), "checkpoint": args.checkpoint,
+              "wavenet_args": args.wavenet_args, "parallel_args": args.parallel_args,
+              **vocoder_figures(ar, parallel, args.threads, naive_samples=args.naive_samples,
+                                compile=not args.no_compile, seconds=args.seconds,
+                                repeats=args.repeats)}
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""The text front end of speech: espeak-ng turns text into IPA phonemes (as Piper and VITS do),
+and a fixed symbol table turns IPA characters into ids.
+
+``phonemize("Hello there, seven", "en-us")`` -> ``"həlˈoʊ ðˈɛɹ , sˈɛvən"``: one line of IPA per
+clause from ``espeak-ng -q --ipa``, joined by ``" , "`` so a clause break is a token (a pause).
+Only the language part of a voice (``en-us`` of ``en-us+f3``) changes the phonemes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from multimodal.errors import DataError, InputError
+from multimodal.registry import tokenizers
+
+DEFAULT_VOICES = ("en-us", "en-us+f3", "en-gb+m3", "en-us+m7")
+
+# Padding, start and end, then every symbol espeak-ng's English voices print with --ipa
+# (and the rest of its IPA inventory, so other languages map too).
+PAD, BOS, EOS = "_", "^", "$"
+SYMBOLS = (
+    [PAD, BOS, EOS, " ", ",", "-"]
+    + list("abcdefghijklmnopqrstuvwxyz")
+    + list("æçðøħŋœɐɑɒɓɔɕɖɗɘəɚɛɜɝɞɟɠɡɢɣɤɥɦɧɨɪɫɬɭɮɯɰɱɲɳɴɵɶɸɹɺɻɽɾʀʁʂʃʄʈʉʊʋʌʍʎʏʐʑʒʔʕʘʙʛʜʝʟʡʢ")
+    + list("ˈˌːˑ̩̃ʰʲʷ̪ᵻ̝̞")
+)
+
+
+def language_of(voice: str) -> str:
+    """``"en-us+f3"`` -> ``"en-us"``."""
+    return voice.split("+", 1)[0]
+
+
+def phonemize(text: str, voice: str = "en-us") -> str:
+    """IPA phonemes of ``text`` from espeak-ng in the language of ``voice``.
+
+    Raises:
+        DataError: espeak-ng is missing or does not know the voice.
+    """
+    try:
+        out = subprocess.run(["espeak-ng", "-q", "--ipa", "-v", language_of(voice), "--", text],
+                             capture_output=True, check=True, timeout=60)
+    except OSError:
+        raise DataError("espeak-ng is not installed; install it with "
+                        "`apt-get install espeak-ng`") from None
+    except subprocess.SubprocessError as exc:
+        detail = (getattr(exc, "stderr", b"") or b"").decode(errors="replace").strip()
+        raise DataError(f"espeak-ng failed for voice {voice!r}: {detail or exc}") from None
+    lines = out.stdout.decode("utf-8", "replace").splitlines()
+    return " , ".join(line.strip() for line in lines if line.strip())
+
+
+@tokenizers.register("espeak_phonemes")
+class PhonemeTokenizer:
+    """Text -> espeak-ng IPA -> ids over the fixed table :data:`SYMBOLS` (no fitting).
+
+    Ids: ``pad_id`` 0, ``bos_id`` 1, ``eos_id`` 2; :meth:`encode` returns
+    ``[bos] + symbols + [eos]``. Characters outside the table are dropped (and counted in
+    ``unknown_count``).
+
+    It also holds the table of voices the acoustic decoder learns one embedding for (a voice
+    names both a speaker and the language its text is phonemised in).
+
+    Args:
+        voices: espeak-ng voice names (``language[+variant]``); the first is the default
+            (default ``en-us``, ``en-us+f3``, ``en-gb+m3``, ``en-us+m7``).
+        max_phonemes: Longest accepted phoneme sequence, start and end included (default 256);
+            :meth:`encode` raises :class:`InputError` above it.
+    """
+
+    fit_on = "text"
+    is_trained = True
+
+    def __init__(self, *, voices: tuple[str, ...] = DEFAULT_VOICES, max_phonemes: int = 256):
+        voices = tuple(voices)
+        if not voices:
+            raise ValueError("espeak_phonemes needs at least one voice")
+        self.voices = voices
+        self.max_phonemes = max_phonemes
+        self.symbols = list(SYMBOLS)
+        self.index = {s: i for i, s in enumerate(self.symbols)}
+        self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
+        self.unknown_count = 0
+
+    def voice_id(self, voice: str | None) -> int:
+        """Index of ``voice`` in ``voices`` (``None``: the first, the default voice).
+
+        Raises:
+            InputError: an unknown voice (the message lists the known ones).
+        """
+        if voice is None:
+            return 0
+        if voice not in self.voices:
+            raise InputError(f"unknown voice {voice!r}; this model knows: "
+                             f"{', '.join(self.voices)}")
+        return self.voices.index(voice)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.symbols)
+
+    def fit(self, data: Any, **_: Any) -> "PhonemeTokenizer":
+        return self  # a fixed table: nothing to learn
+
+    def ids_from_ipa(self, ipa: str) -> list[int]:
+        """``[bos] + ids of the IPA characters + [eos]`` (unknown characters dropped)."""
+        ids = [self.index[c] for c in ipa if c in self.index]
+        self.unknown_count += len(ipa) - len(ids)
+        return [self.bos_id] + ids + [self.eos_id]
+
+    def encode(self, text: str, voice: str = "en-us", *, max_phonemes: int | None = None
+               ) -> list[int]:
+        """Phoneme ids of ``text`` read in ``voice``'s language, at most ``max_phonemes``
+        (default: the tokenizer's ``max_phonemes``).
+
+        Raises:
+            InputError: ``text`` is empty, has no letter or digit (nothing pronounceable; a
+                text of symbols alone is refused rather than spelt out), or is longer than
+                ``max_phonemes``.
+            DataError: espeak-ng is missing or does not know the voice.
+        """
+        if not text or not text.strip():
+            raise InputError("the prompt is empty: give the text to speak")
+        if not any(c.isalnum() for c in text):  # espeak-ng would spell out the symbols
+            raise InputError(f"nothing pronounceable in {text!r}: give words or numbers")
+        ipa = phonemize(text, voice)
+        ids = self.ids_from_ipa(ipa)
+        if len(ids) <= 2 or not any(c.isalpha() for c in ipa):
+            raise InputError(f"nothing pronounceable in {text!r}: give words or numbers")
+        limit = self.max_phonemes if max_phonemes is None else min(max_phonemes,
+                                                                    self.max_phonemes)
+        if len(ids) > limit:
+            raise InputError(
+                f"{text[:40]!r}... is {len(ids)} phonemes long; this model reads at most {limit} "
+                f"phonemes per sentence (about {max(1, limit // 12)} words): split it with "
+                "full stops")
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """The IPA string of ``ids`` (start, end and padding left out)."""
+        return "".join(self.symbols[i] for i in ids if i > 2)
+
+    def save(self, directory: str | Path) -> None:
+        (Path(directory) / "phonemes.txt").write_text("\n".join(self.symbols), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: str | Path, **config: Any) -> "PhonemeTokenizer":
+        tok = cls(**config)
+        path = Path(directory) / "phonemes.txt"
+        if path.is_file():
+            tok.symbols = path.read_text(encoding="utf-8").split("\n")
+            tok.index = {s: i for i, s in enumerate(tok.symbols)}
+        return tok

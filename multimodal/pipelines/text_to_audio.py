@@ -1,0 +1,300 @@
+"""Text-to-audio: speech from text through the shared backbone, the acoustic decoder and a
+vocoder.
+
+``prompt`` -> espeak-ng phonemes (the text front end, as in Piper and VITS) -> shared backbone
+-> :class:`~multimodal.modalities.audio.acoustic.MelDecoder` (durations, then mel frames) ->
+vocoder (``parallel``: Parallel WaveGAN, ``autoregressive``: WaveNet with cached generation,
+``griffin-lim``: the baseline) -> 16 kHz mono audio, peak-normalised to 0.95.
+
+Long prompts are cut into sentences (at ``.``, ``!``, ``?``, ``;`` and ``:``) that are spoken
+one after the other with :data:`PAUSE_SECONDS` of silence between them; a single sentence
+longer than the model's limit is an :class:`~multimodal.errors.InputError` naming the limit.
+Random draws come from one ``torch.Generator`` seeded with ``seed``: the vocoder's noise
+(parallel) or its sampling (autoregressive), sample after sample.
+
+Outputs: 16-bit PCM WAV (soundfile) and a sidecar JSON with the prompt and settings.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from multimodal.errors import CheckpointError, InputError
+from multimodal.registry import pipelines
+
+PAUSE_SECONDS = 0.25
+PEAK = 0.95
+SILENT_PEAK = 1e-4  # a waveform whose peak is below this is reported, never written
+
+
+@dataclass
+class AudioGenerationOutput:
+    """What the text-to-audio pipeline returns.
+
+    Attributes:
+        audios: One float32 waveform (t,) per sample, 16,000 Hz, in [-0.95, 0.95].
+        sample_rate: Hz (16,000).
+        prompt, voice, vocoder, seed, length_scale, checkpoint_id: The settings used.
+        phonemes: The IPA the model read.
+        mels: The normalised log-mel (m, f) of each sample (before the vocoder).
+    """
+
+    audios: list[np.ndarray]
+    sample_rate: int = 16_000
+    prompt: str = ""
+    voice: str = ""
+    vocoder: str = "parallel"
+    seed: int | None = None
+    length_scale: float = 1.0
+    checkpoint_id: str = "none"
+    phonemes: str = ""
+    mels: list[torch.Tensor] = field(default_factory=list, repr=False)
+
+    def metadata(self, index: int) -> dict[str, Any]:
+        """The settings of sample ``index`` (written next to its WAV)."""
+        return {"task": "text-to-audio", "prompt": self.prompt, "voice": self.voice,
+                "vocoder": self.vocoder, "seed": self.seed, "sample": index,
+                "length_scale": self.length_scale, "sample_rate": self.sample_rate,
+                "seconds": round(len(self.audios[index]) / self.sample_rate, 3),
+                "phonemes": self.phonemes, "checkpoint": self.checkpoint_id}
+
+
+def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    """A mono 16-bit PCM WAV file of ``audio`` (float in [-1, 1])."""
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.asarray(audio, dtype=np.float32), sample_rate, subtype="PCM_16",
+             format="WAV")
+    return buffer.getvalue()
+
+
+def split_sentences(text: str) -> list[str]:
+    """``text`` cut after ``. ! ? ; :`` (keeping the punctuation), blank pieces dropped."""
+    return [s.strip() for s in re.split(r"(?<=[.!?;:])\s+", text.strip()) if s.strip()]
+
+
+@pipelines.register("text-to-audio")
+class TextToAudioPipeline:
+    """Speak a prompt (see the module docstring).
+
+    Call it as ``pipe(prompt, *, voice=None, vocoder=None, num_samples=1, seed=None,
+    generator=None, length_scale=1.0, progress=True)``.
+
+    Args:
+        backbone: The shared Transformer.
+        decoder: The acoustic decoder (``mel_decoder``).
+        phonemes: The text front end (``espeak_phonemes``, with the voices).
+        audio: The audio tokenizer (``log_mel``, with the vocoders).
+        checkpoint_id: Recorded in outputs.
+    """
+
+    task = "text-to-audio"
+    default_checkpoint_name = "text-to-audio"
+
+    def __init__(self, *, backbone, decoder, phonemes, audio, checkpoint_id: str = "none"):
+        self.backbone, self.decoder = backbone, decoder
+        self.phonemes, self.audio = phonemes, audio
+        self.checkpoint_id = checkpoint_id
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> "TextToAudioPipeline":
+        """Load from a checkpoint (or a run directory's newest one).
+
+        Raises:
+            CheckpointError: unusable checkpoint, or one without an audio decoder and the
+                ``phonemes`` and ``audio`` tokenizers.
+        """
+        from multimodal.training.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path, device=device)
+        missing = [key for key, found in (("decoders.audio", "audio" in ckpt.model.decoders),
+                                          ("tokenizers.phonemes", "phonemes" in ckpt.tokenizers),
+                                          ("tokenizers.audio", "audio" in ckpt.tokenizers))
+                   if not found]
+        if missing:
+            raise CheckpointError(f"checkpoint {ckpt.path} has no {', '.join(missing)}; "
+                                  "text-to-audio needs a mel_decoder, an espeak_phonemes and a "
+                                  "log_mel tokenizer (train e.g. configs/text_to_audio_speech.yaml)")
+        return cls(backbone=ckpt.model.backbone.eval(),
+                   decoder=ckpt.model.decoders["audio"].eval(),
+                   phonemes=ckpt.tokenizers["phonemes"], audio=ckpt.tokenizers["audio"].to(device),
+                   checkpoint_id=ckpt.checkpoint_id)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.decoder.parameters()).device
+
+    @property
+    def max_phonemes(self) -> int:
+        """Longest sentence the model reads, in phonemes (start and end included)."""
+        return min(self.phonemes.max_phonemes, self.backbone.max_seq_len)
+
+    @property
+    def voices(self) -> list[str]:
+        return list(self.phonemes.voices)
+
+    # -- generation ----------------------------------------------------------------------------
+    def phoneme_chunks(self, prompt: str, voice: str) -> list[list[int]]:
+        """Phoneme ids of each sentence of ``prompt``, neighbours merged while they fit.
+
+        Raises:
+            InputError: empty or unpronounceable prompt, or a sentence above the limit.
+        """
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("the prompt is empty: give the text to speak, e.g. --prompt seven")
+        limit = self.max_phonemes
+        chunks: list[list[int]] = []
+        for sentence in split_sentences(prompt):
+            try:
+                ids = self.phonemes.encode(sentence, voice, max_phonemes=limit)
+            except InputError as exc:
+                if "nothing pronounceable" in str(exc):
+                    continue  # a lone symbol between sentences; the whole prompt is checked below
+                raise
+            pause = self.phonemes.ids_from_ipa(" , ")[1:-1]  # a clause break, as espeak marks it
+            if chunks and len(chunks[-1]) + len(pause) + len(ids) - 2 <= limit:
+                chunks[-1] = chunks[-1][:-1] + pause + ids[1:]  # one sequence
+            else:
+                chunks.append(ids)
+        if not chunks:
+            raise InputError(f"nothing pronounceable in {prompt!r}: give words or numbers")
+        return chunks
+
+    @torch.no_grad()
+    def __call__(self, prompt: str, *, voice: str | None = None, vocoder: str | None = None,
+                 num_samples: int = 1, seed: int | None = None,
+                 generator: torch.Generator | None = None, length_scale: float = 1.0,
+                 progress: bool = True) -> AudioGenerationOutput:
+        """Speak ``prompt``.
+
+        Args:
+            prompt: English text (numbers are read out).
+            voice: One of :attr:`voices` (default: the first).
+            vocoder: ``"parallel"``, ``"autoregressive"`` or ``"griffin-lim"`` (default: the
+                checkpoint's ``default_vocoder``).
+            num_samples: Takes of the same text (they differ in the vocoder's randomness).
+            seed: Seeds the vocoder's random draws (default: a random seed, recorded).
+            generator: Use this generator instead of ``seed``.
+            length_scale: Multiplies the predicted durations (> 1 is slower), in (0, 10].
+            progress: Show a progress bar (the autoregressive vocoder is sample by sample).
+
+        Returns:
+            :class:`AudioGenerationOutput`.
+
+        Raises:
+            InputError: empty, unpronounceable or too long prompt; unknown voice or vocoder;
+                a bad ``num_samples`` or ``length_scale``; a silent result.
+        """
+        voice = self.voices[0] if voice is None else voice
+        voice_id = self.phonemes.voice_id(voice)
+        name = vocoder or self.audio.default_vocoder
+        if name not in self.audio.available_vocoders:
+            raise InputError(f"unknown vocoder {name!r}; this model has: "
+                             f"{', '.join(self.audio.available_vocoders)}")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise InputError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if not 0 < length_scale <= 10:
+            raise InputError(f"length_scale must be in (0, 10], got {length_scale}")
+        chunks = self.phoneme_chunks(prompt, voice)
+        if generator is None:
+            if seed is None:
+                seed = int(torch.randint(0, 2**31 - 1, ()).item())
+            generator = torch.Generator().manual_seed(seed)
+        device = self.device
+        mels = []
+        for ids in chunks:
+            mel, frames = self.decoder.generate(
+                self.backbone, torch.tensor([ids], device=device),
+                torch.tensor([voice_id], device=device), length_scale=length_scale)
+            mels.append(mel[0, :, : int(frames[0])].float().cpu())
+        pause = np.zeros(int(PAUSE_SECONDS * self.audio.sample_rate), dtype=np.float32)
+        audios = []
+        for _ in range(num_samples):
+            pieces = []
+            for mel in mels:
+                wave = self.audio.decode(mel[None], vocoder=name, generator=generator,
+                                         progress=progress)[0].numpy()
+                pieces += [wave, pause]
+            audios.append(peak_normalise(np.concatenate(pieces[:-1]), prompt))
+        return AudioGenerationOutput(
+            audios=audios, sample_rate=self.audio.sample_rate, prompt=prompt, voice=voice,
+            vocoder=name, seed=seed, length_scale=length_scale,
+            checkpoint_id=self.checkpoint_id,
+            phonemes=" | ".join(self.phonemes.decode(ids) for ids in chunks),
+            mels=[torch.cat(mels, -1)])
+
+    # -- command line ----------------------------------------------------------------------------
+    @classmethod
+    def add_cli_arguments(cls, parser) -> None:
+        parser.add_argument("--prompt", required=True, help="the text to speak")
+        parser.add_argument("--voice", default=None,
+                            help="one of the model's voices (default: its first; an unknown "
+                                 "voice is an error listing them)")
+        parser.add_argument("--vocoder", default=None,
+                            help="parallel, autoregressive or griffin-lim "
+                                 "(default: the model's default vocoder)")
+        parser.add_argument("--num-samples", type=int, default=1)
+        parser.add_argument("--seed", type=int, default=None)
+        parser.add_argument("--length-scale", type=float, default=1.0,
+                            help="speaking slowness: durations are multiplied by it")
+        parser.add_argument("--out", default=f"out/{cls.task}",
+                            help="output directory for 000.wav (+ 000.json), ...")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run_cli(self, args) -> int:
+        """Generate and write ``000.wav`` and ``000.json`` ... atomically; on any failure no
+        file of this run is left behind."""
+        from multimodal.io import atomic_write_bytes, atomic_write_text, prepare_out_dir
+
+        out = Path(args.out)
+        existed = out.exists()
+        out = prepare_out_dir(out)  # before generating: an unwritable directory fails at once
+        written: list[Path] = []
+        try:
+            result = self(args.prompt, voice=args.voice, vocoder=args.vocoder,
+                          num_samples=args.num_samples, seed=args.seed,
+                          length_scale=args.length_scale, progress=not args.no_progress)
+            for i, audio in enumerate(result.audios):
+                atomic_write_bytes(out / f"{i:03d}.wav", wav_bytes(audio, result.sample_rate))
+                written.append(out / f"{i:03d}.wav")
+                atomic_write_text(out / f"{i:03d}.json",
+                                  json.dumps(result.metadata(i), indent=1,
+                                             ensure_ascii=False) + "\n")
+                written.append(out / f"{i:03d}.json")
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            if not existed:
+                try:
+                    out.rmdir()
+                except OSError:
+                    pass
+            raise
+        for path in written:
+            if path.suffix == ".wav":
+                print(path)
+        print(f"seed {result.seed}")
+        return 0
+
+
+def peak_normalise(audio: np.ndarray, prompt: str = "") -> np.ndarray:
+    """Scale ``audio`` so its peak is :data:`PEAK` (never clipped).
+
+    Raises:
+        InputError: the audio is silent (peak below :data:`SILENT_PEAK`): the model produced
+            nothing for ``prompt``.
+    """
+    audio = np.nan_to_num(np.asarray(audio, dtype=np.float32))
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    if peak < SILENT_PEAK:
+        raise InputError(f"the model produced silence for {prompt!r}; nothing was written")
+    return audio * (PEAK / peak)

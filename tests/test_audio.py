@@ -1,0 +1,267 @@
+"""Text-to-audio: phoneme front end, alignment search, datasets, the audio tokenizer, training
+the tiny config end to end, the pipeline's outputs and its answers to bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from multimodal.config import load_config
+from multimodal.errors import DataError, InputError
+from multimodal.modalities.audio.acoustic import expand, monotonic_alignment_search
+
+from conftest import requires_espeak
+
+
+# -- alignment ------------------------------------------------------------------------------
+def test_monotonic_alignment_search_recovers_block_alignment():
+    durations = torch.tensor([[3, 1, 4, 2], [2, 5, 1, 0]])
+    mel_lengths, text_lengths = durations.sum(1), torch.tensor([4, 3])
+    f = int(mel_lengths.max())
+    # log-likelihood high exactly where the frame belongs to the phoneme, with noise
+    truth = expand(torch.eye(4).expand(2, 4, 4), durations, f)  # (b, f, n) one-hot
+    log_p = 5.0 * truth.transpose(1, 2) + 0.5 * torch.randn(2, 4, f)
+    found = monotonic_alignment_search(log_p, text_lengths, mel_lengths)
+    assert torch.equal(found, durations)
+
+
+def test_monotonic_alignment_search_is_surjective_and_monotonic():
+    torch.manual_seed(1)
+    log_p = torch.randn(3, 7, 20)
+    text_lengths, mel_lengths = torch.tensor([7, 5, 2]), torch.tensor([20, 9, 2])
+    found = monotonic_alignment_search(log_p, text_lengths, mel_lengths)
+    assert torch.equal(found.sum(1), mel_lengths)
+    for row, n in zip(found, text_lengths):
+        assert (row[:n] >= 1).all() and (row[n:] == 0).all()
+
+
+def test_expand_repeats_each_phoneme():
+    states = torch.arange(3.0)[None, :, None]  # (1, 3, 1)
+    out = expand(states, torch.tensor([[2, 0, 3]]), 6)
+    assert out[0, :, 0].tolist() == [0, 0, 2, 2, 2, 0]  # the last frame is padding
+
+
+# -- front end and data ------------------------------------------------------------------------
+@requires_espeak
+def test_phoneme_tokenizer_and_its_errors():
+    from multimodal.modalities.audio.phonemes import PhonemeTokenizer
+
+    tok = PhonemeTokenizer(voices=("en-us", "en-gb"), max_phonemes=40)
+    ids = tok.encode("seven", "en-us")
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id and "v" in tok.decode(ids)
+    assert tok.voice_id("en-gb") == 1 and tok.voice_id(None) == 0
+    with pytest.raises(InputError, match="unknown voice 'fr'.*en-us, en-gb"):
+        tok.voice_id("fr")
+    with pytest.raises(InputError, match="empty"):
+        tok.encode("  ")
+    with pytest.raises(InputError, match="nothing pronounceable"):
+        tok.encode("... !!")
+    with pytest.raises(InputError, match="reads at most 40 phonemes per sentence"):
+        tok.encode("a rather long sentence that goes on and on and on without any end")
+
+
+@requires_espeak
+def test_espeak_speech_renders_caches_and_splits(tmp_path):
+    from multimodal.data.audio import EspeakSpeechDataset
+
+    texts = ["one", "two", "three", "a short phrase", "shirt"]
+    kwargs = dict(texts=texts, voices=("en-us", "en-us+f3"), cache_dir=str(tmp_path),
+                  val_fraction=0.3)
+    train = EspeakSpeechDataset(split="train", **kwargs)
+    val = EspeakSpeechDataset(split="val", **kwargs)
+    assert len(train) + len(val) == 2 * len(texts)
+    assert not set(train.texts) & set(val.texts)  # split by text, not by rendering
+    item = train[0]
+    assert item["audio"].dtype == torch.float32 and item["audio"].abs().max() <= 1
+    assert 0.1 < len(item["audio"]) / 16_000 < 3 and item["phonemes"]
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1  # rendered once
+    again = EspeakSpeechDataset(split="train", **kwargs)
+    assert torch.equal(again[0]["audio"], item["audio"])
+    with pytest.raises(DataError, match="espeak-ng failed on voice 'xx-nowhere'"):
+        EspeakSpeechDataset(texts=["one"], voices=("xx-nowhere",), cache_dir=str(tmp_path))
+    with pytest.raises(DataError, match="no voice variant 'zzz'"):
+        EspeakSpeechDataset(texts=["one"], voices=("en-us+zzz",), cache_dir=str(tmp_path))
+
+
+@requires_espeak
+def test_audio_folder_reads_ljspeech_layout_and_reports_bad_lines(tmp_path):
+    from multimodal.data.audio import AudioFolderDataset
+
+    (tmp_path / "wavs").mkdir()
+    t = np.arange(22050) / 22050
+    sf.write(tmp_path / "wavs" / "a1.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32),
+             22050)
+    sf.write(tmp_path / "wavs" / "a2.wav", np.zeros((8000, 2), np.float32), 16000)
+    (tmp_path / "metadata.csv").write_text("a1|Hello there.|Hello there.\na2|Two\n")
+    data = AudioFolderDataset(path=str(tmp_path), val_fraction=0.0)
+    assert data.texts == ["Hello there.", "Two"] and data.voices == ["speaker"] * 2
+    assert len(data[0]["audio"]) == 16000  # resampled from 22,050 Hz
+    assert data[1]["audio"].dim() == 1  # stereo mixed to mono
+    (tmp_path / "metadata.csv").write_text("a1|Hello\nbroken line\n")
+    with pytest.raises(DataError, match="metadata.csv:2: expected 'id|text'"):
+        AudioFolderDataset(path=str(tmp_path), val_fraction=0.0)
+    (tmp_path / "metadata.csv").write_text("a3|Missing\n")
+    with pytest.raises(DataError, match="cannot read .*a3.wav"):
+        AudioFolderDataset(path=str(tmp_path), val_fraction=0.0)
+    with pytest.raises(DataError, match="LJSpeech layout"):
+        AudioFolderDataset(path=str(tmp_path / "nowhere"))
+
+
+# -- training and generation --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny config trained for a few steps (vocoders fitted too), in a temporary cache."""
+    import os
+
+    from multimodal.training.trainer import Trainer
+
+    if not _espeak():
+        pytest.skip("espeak-ng not installed")
+    root = tmp_path_factory.mktemp("tta")
+    old = os.environ.get("MULTIMODAL_CACHE")
+    os.environ["MULTIMODAL_CACHE"] = str(root / "cache")
+    try:
+        config = load_config("configs/text_to_audio_tiny.yaml")
+        result = Trainer(config, out_dir=root / "run", progress=False).fit()
+    finally:
+        if old is None:
+            os.environ.pop("MULTIMODAL_CACHE", None)
+        else:
+            os.environ["MULTIMODAL_CACHE"] = old
+    return root / "run", result
+
+
+def _espeak():
+    import shutil
+
+    return shutil.which("espeak-ng") is not None
+
+
+def test_tiny_config_trains_and_saves_vocoders(tiny_run):
+    from multimodal.training.checkpoint import find_checkpoint
+
+    run, result = tiny_run
+    assert np.isfinite(result["loss"]) and result["val_audio_mel_l1"] > 0
+    ckpt = find_checkpoint(run)
+    files = {p.name for p in (ckpt / "tokenizers" / "audio").iterdir()}
+    assert {"mel.json", "parallel.safetensors", "autoregressive.safetensors"} <= files
+
+
+@pytest.mark.parametrize("vocoder", ["parallel", "autoregressive", "griffin-lim"])
+def test_pipeline_writes_wav_at_declared_rate_and_is_seeded(tiny_run, vocoder):
+    from multimodal.pipelines import load_pipeline
+
+    pipe = load_pipeline("text-to-audio", tiny_run[0])
+    a = pipe("seven", vocoder=vocoder, seed=3, progress=False)
+    b = pipe("seven", vocoder=vocoder, seed=3, progress=False)
+    assert np.array_equal(a.audios[0], b.audios[0])
+    assert a.sample_rate == 16_000 and np.abs(a.audios[0]).max() == pytest.approx(0.95)
+    frames = a.mels[0].shape[-1]
+    assert len(a.audios[0]) == frames * pipe.audio.hop_length
+    if vocoder != "griffin-lim":
+        c = pipe("seven", vocoder=vocoder, seed=4, progress=False)
+        assert not np.array_equal(a.audios[0], c.audios[0])
+
+
+def test_cli_generate_writes_wav_and_sidecar(tiny_run, tmp_path, capsys):
+    from multimodal.cli import main
+
+    out = tmp_path / "out"
+    assert main(["generate", "text-to-audio", "--checkpoint", str(tiny_run[0]), "--prompt",
+                 "seven. eight!", "--voice", "en-us+f3", "--seed", "1", "--num-samples", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    audio, rate = sf.read(out / "001.wav", dtype="int16")
+    info = sf.info(out / "000.wav")
+    assert rate == 16_000 and info.subtype == "PCM_16" and info.channels == 1
+    meta = json.loads((out / "000.json").read_text())
+    assert meta["prompt"] == "seven. eight!" and meta["voice"] == "en-us+f3"
+    assert meta["seed"] == 1 and meta["sample_rate"] == 16_000
+    assert meta["seconds"] == pytest.approx(info.frames / 16_000, abs=1e-3)
+    assert "(" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", ""], "the prompt is empty"),
+    (["--prompt", "?!..."], "nothing pronounceable"),
+    (["--prompt", "hi", "--voice", "en-gb"], "unknown voice 'en-gb'; this model knows: en-us"),
+    (["--prompt", "hi", "--vocoder", "melgan"], "unknown vocoder 'melgan'; this model has"),
+    (["--prompt", "word " * 60], "this model reads at most"),
+    (["--prompt", "hi", "--length-scale", "0"], "length_scale must be in"),
+])
+def test_bad_input_is_a_clear_error_and_writes_nothing(tiny_run, tmp_path, capsys, args,
+                                                       message):
+    from multimodal.cli import main
+
+    out = tmp_path / "out"
+    assert main(["generate", "text-to-audio", "--checkpoint", str(tiny_run[0]), "--out",
+                 str(out), "--no-progress", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_long_text_is_spoken_sentence_by_sentence(tiny_run):
+    from multimodal.pipelines import load_pipeline
+
+    pipe = load_pipeline("text-to-audio", tiny_run[0])
+    text = ". ".join(["one two three four five six seven"] * 6) + "."
+    chunks = pipe.phoneme_chunks(text, "en-us")
+    assert len(chunks) > 1 and all(len(c) <= pipe.max_phonemes for c in chunks)
+    out = pipe(text, vocoder="griffin-lim", seed=0, progress=False)
+    assert len(out.audios[0]) > 16_000
+
+
+def test_log_mel_tokenizer_round_trips_through_a_checkpoint(tiny_run):
+    from multimodal.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tiny_run[0])
+    audio = ckpt.tokenizers["audio"]
+    assert audio.is_trained and audio.available_vocoders == ["parallel", "autoregressive",
+                                                             "griffin-lim"]
+    wave = torch.sin(torch.arange(4096) / 5.0) * 0.5
+    mel = audio.encode(wave)
+    assert mel.shape == (1, 80, 4096 // 256 + 1)
+    assert audio.decode(mel[..., :8], vocoder="parallel").shape == (1, 8 * 256)
+    with pytest.raises(InputError, match="mel must be"):
+        audio.decode(mel[0])
+
+
+def test_shipped_audio_configs_validate():
+    config = load_config("configs/text_to_audio_speech.yaml")
+    assert config["decoders"]["audio"]["type"] == "mel_decoder"
+    tiny = load_config("configs/text_to_audio_tiny.yaml")
+    assert tiny["tokenizers"]["audio"]["type"] == "log_mel"
+
+
+def test_text_to_audio_example(tiny_run, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "examples" / "text_to_audio.py"), "nine",
+                          "--checkpoint", str(tiny_run[0]), "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert {p.name for p in tmp_path.iterdir()} == {"parallel.wav", "autoregressive.wav",
+                                                   "griffin-lim.wav"}
+    assert "phonemes: nˈaɪn" in out.stdout
+
+
+def test_evaluate_reports_every_vocoder_and_the_reference(tiny_run, tmp_path, monkeypatch):
+    from multimodal.evaluation import evaluate
+    from multimodal.evaluation.audio import mel_cepstral_distortion
+
+    monkeypatch.setenv("MULTIMODAL_CACHE", str(tmp_path))
+    settings = {"seen_words": 2, "unseen_words": 2, "epochs": 2, "width": 8,
+                "voices": ["en-us+m1"], "speeds": [175]}
+    report = evaluate("text-to-audio", checkpoint=tiny_run[0], num_samples=4, seed=0,
+                      recogniser_settings=settings, autoregressive_samples=1, progress=False)
+    assert set(report["vocoders"]) == {"parallel", "autoregressive", "griffin-lim"}
+    assert len(report["words"]) == 4 and 0 <= report["real_espeak"]["word_accuracy"] <= 1
+    for figures in report["vocoders"].values():
+        assert figures["mcd_db"] > 0 and figures["real_time_factor"] > 0
+    assert isinstance(report["quality_bar_met"], bool)
+    wave = np.sin(np.arange(8000) / 7.0).astype(np.float32)
+    assert mel_cepstral_distortion(wave, wave) == pytest.approx(0.0, abs=1e-6)

@@ -1,0 +1,190 @@
+"""WaveNet vocoders: cached generation == the parallel forward, receptive field, mu-law,
+Parallel WaveGAN generator and MR-STFT loss, and the training function."""
+
+import math
+
+import pytest
+import torch
+
+from multimodal.modalities.audio.wavenet import (MultiResolutionSTFTLoss,
+                                                 ParallelWaveGANDiscriminator,
+                                                 ParallelWaveGANGenerator, WaveNetVocoder,
+                                                 mu_law_decode, mu_law_encode, sample_classes,
+                                                 train_vocoder)
+
+HOP = 16
+
+
+def tiny_wavenet(**kwargs) -> WaveNetVocoder:
+    args = dict(residual_channels=8, skip_channels=16, num_layers=5, dilation_cycle=3,
+                cond_channels=8, hop_length=HOP)
+    return WaveNetVocoder(**{**args, **kwargs}).eval()
+
+
+def tiny_parallel(**kwargs) -> ParallelWaveGANGenerator:
+    args = dict(residual_channels=8, gate_channels=16, skip_channels=8, num_layers=4,
+                dilation_cycle=2, cond_channels=8, fold=4, hop_length=64)
+    return ParallelWaveGANGenerator(**{**args, **kwargs})
+
+
+def test_cached_generation_equals_teacher_forced_forward():
+    model = tiny_wavenet()
+    mel = torch.randn(2, 80, 4)
+    classes, logits = model._generate(mel, generator=torch.Generator().manual_seed(3),
+                                      keep_logits=True)
+    audio = mu_law_decode(classes)
+    assert audio.shape == (2, 4 * HOP) and audio.abs().max() <= 1
+    with torch.no_grad():
+        reference = model(audio, mel).transpose(1, 2)  # (b, t, q)
+    torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-4)
+    # the teacher-forced logits with the same uniforms draw the same samples
+    uniform = torch.rand(2, 4 * HOP, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(sample_classes(reference, uniform), classes)
+    # and the public generate() is the same sampler
+    again = model.generate(mel, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(again, audio)
+    other = model.generate(mel, generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(other, audio)
+
+
+def test_generate_naive_equals_generate():
+    model = tiny_wavenet()
+    mel = torch.randn(1, 80, 3)
+    fast = model.generate(mel, generator=torch.Generator().manual_seed(0))
+    naive = model.generate_naive(mel, 40, generator=torch.Generator().manual_seed(0))
+    assert model.receptive_field < 40  # the window slides
+    assert torch.equal(naive, fast[:, :40])
+
+
+def test_receptive_field():
+    model = tiny_wavenet()
+    assert model.dilations == (1, 2, 4, 1, 2)
+    assert model.receptive_field == 1 + 1 + 2 + 4 + 1 + 2
+    torch.manual_seed(0)
+    audio = torch.rand(1, 4 * HOP) * 1.6 - 0.8
+    mel = torch.randn(1, 80, 1).expand(1, 80, 4).contiguous()  # same frame everywhere
+    target = 50
+    with torch.no_grad():
+        base = model(audio, mel)
+
+        def moved(position):
+            changed = audio.clone()
+            changed[0, position] = -changed[0, position].sign() * 0.9
+            return model(changed, mel)
+
+        far = moved(target - model.receptive_field - 1)
+        near = moved(target - model.receptive_field)
+    assert torch.equal(far[..., target], base[..., target])
+    assert not torch.allclose(near[..., target], base[..., target])
+    # causality: output t never sees sample t
+    position = target - model.receptive_field
+    assert torch.equal(near[..., : position + 1], base[..., : position + 1])
+
+
+def test_mu_law_round_trip_error_bound():
+    mu = 255
+    x = torch.linspace(-1, 1, 20001)
+    classes = mu_law_encode(x)
+    assert classes.dtype == torch.long and classes.min() == 0 and classes.max() == mu
+    y = mu_law_decode(classes)
+    # half a class in the companded domain, times the slope ln(1+mu)/mu (1 + mu|x|)
+    bound = math.log1p(mu) / mu / mu * (1 + mu * torch.maximum(x.abs(), y.abs())) * 1.001
+    assert ((x - y).abs() <= bound).all()
+    assert (x - y).abs().max() < 0.025 and (x - y)[x.abs() < 0.001].abs().max() < 1.2e-4
+    assert torch.equal(mu_law_encode(mu_law_decode(torch.arange(256))), torch.arange(256))
+
+
+def test_parallel_generator_length_and_seeding():
+    model = tiny_parallel().eval()
+    mel = torch.randn(2, 80, 5)
+    with torch.no_grad():
+        a = model(mel, generator=torch.Generator().manual_seed(0))
+        b = model(mel, generator=torch.Generator().manual_seed(0))
+        c = model(mel, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (2, 5 * 64) and a.abs().max() <= 1
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    assert model.receptive_field == 4 * (1 + 2 * (1 + 2 + 1 + 2))
+
+
+def test_mr_stft_loss_and_gradient():
+    loss = MultiResolutionSTFTLoss()
+    torch.manual_seed(0)
+    target = torch.randn(2, 2048) * 0.3
+    assert loss(target, target).item() == 0.0
+    assert loss(target * 0.5, target).item() > 0.1
+    model = tiny_parallel(hop_length=64)
+    audio = torch.sin(torch.arange(2048) * 0.3).expand(2, 2048) * 0.5
+    value = model.loss(audio, torch.randn(2, 80, 32), generator=torch.Generator().manual_seed(0))
+    value.backward()
+    assert value.item() > 0
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+    assert model.input.weight.grad.abs().sum() > 0
+    assert model.conditioning.prenet.weight.grad.abs().sum() > 0
+
+
+def sine_batch(hop: int, frames: int):
+    """Random-phase 500 Hz sines at 16 kHz with a constant mel."""
+    t = torch.arange(frames * hop)
+
+    def sample_batch(generator: torch.Generator):
+        phase = torch.rand(4, 1, generator=generator) * 2 * math.pi
+        audio = 0.5 * torch.sin(2 * math.pi * 500 / 16000 * t + phase)
+        return audio, torch.zeros(4, 80, frames)
+
+    return sample_batch
+
+
+def test_train_wavenet_reduces_loss_and_is_deterministic():
+    records = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = tiny_wavenet()
+        records.append(train_vocoder(model, sine_batch(HOP, 8), steps=60, lr=1e-2,
+                                     progress=False))
+    losses = [r["loss"] for r in records[0]]
+    assert losses == [r["loss"] for r in records[1]]
+    assert sum(losses[-5:]) / 5 < 0.7 * losses[0], losses[::10]
+    assert set(records[0][0]) >= {"step", "loss", "lr", "grad_norm", "seconds"}
+
+
+def test_train_parallel_reduces_loss():
+    torch.manual_seed(0)
+    model = tiny_parallel()
+    records = train_vocoder(model, sine_batch(64, 32), steps=30, lr=1e-2, progress=False)
+    losses = [r["loss"] for r in records]
+    assert sum(losses[-5:]) / 5 < 0.8 * losses[0]
+
+
+def test_adversarial_training_runs():
+    torch.manual_seed(0)
+    model = tiny_parallel()
+    discriminator = ParallelWaveGANDiscriminator(channels=8, num_layers=4)
+    seen = []
+    records = train_vocoder(model, sine_batch(64, 32), steps=4, lambda_adv=4.0,
+                            adversarial_start=2, discriminator=discriminator,
+                            progress=False, log=seen.append)
+    assert seen == records
+    assert "adversarial" not in records[1] and "adversarial" in records[2]
+    assert all(math.isfinite(r["discriminator"]) for r in records[2:])
+    assert discriminator(torch.zeros(2, 100)).shape == (2, 100)
+
+
+def test_bad_inputs_raise():
+    wavenet, parallel = tiny_wavenet(), tiny_parallel()
+    with pytest.raises(ValueError, match="80 mel bins"):
+        wavenet.generate(torch.randn(1, 40, 3))
+    with pytest.raises(ValueError, match=r"mel\[None\]"):
+        parallel(torch.randn(80, 3))
+    with pytest.raises(ValueError, match="aligned"):
+        wavenet.loss(torch.zeros(1, 3 * HOP + 1), torch.zeros(1, 80, 3))
+    with pytest.raises(ValueError, match="float"):
+        parallel(torch.zeros(1, 80, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="fold"):
+        ParallelWaveGANGenerator(fold=3)
+    with pytest.raises(ValueError, match="temperature"):
+        wavenet.generate(torch.zeros(1, 80, 1), temperature=0)
+    with pytest.raises(ValueError, match="ParallelWaveGANGenerator"):
+        train_vocoder(wavenet, sine_batch(HOP, 4), steps=1, lambda_adv=1.0, progress=False)
+    with pytest.raises(ValueError, match="steps"):
+        train_vocoder(wavenet, sine_batch(HOP, 4), steps=0, progress=False)
