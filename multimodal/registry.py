@@ -52,6 +52,12 @@ _BUILTIN_MODULES = (
     "multimodal.modalities.image",
     "multimodal.data.images",
     "multimodal.pipelines.text_to_image",
+    "multimodal.modalities.video",
+    "multimodal.data.video",
+    "multimodal.pipelines.text_to_video",
+    "multimodal.modalities.audio",
+    "multimodal.data.audio",
+    "multimodal.pipelines.text_to_audio",
 )
 
 PLUGIN_GROUP = "multimodal.plugins"

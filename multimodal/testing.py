@@ -27,22 +27,38 @@ TINY: dict[str, dict[str, dict[str, Any]]] = {
         "byte_bpe": {"vocab_size": 300},
         "image_vae": {"block_out_channels": [8, 16, 16], "norm_num_groups": 8, "fit_steps": 4,
                       "batch_size": 8},
+        "video_vae": {"block_out_channels": [8, 16, 16], "norm_num_groups": 8, "fit_steps": 4,
+                      "batch_size": 8},
+        "espeak_phonemes": {"voices": ["en-us", "en-us+f3"]},
+        "log_mel": {"parallel": {"residual_channels": 8, "gate_channels": 16, "skip_channels": 8,
+                                 "num_layers": 2, "cond_channels": 8, "steps": 4,
+                                 "batch_size": 2, "segment_frames": 8},
+                    "autoregressive": {"residual_channels": 8, "skip_channels": 8,
+                                       "num_layers": 4, "dilation_cycle": 4, "cond_channels": 8,
+                                       "steps": 4, "batch_size": 2, "segment_frames": 4}},
     },
     "decoders": {
         "lm_head": {},
         "latent_unet": {"block_out_channels": [16, 32], "norm_num_groups": 8,
                         "num_attention_heads": 2},
         "latent_dit": {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 8},
+        "mel_decoder": {"decoder_channels": 32, "decoder_layers": 2, "duration_channels": 32},
+        "latent_video_dit": {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 8,
+                             "num_frames": 8, "max_frames": 8},
     },
     "datasets": {
         "fortunes": {"files": ["literature"]},
         "text_files": {"paths": "__TEXT_FILES__"},  # replaced by a temporary file in tests
         "fashion_mnist": {"max_items": 256},
         "image_folder": {"path": "__IMAGE_LIST__"},  # replaced by a temporary JSONL in tests
+        "moving_fashion_mnist": {"num_clips": 32, "val_clips": 8, "num_frames": 8},
+        "video_folder": {"path": "__VIDEO_LIST__", "num_frames": 8},  # a temporary JSONL
+        "espeak_speech": {"voices": ["en-us", "en-us+f3"], "texts": ["one", "two", "shirt"]},
+        "audio_folder": {"path": "__AUDIO_FOLDER__"},  # an LJSpeech-layout temporary directory
     },
     "pipelines": {"text-generation": {}, "text-to-image": {}, "image-to-image": {},
-                  "inpainting": {}},
-    "modalities": {"text": {}, "image": {}},
+                  "inpainting": {}, "text-to-video": {}, "text-to-audio": {}},
+    "modalities": {"text": {}, "image": {}, "video": {}, "audio": {}},
     "schedulers": {name: {"num_train_timesteps": 100}
                    for name in ("ddpm", "ddim", "dpm_solver_multistep", "euler")},
     "losses": {},
@@ -187,3 +203,94 @@ def tiny_image_checkpoint(path, denoiser: str = "latent_unet"):
     model = MultimodalModel(backbone=pipe.backbone, decoders={"image": pipe.denoiser})
     return save_checkpoint(path, model=model, config=config,
                            tokenizers={"text": pipe.tokenizer, "image": pipe.vae})
+
+
+# -- video -------------------------------------------------------------------------------------
+def tiny_video_config(**sections: Any) -> dict:
+    """A resolved config of a toy text-to-video model on 32 Moving Fashion-MNIST clips of 8
+    frames (seconds for a few steps on CPU; needs ``dataset-fashion-mnist``).
+
+    Keyword arguments replace or deep-merge into whole sections, as for :func:`tiny_config`.
+    """
+    from multimodal.config import merge
+
+    config = {
+        "task": "text-to-video",
+        "seed": 0,
+        "tokenizers": {"text": {"type": "byte_bpe", "vocab_size": 300},
+                       "video": {"type": "video_vae", **TINY["tokenizers"]["video_vae"]}},
+        "backbone": {"type": "transformer", **TINY["backbones"]["transformer"]},
+        "decoders": {"video": {"type": "latent_video_dit",
+                               **TINY["decoders"]["latent_video_dit"]}},
+        "data": {"video": {"type": "moving_fashion_mnist",
+                           **TINY["datasets"]["moving_fashion_mnist"]}},
+        "train": {"max_steps": 4, "batch_size": 4, "seq_len": 64, "warmup_steps": 2,
+                  "lr": 3e-3, "eval_every": 2, "eval_batches": 2, "checkpoint_every": 4,
+                  "log_every": 1, "keep_checkpoints": 2},
+    }
+    return merge(config, copy.deepcopy(sections))
+
+
+def tiny_video_pipeline(**denoiser_overrides):
+    """An untrained text-to-video pipeline of tiny components, built in milliseconds."""
+    from multimodal.modalities.video import LatentVideoDiT, VideoVAETokenizer
+    from multimodal.pipelines.text_to_video import TextToVideoPipeline
+
+    backbone = tiny_backbone().eval()
+    kwargs = dict(TINY["decoders"]["latent_video_dit"], **denoiser_overrides)
+    denoiser = LatentVideoDiT(backbone=backbone, **kwargs).eval()
+    vae = VideoVAETokenizer(**TINY["tokenizers"]["video_vae"])
+    return TextToVideoPipeline(backbone=backbone, denoiser=denoiser, vae=vae,
+                               tokenizer=tiny_tokenizer(), checkpoint_id="tiny")
+
+
+def tiny_video_checkpoint(path):
+    """Save a checkpoint of tiny, barely trained video components (no dataset needed): a VAE
+    fitted for a few steps on random frames, an untrained backbone and denoiser whose temporal
+    layers are randomised (not zero) so time matters. Returns the checkpoint directory."""
+    import torch
+
+    from multimodal.model import MultimodalModel
+    from multimodal.training.checkpoint import save_checkpoint
+
+    pipe = tiny_video_pipeline()
+    generator = torch.Generator().manual_seed(0)
+    frames = [{"image": torch.rand(1, 48, 48, generator=generator) * 2 - 1} for _ in range(16)]
+    from multimodal.modalities.image.vae import ImageVAETokenizer
+
+    ImageVAETokenizer.fit(pipe.vae, frames, progress=False)  # frames as images
+    with torch.no_grad():
+        for layer in pipe.denoiser.temporal:
+            layer.proj_out.weight.normal_(0, 0.2, generator=generator)
+    config = tiny_video_config()
+    model = MultimodalModel(backbone=pipe.backbone, decoders={"video": pipe.denoiser})
+    return save_checkpoint(path, model=model, config=config,
+                           tokenizers={"text": pipe.tokenizer, "video": pipe.vae})
+
+
+def tiny_video_folder(directory, *, count: int = 6, num_frames: int = 8, size: int = 40) -> str:
+    """Write ``count`` small GIF and MP4 clips (a bright square moving right or down) with
+    captions and their ``videos.jsonl`` into ``directory``; return the list path."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from multimodal.modalities.video.files import gif_bytes, mp4_bytes
+
+    directory = Path(directory)
+    (directory / "clips").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(count):
+        frames = np.zeros((num_frames, size, size), np.uint8)
+        for t in range(num_frames):
+            x, y = (4 + 2 * t, 12) if i % 2 == 0 else (12, 4 + 2 * t)
+            frames[t, y : y + 12, x : x + 12] = 220
+        name = f"clips/{i:03d}." + ("gif" if i % 3 else "mp4")
+        data = gif_bytes(frames, 10) if name.endswith("gif") else mp4_bytes(frames, 10)
+        (directory / name).write_bytes(data)
+        caption = "a square moving right" if i % 2 == 0 else "a square moving down"
+        records.append({"video": name, "caption": caption, "label": i % 2})
+    path = directory / "videos.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)

@@ -12,6 +12,8 @@ from multimodal.errors import UnknownComponentError, did_you_mean
 EVALUATORS = {
     "text-generation": "multimodal.evaluation.text:evaluate_text_generation",
     "text-to-image": "multimodal.evaluation.image:evaluate_text_to_image",
+    "text-to-audio": "multimodal.evaluation.audio:evaluate_text_to_audio",
+    "text-to-video": "multimodal.evaluation.video:evaluate_text_to_video",
 }
 
 

@@ -247,8 +247,14 @@ def load_tokenizers(path: Path, config: dict) -> dict[str, Any]:
     return loaded
 
 
-def load_weights(model: torch.nn.Module, file: Path, *, strict: bool = True) -> dict[str, list]:
+def load_weights(model: torch.nn.Module, file: Path, *, strict: bool = True,
+                 adapt: bool = False) -> dict[str, list]:
     """Load safetensors weights into ``model``, cast to the model's dtypes.
+
+    With ``adapt`` (``init_from`` another model), a decoder that has no weights in the file
+    builds its own from the others through its ``init_weights_from(weights)`` method when it
+    has one (a video denoiser from an image DiT), and weights of decoders the model lacks are
+    dropped.
 
     Returns:
         ``{"missing": [...], "unexpected": [...]}`` (both empty when ``strict``).
@@ -261,6 +267,8 @@ def load_weights(model: torch.nn.Module, file: Path, *, strict: bool = True) -> 
         weights = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read weights {file}: {exc}") from None
+    if adapt:
+        weights = _adapt_weights(model, weights)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -280,6 +288,19 @@ def load_weights(model: torch.nn.Module, file: Path, *, strict: bool = True) -> 
     weights = {k: v.to(expected[k].dtype) for k, v in weights.items() if k in expected}
     model.load_state_dict(weights, strict=False)
     return {"missing": missing, "unexpected": unexpected}
+
+
+def _adapt_weights(model: torch.nn.Module, weights: dict) -> dict:
+    """See ``adapt`` in :func:`load_weights`."""
+    decoders = getattr(model, "decoders", {})
+    adapted = dict(weights)
+    for name, decoder in decoders.items():
+        prefix = f"decoders.{name}."
+        hook = getattr(decoder, "init_weights_from", None)
+        if hook is not None and not any(k.startswith(prefix) for k in weights):
+            adapted.update({prefix + k: v for k, v in hook(weights).items()})
+    return {k: v for k, v in adapted.items()
+            if not k.startswith("decoders.") or k.split(".")[1] in decoders}
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedCheckpoint:

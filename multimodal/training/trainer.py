@@ -181,7 +181,7 @@ class Trainer:
 
         self.model = build_model(config, self.tokenizers).to(self.device)
         if init_path is not None and resume_from is None:
-            load_weights(self.model, init_path / "model.safetensors")
+            load_weights(self.model, init_path / "model.safetensors", adapt=True)
 
         if self.cfg.compile:
             self.model.backbone.compile(dynamic=False)  # in place: state_dict keys unchanged

@@ -1,0 +1,280 @@
+"""A spatio-temporal latent denoiser: the image DiT with factorised attention over time.
+
+Each block of the text-to-image DiT (``latent_dit``: PixArt-alpha blocks, spatial self-attention,
+cross-attention to the prompt's backbone states, MLP, adaLN-single timestep modulation) runs on
+every frame; after it, a temporal self-attention layer lets every spatial token attend to the
+same token in the other frames (factorised space-time attention: Ho et al. 2022, "Video
+Diffusion Models", https://arxiv.org/abs/2204.03458; Bertasius et al. 2021, TimeSformer,
+https://arxiv.org/abs/2102.05095). Frame order enters through rotary position embeddings on the
+temporal queries and keys (Su et al. 2021, https://arxiv.org/abs/2104.09864), which depend only
+on the distance between frames.
+
+The temporal layers' output projections start at zero, so an untrained video denoiser is the
+image denoiser applied to each frame: after :meth:`LatentVideoDiT.load_image_denoiser` its
+spatial layers are the image model's and a clip of one frame gives the image model's output
+exactly (the Make-A-Video / AnimateDiff route: Singer et al. 2022,
+https://arxiv.org/abs/2209.14792; Guo et al. 2023, https://arxiv.org/abs/2307.04725). The
+parameter names of the spatial part are those of ``latent_dit``, so its weights copy over.
+
+Axes: b batch, t frames, l latent channels, y x latent height and width, m spatial tokens per
+frame ``(y / p) * (x / p)``, w DiT width, n caption tokens, d backbone width, h heads, e head
+width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from multimodal.errors import CheckpointError, ConfigError
+from multimodal.modalities.image.denoiser import BetaSchedule, LatentDiT, PredictionType
+from multimodal.modalities.image.patches import unpatchify
+from multimodal.nn.attention import RotaryEmbedding, apply_rotary
+from multimodal.registry import decoders
+
+
+class TemporalAttention(nn.Module):
+    """Pre-norm self-attention across frames at each spatial position, with rotary frame
+    positions and a zero-initialised output projection (a residual branch that starts as the
+    identity).
+
+    Args:
+        dim: Width ``w``.
+        num_heads: Heads ``h``; ``w / h`` must be even (rotary).
+        max_frames: Longest clip ``t`` (size of the rotary table).
+    """
+
+    def __init__(self, *, dim: int, num_heads: int, max_frames: int):
+        super().__init__()
+        if dim % num_heads or (dim // num_heads) % 2:
+            raise ValueError(f"temporal attention needs a width ({dim}) that divides into "
+                             f"{num_heads} heads of even width")
+        self.num_heads = num_heads
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj_out = nn.Linear(dim, dim)
+        nn.init.zeros_(self.proj_out.weight)  # starts as the identity: the image model
+        nn.init.zeros_(self.proj_out.bias)
+        self.rotary = RotaryEmbedding(head_dim=dim // num_heads, max_seq_len=max_frames)
+
+    def forward(self, tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """((b t), m, w) tokens -> ((b t), m, w), mixing information across the t frames."""
+        m = tokens.shape[1]
+        x = rearrange(tokens, "(b t) m w -> (b m) t w", t=num_frames)
+        q, k, v = rearrange(self.qkv(self.norm(x)), "bm t (three h e) -> three bm h t e",
+                            three=3, h=self.num_heads)
+        cos, sin = self.rotary(0, num_frames)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        attended = F.scaled_dot_product_attention(q, k, v)  # (b m, h, t, e)
+        out = self.proj_out(rearrange(attended, "bm h t e -> bm t (h e)"))
+        return tokens + rearrange(out, "(b m) t w -> (b t) m w", m=m)
+
+
+@decoders.register("latent_video_dit")
+class LatentVideoDiT(LatentDiT):
+    """The image DiT (``latent_dit``) on latent videos, a temporal attention after each block.
+
+    Args:
+        backbone: The shared backbone (set by the builder).
+        in_channels: Latent channels ``l`` (default 4; must match the VAE).
+        sample_size: Latent side of one frame (default 12: 48x48 frames, 4x VAE).
+        num_frames: Frames per clip in training and, by default, in generation (default 16).
+        max_frames: Longest clip the model accepts (default 16; at least ``num_frames``).
+        patch_size, num_layers, num_attention_heads, attention_head_dim: As for ``latent_dit``
+            (defaults 2, 6, 4, 32); keep them equal to an image DiT's to initialise from it.
+        num_train_timesteps, beta_start, beta_end, beta_schedule, prediction_type,
+            cond_dropout, snr_gamma, pooled_conditioning: As for ``latent_dit``.
+
+    Raises:
+        ValueError: ``max_frames`` below ``num_frames``, ``num_frames`` below 1, or sizes the
+            patches or heads do not divide.
+    """
+
+    def __init__(self, *, backbone: nn.Module, in_channels: int = 4, sample_size: int = 12,
+                 num_frames: int = 16, max_frames: int = 16, patch_size: int = 2,
+                 num_layers: int = 6, num_attention_heads: int = 4, attention_head_dim: int = 32,
+                 num_train_timesteps: int = 1000, beta_start: float = 1e-4,
+                 beta_end: float = 0.02, beta_schedule: BetaSchedule = "linear",
+                 prediction_type: PredictionType = "epsilon", cond_dropout: float = 0.1,
+                 snr_gamma: float | None = None, pooled_conditioning: bool = False):
+        if num_frames < 1 or max_frames < num_frames:
+            raise ValueError(f"need 1 <= num_frames <= max_frames, got num_frames {num_frames}, "
+                             f"max_frames {max_frames}")
+        super().__init__(backbone=backbone, in_channels=in_channels, sample_size=sample_size,
+                         patch_size=patch_size, num_layers=num_layers,
+                         num_attention_heads=num_attention_heads,
+                         attention_head_dim=attention_head_dim,
+                         num_train_timesteps=num_train_timesteps, beta_start=beta_start,
+                         beta_end=beta_end, beta_schedule=beta_schedule,
+                         prediction_type=prediction_type, cond_dropout=cond_dropout,
+                         snr_gamma=snr_gamma, pooled_conditioning=pooled_conditioning)
+        self.num_frames, self.max_frames = num_frames, max_frames
+        width = num_attention_heads * attention_head_dim
+        self.temporal = nn.ModuleList(
+            TemporalAttention(dim=width, num_heads=num_attention_heads, max_frames=max_frames)
+            for _ in range(num_layers))
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(l, y, x) of one frame's latents."""
+        return (self.in_channels, self.sample_size, self.sample_size)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """(t, l, y, x) of a default-length clip's latents."""
+        return (self.num_frames, *self.frame_shape)
+
+    def check_latents(self, latents: torch.Tensor) -> None:
+        """Raise a clear error when latent videos (b, t, l, y, x) do not fit this denoiser.
+
+        Raises:
+            ConfigError: wrong frame shape or more than ``max_frames`` frames.
+        """
+        if latents.dim() != 5 or tuple(latents.shape[2:]) != self.frame_shape:
+            raise ConfigError(
+                f"the video tokenizer makes latents of shape {tuple(latents.shape[1:])} "
+                f"(t, l, y, x) but decoders.video reads frames of {self.frame_shape}; set "
+                "decoders.video.in_channels / sample_size to the VAE's latent_channels / "
+                "image_size // 2**(stages - 1)")
+        if latents.shape[1] > self.max_frames:
+            raise ConfigError(f"clips of {latents.shape[1]} frames are longer than "
+                              f"decoders.video.max_frames = {self.max_frames}")
+
+    def forward(self, x_t: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict ``eps`` or ``v`` for every frame.
+
+        Args:
+            x_t: Noisy latent videos (b, t, l, y, x), t <= ``max_frames``.
+            timesteps: (b,) training timesteps, one per clip.
+            context: Backbone hidden states of the prompt (b, n, d).
+            context_mask: (b, n) bool, ``True`` for real tokens.
+
+        Returns:
+            (b, t, l, y, x) prediction.
+        """
+        net, (b, t) = self.net, x_t.shape[:2]
+        if t > self.max_frames:
+            raise ValueError(f"{t} frames is more than max_frames = {self.max_frames}")
+        frames = rearrange(x_t, "b t l y x -> (b t) l y x")
+        tokens = net.pos_embed(frames)  # ((b t), m, w)
+        t_emb = net.adaln_single.emb(timesteps, resolution=None, aspect_ratio=None,
+                                     batch_size=b, hidden_dtype=tokens.dtype)  # (b, w)
+        if self.pooled_conditioning:
+            t_emb = t_emb + self.pooled_proj(self.pooled(context, context_mask))
+        modulation = net.adaln_single.linear(net.adaln_single.silu(t_emb))  # (b, 6 w)
+        text = net.caption_projection(context)  # (b, n, w)
+        # Every frame of a clip sees its clip's timestep and prompt.
+        t_emb = repeat(t_emb, "b w -> (b t) w", t=t)
+        modulation = repeat(modulation, "b w -> (b t) w", t=t)
+        text = repeat(text, "b n w -> (b t) n w", t=t)
+        bias = None
+        if context_mask is not None:  # ((b t), 1, n): 0 on real tokens, -10000 on padding
+            bias = repeat((1 - context_mask.to(tokens.dtype)) * -10000.0, "b n -> (b t) 1 n", t=t)
+        for block, temporal in zip(net.transformer_blocks, self.temporal):
+            tokens = block(tokens, encoder_hidden_states=text, encoder_attention_mask=bias,
+                           timestep=modulation)
+            tokens = temporal(tokens, t)
+        shift, scale = (net.scale_shift_table[None] + t_emb[:, None]).chunk(2, dim=1)
+        tokens = net.norm_out(tokens) * (1 + scale) + shift
+        grid = (x_t.shape[-2] // self.patch_size, x_t.shape[-1] // self.patch_size)
+        out = unpatchify(net.proj_out(tokens), self.patch_size, grid)  # ((b t), l, y, x)
+        return rearrange(out, "(b t) l y x -> b t l y x", b=b)
+
+    # -- initialising from an image denoiser ------------------------------------------------
+    def spatial_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights shared with ``latent_dit`` (everything but the temporal layers)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("temporal.")}
+
+    @torch.no_grad()
+    def load_image_denoiser(self, image_denoiser: LatentDiT | dict[str, torch.Tensor], *,
+                            zero_temporal: bool = True) -> "LatentVideoDiT":
+        """Copy a ``latent_dit``'s weights into the spatial layers (Make-A-Video, AnimateDiff).
+
+        Args:
+            image_denoiser: A :class:`LatentDiT` or its state dict, of the same sizes.
+            zero_temporal: Also reset the temporal output projections to zero, so the model
+                equals the image model frame by frame (default ``True``).
+
+        Returns:
+            ``self``.
+
+        Raises:
+            CheckpointError: the image denoiser's weights do not fit (names them).
+        """
+        state = image_denoiser.state_dict() if isinstance(image_denoiser, nn.Module) \
+            else image_denoiser
+        own = self.spatial_state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        mismatched = [f"{k}: image {tuple(state[k].shape)} vs video {tuple(own[k].shape)}"
+                      for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+        if missing or unexpected or mismatched:
+            raise CheckpointError(
+                "the image denoiser does not fit the video denoiser's spatial layers (give "
+                "decoders.video the image DiT's patch_size, num_layers, num_attention_heads, "
+                "attention_head_dim and pooled_conditioning): "
+                + "; ".join(filter(None, [
+                    f"missing {', '.join(missing[:5])}" if missing else "",
+                    f"unexpected {', '.join(unexpected[:5])}" if unexpected else "",
+                    f"shape mismatch {'; '.join(mismatched[:5])}" if mismatched else ""])))
+        for key, value in own.items():
+            value.copy_(state[key].to(value.dtype))
+        if zero_temporal:
+            for layer in self.temporal:
+                nn.init.zeros_(layer.proj_out.weight)
+                nn.init.zeros_(layer.proj_out.bias)
+        return self
+
+    @classmethod
+    def from_image_denoiser(cls, image_denoiser: LatentDiT, *, backbone: nn.Module,
+                            sample_size: int | None = None, num_frames: int = 16,
+                            max_frames: int | None = None) -> "LatentVideoDiT":
+        """A video denoiser with ``image_denoiser``'s sizes, schedule and weights, and zeroed
+        temporal layers.
+
+        Args:
+            image_denoiser: A trained :class:`LatentDiT`.
+            backbone: The shared backbone it reads prompts from.
+            sample_size: Latent side of a frame (default: the image denoiser's).
+            num_frames, max_frames: As in the constructor (``max_frames`` defaults to
+                ``num_frames``).
+        """
+        net = image_denoiser.net.config
+        schedule = image_denoiser.noise_schedule
+        video = cls(backbone=backbone, in_channels=image_denoiser.in_channels,
+                    sample_size=sample_size or image_denoiser.sample_size,
+                    num_frames=num_frames, max_frames=max_frames or num_frames,
+                    patch_size=image_denoiser.patch_size, num_layers=net.num_layers,
+                    num_attention_heads=net.num_attention_heads,
+                    attention_head_dim=net.attention_head_dim,
+                    num_train_timesteps=schedule["num_train_timesteps"],
+                    beta_start=schedule["beta_start"], beta_end=schedule["beta_end"],
+                    beta_schedule=schedule["beta_schedule"],
+                    prediction_type=schedule["prediction_type"],
+                    cond_dropout=image_denoiser.cond_dropout,
+                    snr_gamma=image_denoiser.snr_gamma,
+                    pooled_conditioning=image_denoiser.pooled_conditioning)
+        return video.load_image_denoiser(image_denoiser)
+
+    def init_weights_from(self, weights: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Weights for this decoder built from another checkpoint's (``init_from``): the
+        spatial layers from the first image DiT found (``decoders.<name>.net.*``), the temporal
+        layers as they are (zero output projections).
+
+        Raises:
+            CheckpointError: the checkpoint holds no image DiT.
+        """
+        prefixes = sorted({k.split(".net.")[0] + "." for k in weights
+                           if k.startswith("decoders.") and ".net.transformer_blocks." in k})
+        if not prefixes:
+            raise CheckpointError("init_from: the checkpoint has no DiT denoiser to initialise "
+                                  "decoders.video's spatial layers from (train a text-to-image "
+                                  "model with decoders.image.type: latent_dit)")
+        image_state = {k[len(prefixes[0]):]: v for k, v in weights.items()
+                       if k.startswith(prefixes[0])}
+        return dict(self.load_image_denoiser(image_state).state_dict())

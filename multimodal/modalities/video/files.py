@@ -1,0 +1,127 @@
+"""Video files: MP4 (H.264 through imageio-ffmpeg), GIF (Pillow) and a PNG strip of the frames.
+
+imageio and its ffmpeg binary are imported only when a file is written or read, so a missing
+ffmpeg never breaks ``import multimodal``: :func:`ffmpeg_available` tells, and the pipeline
+falls back to GIF with a warning.
+
+GIF stores frame durations in hundredths of a second, so a GIF plays at
+``100 / round(100 / fps)`` frames per second (exactly ``fps`` for 1, 2, 4, 5, 10, 20, 25, 50
+and 100); and Pillow merges consecutive identical frames into one longer frame.
+
+Axes: t frames, h w height and width, c channels.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from multimodal.errors import InputError
+
+MP4_CRF = 18  # x264 quality: visually lossless for these small grayscale frames
+
+
+def ffmpeg_available() -> bool:
+    """Whether imageio-ffmpeg and its ffmpeg binary can be used."""
+    try:
+        import imageio_ffmpeg
+
+        return bool(imageio_ffmpeg.get_ffmpeg_exe())
+    except Exception:  # not installed, or no binary for this platform
+        return False
+
+
+def _rgb(frames: np.ndarray) -> np.ndarray:
+    """(t, h, w) or (t, h, w, c) uint8 -> (t, h, w, 3) uint8."""
+    if frames.ndim == 3:
+        return np.repeat(frames[..., None], 3, axis=-1)
+    return frames if frames.shape[-1] == 3 else np.repeat(frames[..., :1], 3, axis=-1)
+
+
+def mp4_bytes(frames: np.ndarray, fps: float) -> bytes:
+    """Encode (t, h, w[, c]) uint8 frames as an H.264 MP4 (yuv420p) at ``fps``.
+
+    Sides that are not multiples of 16 are padded by ffmpeg's macro-block rule.
+
+    Raises:
+        RuntimeError: ffmpeg is not available (see :func:`ffmpeg_available`).
+    """
+    import imageio.v2 as imageio
+
+    with tempfile.TemporaryDirectory(prefix="multimodal-mp4-") as tmp:
+        path = os.path.join(tmp, "clip.mp4")
+        writer = imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                    pixelformat="yuv420p", macro_block_size=16,
+                                    output_params=["-crf", str(MP4_CRF)],
+                                    ffmpeg_log_level="error")
+        try:
+            for frame in _rgb(frames):
+                writer.append_data(frame)
+        finally:
+            writer.close()
+        return Path(path).read_bytes()
+
+
+def gif_bytes(frames: np.ndarray, fps: float) -> bytes:
+    """Encode (t, h, w[, c]) uint8 frames as a looping GIF at ``fps`` (see the module note on
+    GIF timing)."""
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in (frames if frames.ndim == 3 or frames.shape[-1] == 3
+                                           else frames[..., 0])]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], loop=0,
+                   duration=int(round(1000 / fps)), disposal=1)
+    return buffer.getvalue()
+
+
+def frame_strip(frames: np.ndarray) -> np.ndarray:
+    """(t, h, w[, c]) frames side by side: (h, t * w[, c])."""
+    return np.concatenate(list(frames), axis=1)
+
+
+def read_video_info(path: str | Path) -> dict:
+    """``{"frames": int, "fps": float, "size": (w, h)}`` of an MP4 or GIF written here.
+
+    Raises:
+        InputError: the file is missing or cannot be decoded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"video file not found: {path}")
+    try:
+        if path.suffix.lower() == ".gif":
+            from PIL import Image, ImageSequence
+
+            with Image.open(path) as image:
+                durations = [f.info.get("duration", 0) for f in ImageSequence.Iterator(image)]
+                size = image.size
+            return {"frames": len(durations), "size": size,
+                    "fps": 1000 / durations[0] if durations and durations[0] else 0.0}
+        import imageio.v2 as imageio
+
+        with imageio.get_reader(str(path), "ffmpeg") as reader:
+            meta = reader.get_meta_data()
+            return {"frames": reader.count_frames(), "fps": float(meta["fps"]),
+                    "size": tuple(meta["size"])}
+    except Exception as exc:  # imageio and Pillow raise many kinds
+        raise InputError(f"cannot read video {path}: {type(exc).__name__}: {exc}") from None
+
+
+def read_video_frames(path: str | Path) -> np.ndarray:
+    """The frames of an MP4 or GIF as (t, h, w, 3) uint8.
+
+    Raises:
+        InputError: the file is missing or cannot be decoded.
+    """
+    from multimodal.data.video import read_video_file
+    from multimodal.errors import DataError
+
+    try:
+        return read_video_file(Path(path))
+    except DataError as exc:
+        raise InputError(str(exc)) from None

@@ -1,0 +1,294 @@
+"""Text-to-video with latent video diffusion on the shared backbone.
+
+The loop of text-to-image (:class:`~multimodal.pipelines.text_to_image.LatentDiffusionPipeline`)
+over latent videos: start from Gaussian noise (s, t, l, y, x), denoise every frame together
+with the spatio-temporal denoiser and a diffusers scheduler (Ho et al. 2022, "Video Diffusion
+Models", https://arxiv.org/abs/2204.03458), guided by the prompt with classifier-free guidance
+(Ho & Salimans 2022, https://arxiv.org/abs/2207.12598) whose unconditional and conditional
+branches run in ONE batched forward; a negative prompt replaces the empty prompt in the
+unconditional branch. The VAE then decodes the frames one by one.
+
+Random draws, in order, from one ``torch.Generator`` seeded with ``seed``: the initial noise
+(num_samples, t, l, y, x), then whatever each scheduler step draws, so a seed reproduces the
+clips exactly.
+
+Prompts name an item and a motion ("a sneaker moving left"). A direction word the model never
+saw in training ("diagonally", "in circles") is not an error: the clip is generated anyway,
+following the item and whatever motion the model makes of the words.
+
+Outputs (CLI): ``000.mp4`` (H.264 through imageio-ffmpeg; skipped with a warning when no ffmpeg
+is available), ``000.gif``, ``000.json`` (prompt and settings) and, with ``--strip``,
+``000.png`` (the frames side by side, settings in a tEXt chunk). Files are written atomically
+and a failed run removes what it wrote.
+
+Axes: s samples, b batch (2 s with guidance), t frames, n prompt tokens, d backbone width,
+l latent channels, y x latent height and width, c channels, h w frame height and width.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange, repeat
+
+from multimodal.errors import CheckpointError, InputError
+from multimodal.pipelines.text_to_image import (DEFAULT_GUIDANCE, DEFAULT_SCHEDULER,
+                                                LatentDiffusionPipeline, png_bytes)
+from multimodal.registry import pipelines
+
+DEFAULT_FPS = 10.0  # a whole number of GIF centiseconds per frame
+MIN_FRAMES = 2
+MAX_FPS = 100.0  # GIF's finest frame duration is 1/100 s
+
+
+@dataclass
+class VideoGenerationOutput:
+    """What the text-to-video pipeline returns.
+
+    Attributes:
+        videos: One uint8 array per sample, (t, h, w) grayscale or (t, h, w, 3) RGB, 0..255.
+        latents: The final latents (s, t, l, y, x) before decoding.
+        fps: Frames per second the clips are meant to play at.
+        task, prompt, negative_prompt, seed, num_frames, num_inference_steps, guidance_scale,
+            scheduler, checkpoint_id: The settings used.
+    """
+
+    videos: list[np.ndarray]
+    latents: torch.Tensor | None = field(repr=False, default=None)
+    task: str = "text-to-video"
+    prompt: str = ""
+    negative_prompt: str | None = None
+    seed: int | None = None
+    num_frames: int = 0
+    fps: float = DEFAULT_FPS
+    num_inference_steps: int = 0
+    guidance_scale: float = 1.0
+    scheduler: str = DEFAULT_SCHEDULER
+    checkpoint_id: str = "none"
+
+    def metadata(self, index: int | None = None) -> dict[str, Any]:
+        """The settings of sample ``index``, as written into its sidecar JSON."""
+        return {"task": self.task, "prompt": self.prompt, "negative_prompt": self.negative_prompt,
+                "seed": self.seed, "sample": index, "num_samples": len(self.videos),
+                "num_frames": self.num_frames, "fps": self.fps,
+                "num_inference_steps": self.num_inference_steps,
+                "guidance_scale": self.guidance_scale, "scheduler": self.scheduler,
+                "checkpoint_id": self.checkpoint_id}
+
+
+@pipelines.register("text-to-video")
+class TextToVideoPipeline(LatentDiffusionPipeline):
+    """Generate short clips from a prompt (latent video diffusion, classifier-free guidance).
+
+    Call it as ``pipe(prompt, *, negative_prompt=None, num_frames=None, fps=10.0,
+    num_inference_steps=25, guidance_scale=4.0, num_samples=1, seed=None, generator=None,
+    scheduler=None, progress=True)``; see :meth:`generate`.
+
+    Args:
+        backbone: The shared Transformer (encodes prompts).
+        denoiser: The video decoder (``latent_video_dit``).
+        vae: The frame tokenizer (``video_vae`` or ``image_vae``).
+        tokenizer: The text tokenizer.
+        checkpoint_id: Recorded in outputs.
+    """
+
+    task = "text-to-video"
+    default_checkpoint_name = "text-to-video"
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> "TextToVideoPipeline":
+        """Load from a checkpoint (or a run directory's newest one).
+
+        Raises:
+            CheckpointError: unusable checkpoint, or one without a video decoder, a frame
+                tokenizer and a text tokenizer.
+        """
+        from multimodal.modalities.video.vae import frame_tokenizer
+        from multimodal.training.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path, device=device)
+        vae = frame_tokenizer(ckpt.tokenizers)
+        missing = [key for key, found in (("decoders.video", "video" in ckpt.model.decoders),
+                                          ("tokenizers.video (or .image)", vae is not None),
+                                          ("tokenizers.text", "text" in ckpt.tokenizers))
+                   if not found]
+        if missing:
+            raise CheckpointError(f"checkpoint {ckpt.path} has no {', '.join(missing)}; "
+                                  "text-to-video needs a video decoder, a frame VAE and a text "
+                                  "tokenizer (train e.g. configs/text_to_video_moving.yaml)")
+        return cls(backbone=ckpt.model.backbone, denoiser=ckpt.model.decoders["video"],
+                   vae=vae.to(device), tokenizer=ckpt.tokenizers["text"],
+                   checkpoint_id=ckpt.checkpoint_id)
+
+    # -- the loop ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompt: str = "", *, negative_prompt: str | None = None,
+                 num_frames: int | None = None, fps: float = DEFAULT_FPS,
+                 num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
+                 num_samples: int = 1, seed: int | None = None,
+                 generator: torch.Generator | None = None, scheduler: str | None = None,
+                 progress: bool = True) -> VideoGenerationOutput:
+        """Generate ``num_samples`` clips of ``num_frames`` frames.
+
+        Args:
+            prompt: What to show, e.g. "a sneaker moving left"; ``""`` samples
+                unconditionally.
+            negative_prompt: What to steer away from (default none).
+            num_frames: Frames per clip, 2 .. the denoiser's ``max_frames`` (default: the
+                length it was trained on).
+            fps: Frames per second of the written files, in (0, 100] (default 10).
+            num_inference_steps: Scheduler steps (1 .. num_train_timesteps; default 25).
+            guidance_scale: Classifier-free guidance weight >= 0; 1 turns guidance off, 0
+                ignores the prompt (default 4.0).
+            num_samples: Clips made together (>= 1).
+            seed: Seed of the generator (random when neither it nor ``generator`` is given).
+            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
+            scheduler: ``ddpm``, ``ddim``, ``dpm_solver_multistep`` (default) or ``euler``.
+            progress: Show a tqdm bar over the steps.
+
+        Returns:
+            :class:`VideoGenerationOutput` with ``num_samples`` clips (t, h, w) uint8.
+
+        Raises:
+            InputError: an argument outside the ranges above (the message names the limit).
+            UnknownComponentError: an unknown scheduler name.
+        """
+        from tqdm.auto import tqdm
+
+        from multimodal.modalities.video.vae import decode_video
+
+        steps, guidance_scale = self._check_arguments(
+            prompt, negative_prompt, num_inference_steps, guidance_scale, num_samples, 1.0)
+        num_frames = self._check_frames(num_frames)
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= MAX_FPS:
+            raise InputError(f"fps must be a number in (0, {MAX_FPS:g}], got {fps!r}")
+        sched = self.make_scheduler(scheduler)
+        if generator is None:
+            if seed is None:
+                seed = int(torch.randint(0, 2**31 - 1, ()).item())
+            generator = torch.Generator().manual_seed(seed)
+        device = self.device
+        sched.set_timesteps(steps, device=device)
+        noise = torch.randn((num_samples, num_frames, *self.denoiser.frame_shape),
+                            generator=generator).to(device)  # (s, t, l, y, x)
+        latents = noise * sched.init_noise_sigma
+        context, context_mask = self.guidance_context(prompt, negative_prompt, guidance_scale,
+                                                      num_samples)
+        for t in tqdm(sched.timesteps, desc=self.task, disable=not progress, leave=False):
+            model_output = self.predict(latents, t, sched, context, context_mask, guidance_scale)
+            latents = sched.step(model_output, t, latents, generator=generator).prev_sample
+        frames = self._to_uint8(
+            decode_video(self.vae, latents).flatten(0, 1)).to(torch.uint8)  # ((s t), c, h, w)
+        frames = rearrange(frames, "(s t) c h w -> s t h w c", s=num_samples).numpy()
+        videos = [clip[..., 0] if clip.shape[-1] == 1 else clip for clip in frames]
+        return VideoGenerationOutput(
+            videos=videos, latents=latents.cpu(), task=self.task, prompt=prompt,
+            negative_prompt=negative_prompt, seed=seed, num_frames=num_frames, fps=float(fps),
+            num_inference_steps=steps, guidance_scale=guidance_scale,
+            scheduler=scheduler or DEFAULT_SCHEDULER, checkpoint_id=self.checkpoint_id)
+
+    __call__ = generate
+
+    def guidance_context(self, prompt: str, negative_prompt: str | None, guidance_scale: float,
+                         num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt states for the denoiser: ``(context, mask)`` of (2 s, n, d) and (2 s, n)
+        with the unconditional branch first when guidance runs, else (s, n, d) and (s, n)."""
+        uncond = "" if negative_prompt is None else negative_prompt
+        if guidance_scale not in (0.0, 1.0) and uncond != prompt:  # both branches, one batch
+            both, both_mask = self.encode_prompts([uncond, prompt])  # (2, n, d), (2, n)
+            return (repeat(both, "two n d -> (two s) n d", s=num_samples),
+                    repeat(both_mask, "two n -> (two s) n", s=num_samples))
+        one, one_mask = self.encode_prompts([uncond if guidance_scale == 0 else prompt])
+        return (repeat(one, "1 n d -> s n d", s=num_samples),
+                repeat(one_mask, "1 n -> s n", s=num_samples))
+
+    def _check_frames(self, num_frames: Any) -> int:
+        limit = self.denoiser.max_frames
+        if num_frames is None:
+            return self.denoiser.num_frames
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or \
+                not MIN_FRAMES <= num_frames <= limit:
+            raise InputError(f"num_frames must be an integer from {MIN_FRAMES} (the minimum) to "
+                             f"{limit} (the most this model supports: its max_frames), "
+                             f"got {num_frames!r}")
+        return num_frames
+
+    # -- command line -----------------------------------------------------------------------
+    @classmethod
+    def add_cli_arguments(cls, parser) -> None:
+        parser.add_argument("--prompt", default="",
+                            help="what to show, e.g. 'a sneaker moving left' ('' samples "
+                                 "unconditionally)")
+        parser.add_argument("--negative-prompt", default=None, help="what to steer away from")
+        parser.add_argument("--num-samples", type=int, default=1)
+        parser.add_argument("--num-frames", type=int, default=None,
+                            help=f"frames per clip, {MIN_FRAMES} .. the model's max_frames "
+                                 "(default: its training length)")
+        parser.add_argument("--fps", type=float, default=DEFAULT_FPS,
+                            help=f"frames per second of the MP4 and GIF (default {DEFAULT_FPS:g})")
+        parser.add_argument("--seed", type=int, default=None)
+        parser.add_argument("--num-inference-steps", type=int, default=25)
+        parser.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE)
+        parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
+                            help="ddpm, ddim, dpm_solver_multistep or euler")
+        parser.add_argument("--out", default=f"out/{cls.task}",
+                            help="output directory for 000.mp4, 000.gif, 000.json, ...")
+        parser.add_argument("--strip", action="store_true",
+                            help="also write 000.png: the frames side by side")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run_cli(self, args) -> int:
+        """Generate and write ``000.mp4``, ``000.gif``, ``000.json`` (and ``000.png``) ...
+        atomically; on any failure no file of this run is left behind."""
+        from multimodal.io import atomic_write_bytes, atomic_write_text, prepare_out_dir
+        from multimodal.modalities.video import files
+
+        out = Path(args.out)
+        existed = out.exists()
+        out = prepare_out_dir(out)  # before generating: an unwritable directory fails at once
+        written: list[Path] = []
+        try:
+            result = self(args.prompt, negative_prompt=args.negative_prompt,
+                          num_frames=args.num_frames, fps=args.fps,
+                          num_inference_steps=args.num_inference_steps,
+                          guidance_scale=args.guidance_scale, num_samples=args.num_samples,
+                          seed=args.seed, scheduler=args.scheduler,
+                          progress=not args.no_progress)
+            mp4 = files.ffmpeg_available()
+            if not mp4:
+                warnings.warn("ffmpeg is not available (imageio-ffmpeg found no binary); "
+                              "writing GIFs only", stacklevel=2)
+            for i, clip in enumerate(result.videos):
+                meta = result.metadata(i)
+                outputs: dict[str, bytes] = {}
+                if mp4:
+                    outputs[f"{i:03d}.mp4"] = files.mp4_bytes(clip, result.fps)
+                outputs[f"{i:03d}.gif"] = files.gif_bytes(clip, result.fps)
+                if args.strip:
+                    outputs[f"{i:03d}.png"] = png_bytes(files.frame_strip(clip), meta)
+                for name, data in outputs.items():
+                    atomic_write_bytes(out / name, data)
+                    written.append(out / name)
+                sidecar = out / f"{i:03d}.json"
+                atomic_write_text(sidecar, json.dumps({**meta, "files": list(outputs)},
+                                                      indent=1) + "\n")
+                written.append(sidecar)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            if not existed:
+                try:
+                    out.rmdir()
+                except OSError:
+                    pass
+            raise
+        for path in written:
+            print(path)
+        print(f"seed {result.seed}")
+        return 0
