@@ -12,16 +12,20 @@
     generator (target <= 0.05 on 2 threads), of cached WaveNet, and of Griffin-Lim
     (``LogMel.griffin_lim``, 64 iterations), the baseline.
 
-(c) End-to-end text-to-WAV real-time factor (to come).
+(c) End-to-end text-to-WAV real-time factor of the pipeline (espeak-ng phonemes, backbone,
+    mel decoder, vocoder, peak normalisation, WAV encoding) for each vocoder, over
+    :data:`PROMPTS` (the autoregressive vocoder on the first one only).
 
 Human-readable lines are printed as the parts run; the last line is one JSON object with every
-figure. Without ``--checkpoint`` the vocoders have the constructor defaults and random weights
-(timings do not depend on the weights).
+figure. With ``--checkpoint`` (a text-to-audio checkpoint or run directory) the vocoders are the
+trained ones and (c) runs on that model; without it (a) and (b) use the constructor defaults
+with random weights (timings do not depend on the weights) and (c) uses the embedded default
+model when there is one.
 
 Run (from the repository root)::
 
     .venv/bin/python benchmarks/text_to_audio.py                  # untrained default sizes
-    .venv/bin/python benchmarks/text_to_audio.py --checkpoint DIR # trained vocoders
+    .venv/bin/python benchmarks/text_to_audio.py --checkpoint runs/text_to_audio_speech
 
 Timings on a shared or loaded machine are noisy: prefer ``--threads`` below the number of idle
 cores, and read the best-of-repeats figures.
@@ -43,7 +47,8 @@ from multimodal.modalities.audio.features import SAMPLE_RATE, LogMel  # noqa: E4
 from multimodal.modalities.audio.wavenet import (ParallelWaveGANGenerator,  # noqa: E402
                                                  WaveNetVocoder)
 
-AR_WEIGHTS, PARALLEL_WEIGHTS = "wavenet.safetensors", "parallel_wavegan.safetensors"
+PROMPTS = ("seven", "A pair of trousers and an ankle boot.",
+           "The secret of life is to get up early, and then to sleep all afternoon.")
 
 
 def log(message: str = "") -> None:
@@ -56,20 +61,37 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def build_vocoders(checkpoint: str | None = None, *, wavenet_args: dict | None = None,
+def build_vocoders(pipe=None, *, wavenet_args: dict | None = None,
                    parallel_args: dict | None = None
                    ) -> tuple[WaveNetVocoder, ParallelWaveGANGenerator]:
-    """The two vocoders at their constructor defaults (updated by ``wavenet_args`` and
-    ``parallel_args``); with ``checkpoint``, their weights from ``DIR/wavenet.safetensors``
-    and ``DIR/parallel_wavegan.safetensors``."""
-    ar = WaveNetVocoder(**(wavenet_args or {})).eval()
-    parallel = ParallelWaveGANGenerator(**(parallel_args or {})).eval()
-    if checkpoint:
-        from safetensors.torch import load_file
+    """The trained vocoders of a text-to-audio pipeline, or (without one) the two vocoders at
+    their constructor defaults updated by ``wavenet_args`` and ``parallel_args``."""
+    if pipe is not None:
+        return pipe.audio.vocoders["autoregressive"].eval(), pipe.audio.vocoders["parallel"].eval()
+    return (WaveNetVocoder(**(wavenet_args or {})).eval(),
+            ParallelWaveGANGenerator(**(parallel_args or {})).eval())
 
-        for model, name in ((ar, AR_WEIGHTS), (parallel, PARALLEL_WEIGHTS)):
-            model.load_state_dict(load_file(Path(checkpoint) / name))
-    return ar, parallel
+
+def part_c(pipe, *, repeats: int = 2) -> dict:
+    """End-to-end text-to-WAV real-time factor per vocoder (best of ``repeats``)."""
+    from multimodal.pipelines.text_to_audio import wav_bytes
+
+    log("(c) end-to-end text -> WAV real-time factor")
+    out = {}
+    for vocoder in pipe.audio.available_vocoders:
+        prompts = PROMPTS[:1] if vocoder == "autoregressive" else PROMPTS
+        best, audio_s = float("inf"), 0.0
+        for _ in range(1 if vocoder == "autoregressive" else repeats):
+            start = time.perf_counter()
+            audio_s = 0.0
+            for i, prompt in enumerate(prompts):
+                result = pipe(prompt, vocoder=vocoder, seed=i, progress=False)
+                wav_bytes(result.audios[0], result.sample_rate)
+                audio_s += len(result.audios[0]) / result.sample_rate
+            best = min(best, time.perf_counter() - start)
+        out[vocoder] = {"real_time_factor": best / audio_s, "audio_seconds": audio_s}
+        log(f"    {vocoder:<18}{best / audio_s:>10.4f}  ({audio_s:.1f} s of audio)")
+    return out
 
 
 def mel_of(seconds: float, hop_length: int, seed: int = 0) -> torch.Tensor:
@@ -168,8 +190,9 @@ def vocoder_figures(ar: WaveNetVocoder, parallel: ParallelWaveGANGenerator, thre
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", help="a directory with wavenet.safetensors and "
-                        "parallel_wavegan.safetensors (default: untrained default sizes)")
+    parser.add_argument("--checkpoint", help="a text-to-audio checkpoint or run directory "
+                        "(default: untrained default sizes for (a), (b); the embedded model "
+                        "for (c))")
     parser.add_argument("--wavenet-args", type=json.loads, default={},
                         help="JSON constructor arguments of WaveNetVocoder, "
                         'e.g. \'{"num_layers": 20}\'')
@@ -184,7 +207,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the torch.compile'd WaveNet step in (a)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    ar, parallel = build_vocoders(args.checkpoint, wavenet_args=args.wavenet_args,
+    from multimodal.errors import CheckpointError
+    from multimodal.pipelines import load_pipeline
+
+    try:
+        pipe = load_pipeline("text-to-audio", args.checkpoint)
+    except CheckpointError as exc:
+        if args.checkpoint:
+            raise
+        log(f"(c) skipped: {exc}")
+        pipe = None
+    ar, parallel = build_vocoders(pipe if args.checkpoint else None,
+                                  wavenet_args=args.wavenet_args,
                                   parallel_args=args.parallel_args)
     log(f"{torch.get_num_threads()} threads; WaveNet {sum(p.numel() for p in ar.parameters())} "
         f"parameters, Parallel WaveGAN {sum(p.numel() for p in parallel.parameters())}")
@@ -193,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
               **vocoder_figures(ar, parallel, args.threads, naive_samples=args.naive_samples,
                                 compile=not args.no_compile, seconds=args.seconds,
                                 repeats=args.repeats)}
+    if pipe is not None:
+        report["c"] = part_c(pipe, repeats=args.repeats)
     print(json.dumps(report))
     return 0
 

@@ -53,3 +53,42 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class OutputFiles:
+    """The files one run writes into ``out_dir``: each written atomically, and on any failure
+    inside the ``with`` block every one of them removed again (and ``out_dir`` too when this
+    run created it), so a failed run leaves nothing behind.
+
+    The directory is created and checked for writing on construction, before any generation,
+    so an unwritable directory fails at once (:class:`InputError`)::
+
+        with OutputFiles(args.out) as files:
+            files.write("000.wav", data)
+    """
+
+    def __init__(self, out_dir: str | Path):
+        self.existed = Path(out_dir).exists()
+        self.out = prepare_out_dir(out_dir)
+        self.written: list[Path] = []
+
+    def write(self, name: str, data: bytes | str) -> Path:
+        """Write ``out_dir/name`` (text as UTF-8) atomically; return its path."""
+        path = self.out / name
+        atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
+        self.written.append(path)
+        return path
+
+    def __enter__(self) -> "OutputFiles":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            return
+        for path in self.written:
+            path.unlink(missing_ok=True)
+        if not self.existed:
+            try:
+                self.out.rmdir()
+            except OSError:
+                pass

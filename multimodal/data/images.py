@@ -20,9 +20,7 @@ Axes: k items, c channels, h w height width.
 
 from __future__ import annotations
 
-import csv
 import gzip
-import json
 import os
 import random
 import threading
@@ -32,7 +30,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from multimodal.data import check_split
+from multimodal.data import check_split, read_media_list
 from multimodal.errors import DataError
 from multimodal.registry import datasets
 
@@ -338,7 +336,7 @@ class ImageFolderDataset(_ImageItems):
         if not list_file.is_file():
             raise DataError(f"image list file not found: {list_file}")
         base = Path(os.path.expanduser(root)) if root else list_file.parent
-        records = _read_records(list_file)
+        records = read_media_list(list_file, "image")
         self.image_size, self.channels = image_size, channels
         self.paths: list[Path] = []
         self.captions: list[str] = []
@@ -387,43 +385,3 @@ class ImageFolderDataset(_ImageItems):
     def caption(self, index: int) -> str:
         """The caption of item ``index``."""
         return self.captions[index]
-
-
-def _read_records(list_file: Path) -> list[tuple[str, dict]]:
-    """``[(where, {"image", "caption", "label"})]`` from a JSONL or CSV file."""
-    try:
-        text = list_file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read image list {list_file}: {exc}") from None
-    rows: list[tuple[str, Any]] = []
-    if list_file.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
-            raise DataError(f"{list_file}: the CSV header must name 'image' and 'caption' "
-                            f"columns, got {reader.fieldnames}")
-        rows = [(f"{list_file}:{i + 2}", row) for i, row in enumerate(reader)]
-    elif list_file.suffix.lower() in (".jsonl", ".json"):
-        for i, line in enumerate(text.splitlines()):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"{list_file}:{i + 1}", json.loads(line)))
-            except ValueError as exc:
-                raise DataError(f"{list_file}:{i + 1}: not a JSON object: {exc}") from None
-    else:
-        raise DataError(f"image list {list_file} must be a .jsonl or .csv file")
-    records = []
-    for where, row in rows:
-        if not isinstance(row, dict) or not isinstance(row.get("image"), str) or \
-                not isinstance(row.get("caption"), str) or not row["image"]:
-            raise DataError(f"{where}: a record needs a string 'image' (path) and 'caption', "
-                            f"got {row!r}")
-        label = row.get("label")
-        try:
-            label = -1 if label in (None, "") else int(label)
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: 'label' must be an integer, got {label!r}") from None
-        records.append((where, {"image": row["image"], "caption": row["caption"], "label": label}))
-    if not records:
-        raise DataError(f"image list {list_file} holds no records")
-    return records

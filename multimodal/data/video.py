@@ -24,17 +24,15 @@ Axes: k items, t frames, c channels, h w height width.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import random
 import zlib
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
-from multimodal.data import check_split
+from multimodal.data import check_split, read_media_list
 from multimodal.errors import DataError
 from multimodal.registry import datasets
 
@@ -361,7 +359,7 @@ class VideoFolderDataset(_VideoItems):
         self._captions: list[str] | None = []
         self.labels: list[int] = []
         missing = []
-        for where, record in _read_video_records(list_file):
+        for where, record in read_media_list(list_file, "video"):
             is_val = (zlib.crc32(record["video"].encode("utf-8")) % 10_000) < val_fraction * 10_000
             if is_val != (split == "val"):
                 continue
@@ -414,43 +412,3 @@ class VideoFolderDataset(_VideoItems):
         pixels = np.stack([self.clip_pixels(i) for i in chosen]) if len(chosen) else \
             np.zeros((0, t, c, s, s), np.uint8)
         return _frames_to_float(pixels)
-
-
-def _read_video_records(list_file: Path) -> list[tuple[str, dict]]:
-    """``[(where, {"video", "caption", "label"})]`` from a JSONL or CSV file."""
-    try:
-        text = list_file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read video list {list_file}: {exc}") from None
-    rows: list[tuple[str, Any]] = []
-    if list_file.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or not {"video", "caption"} <= set(reader.fieldnames):
-            raise DataError(f"{list_file}: the CSV header must name 'video' and 'caption' "
-                            f"columns, got {reader.fieldnames}")
-        rows = [(f"{list_file}:{i + 2}", row) for i, row in enumerate(reader)]
-    elif list_file.suffix.lower() in (".jsonl", ".json"):
-        for i, line in enumerate(text.splitlines()):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"{list_file}:{i + 1}", json.loads(line)))
-            except ValueError as exc:
-                raise DataError(f"{list_file}:{i + 1}: not a JSON object: {exc}") from None
-    else:
-        raise DataError(f"video list {list_file} must be a .jsonl or .csv file")
-    records = []
-    for where, row in rows:
-        if not isinstance(row, dict) or not isinstance(row.get("video"), str) or \
-                not isinstance(row.get("caption"), str) or not row["video"]:
-            raise DataError(f"{where}: a record needs a string 'video' (path) and 'caption', "
-                            f"got {row!r}")
-        label = row.get("label")
-        try:
-            label = -1 if label in (None, "") else int(label)
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: 'label' must be an integer, got {label!r}") from None
-        records.append((where, {"video": row["video"], "caption": row["caption"], "label": label}))
-    if not records:
-        raise DataError(f"video list {list_file} holds no records")
-    return records

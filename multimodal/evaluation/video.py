@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from multimodal.data.images import CLASS_NAMES, FASHION_MNIST_DIR, SYNONYMS
-from multimodal.data.video import DIRECTION_VECTORS, DIRECTIONS, SPRITE
+from multimodal.data.video import DIRECTIONS, SPRITE
 
 # Prompt phrasings the training captions never use (a test checks this): {a} the item with its
 # article, {d} the direction word.

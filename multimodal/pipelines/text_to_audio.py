@@ -253,35 +253,19 @@ class TextToAudioPipeline:
     def run_cli(self, args) -> int:
         """Generate and write ``000.wav`` and ``000.json`` ... atomically; on any failure no
         file of this run is left behind."""
-        from multimodal.io import atomic_write_bytes, atomic_write_text, prepare_out_dir
+        from multimodal.io import OutputFiles
 
-        out = Path(args.out)
-        existed = out.exists()
-        out = prepare_out_dir(out)  # before generating: an unwritable directory fails at once
-        written: list[Path] = []
-        try:
+        with OutputFiles(args.out) as files:  # checked before generating; cleaned on failure
             result = self(args.prompt, voice=args.voice, vocoder=args.vocoder,
                           num_samples=args.num_samples, seed=args.seed,
                           length_scale=args.length_scale, progress=not args.no_progress)
+            wavs = []
             for i, audio in enumerate(result.audios):
-                atomic_write_bytes(out / f"{i:03d}.wav", wav_bytes(audio, result.sample_rate))
-                written.append(out / f"{i:03d}.wav")
-                atomic_write_text(out / f"{i:03d}.json",
-                                  json.dumps(result.metadata(i), indent=1,
-                                             ensure_ascii=False) + "\n")
-                written.append(out / f"{i:03d}.json")
-        except BaseException:
-            for path in written:
-                path.unlink(missing_ok=True)
-            if not existed:
-                try:
-                    out.rmdir()
-                except OSError:
-                    pass
-            raise
-        for path in written:
-            if path.suffix == ".wav":
-                print(path)
+                wavs.append(files.write(f"{i:03d}.wav", wav_bytes(audio, result.sample_rate)))
+                files.write(f"{i:03d}.json", json.dumps(result.metadata(i), indent=1,
+                                                        ensure_ascii=False) + "\n")
+        for path in wavs:
+            print(path)
         print(f"seed {result.seed}")
         return 0
 

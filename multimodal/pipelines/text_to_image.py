@@ -481,13 +481,9 @@ class LatentDiffusionPipeline:
     def run_cli(self, args) -> int:
         """Generate and write ``000.png`` ... (and ``grid.png``) atomically; on any failure no
         file of this run is left behind."""
-        from multimodal.io import atomic_write_bytes, prepare_out_dir
+        from multimodal.io import OutputFiles
 
-        out = Path(args.out)
-        existed = out.exists()
-        out = prepare_out_dir(out)  # before generating: an unwritable directory fails at once
-        written: list[Path] = []
-        try:
+        with OutputFiles(args.out) as out:  # checked before generating; cleaned on failure
             result = self(args.prompt, negative_prompt=args.negative_prompt,
                           num_inference_steps=args.num_inference_steps,
                           guidance_scale=args.guidance_scale, num_samples=args.num_samples,
@@ -497,18 +493,7 @@ class LatentDiffusionPipeline:
                      for i, image in enumerate(result.images)}
             if args.grid:
                 files["grid.png"] = png_bytes(image_grid(result.images), result.metadata(None))
-            for name, data in files.items():
-                atomic_write_bytes(out / name, data)
-                written.append(out / name)
-        except BaseException:
-            for path in written:
-                path.unlink(missing_ok=True)
-            if not existed:
-                try:
-                    out.rmdir()
-                except OSError:
-                    pass
-            raise
+            written = [out.write(name, data) for name, data in files.items()]
         for path in written:
             print(path)
         print(f"seed {result.seed}")

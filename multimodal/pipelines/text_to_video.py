@@ -246,14 +246,10 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
     def run_cli(self, args) -> int:
         """Generate and write ``000.mp4``, ``000.gif``, ``000.json`` (and ``000.png``) ...
         atomically; on any failure no file of this run is left behind."""
-        from multimodal.io import atomic_write_bytes, atomic_write_text, prepare_out_dir
+        from multimodal.io import OutputFiles
         from multimodal.modalities.video import files
 
-        out = Path(args.out)
-        existed = out.exists()
-        out = prepare_out_dir(out)  # before generating: an unwritable directory fails at once
-        written: list[Path] = []
-        try:
+        with OutputFiles(args.out) as out:  # checked before generating; cleaned on failure
             result = self(args.prompt, negative_prompt=args.negative_prompt,
                           num_frames=args.num_frames, fps=args.fps,
                           num_inference_steps=args.num_inference_steps,
@@ -273,22 +269,10 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
                 if args.strip:
                     outputs[f"{i:03d}.png"] = png_bytes(files.frame_strip(clip), meta)
                 for name, data in outputs.items():
-                    atomic_write_bytes(out / name, data)
-                    written.append(out / name)
-                sidecar = out / f"{i:03d}.json"
-                atomic_write_text(sidecar, json.dumps({**meta, "files": list(outputs)},
+                    out.write(name, data)
+                out.write(f"{i:03d}.json", json.dumps({**meta, "files": list(outputs)},
                                                       indent=1) + "\n")
-                written.append(sidecar)
-        except BaseException:
-            for path in written:
-                path.unlink(missing_ok=True)
-            if not existed:
-                try:
-                    out.rmdir()
-                except OSError:
-                    pass
-            raise
-        for path in written:
+        for path in out.written:
             print(path)
         print(f"seed {result.seed}")
         return 0
