@@ -265,3 +265,17 @@ def test_evaluate_reports_every_vocoder_and_the_reference(tiny_run, tmp_path, mo
     assert isinstance(report["quality_bar_met"], bool)
     wave = np.sin(np.arange(8000) / 7.0).astype(np.float32)
     assert mel_cepstral_distortion(wave, wave) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_vocoders_load_as_built_even_if_defaults_change(tmp_path):
+    from multimodal.modalities.audio.tokenizer import LogMelTokenizer
+
+    built = LogMelTokenizer(autoregressive={"residual_channels": 8, "skip_channels": 8,
+                                            "num_layers": 3, "cond_channels": 8},
+                            default_vocoder="autoregressive")
+    built.save(tmp_path)
+    # a config that leaves the sizes to the code's defaults (which may have moved since)
+    loaded = LogMelTokenizer.load(tmp_path, autoregressive={"steps": 5},
+                                  default_vocoder="autoregressive")
+    assert len(loaded.vocoders["autoregressive"].dilated) == 3
+    assert loaded.training["autoregressive"] == {"steps": 5}

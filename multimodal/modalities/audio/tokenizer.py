@@ -18,6 +18,7 @@ Axes: b batch, t samples, m mel bins, f frames.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -84,6 +85,7 @@ class LogMelTokenizer:
         self.std = torch.ones(n_mels)
         self.vocoders: dict[str, torch.nn.Module] = {}
         self.training: dict[str, dict] = {}
+        self.vocoder_args: dict[str, dict] = {}  # every constructor argument, defaults included
         for name, cls, section in (("parallel", ParallelWaveGANGenerator, parallel),
                                    ("autoregressive", WaveNetVocoder, autoregressive)):
             if section is None:
@@ -95,6 +97,10 @@ class LogMelTokenizer:
             except TypeError as exc:
                 raise ConfigError(f"tokenizers.audio.{name}: {exc}; accepted: the arguments of "
                                   f"{cls.__name__} and {', '.join(_TRAINING_KEYS)}") from None
+            defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()
+                        if p.default is not inspect.Parameter.empty}
+            self.vocoder_args[name] = {**defaults, **model_args, "mel_channels": n_mels,
+                                       "hop_length": hop_length}
         if default_vocoder != "griffin-lim" and default_vocoder not in self.vocoders:
             raise ConfigError(f"tokenizers.audio.default_vocoder is {default_vocoder!r} but "
                               f"that vocoder is not configured; configured: "
@@ -214,7 +220,7 @@ class LogMelTokenizer:
             save_file({k: v.detach().contiguous().cpu() for k, v in
                        vocoder.state_dict().items()}, str(directory / f"{name}.safetensors"))
         meta = {"format": FORMAT, "mean": self.mean.tolist(), "std": self.std.tolist(),
-                "trained": self._trained}
+                "trained": self._trained, "vocoder_args": self.vocoder_args}
         (directory / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
 
     @classmethod
@@ -227,11 +233,20 @@ class LogMelTokenizer:
         from multimodal.training.checkpoint import load_weights
 
         directory = Path(directory)
-        tok = cls(**config)
         try:
             meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot read the audio tokenizer in {directory}: {exc}") \
+                from None
+        # the vocoders exactly as they were built, whatever the code's defaults are now
+        for name, args in (meta.get("vocoder_args") or {}).items():
+            if config.get(name) is not None:
+                args = {k: v for k, v in args.items() if k not in ("mel_channels", "hop_length")}
+                config = {**config, name: {**args, **_split_vocoder_config(name, config[name])[1]}}
+        tok = cls(**config)
+        try:
             tok.mean = torch.tensor(meta["mean"], dtype=torch.float32)
             tok.std = torch.tensor(meta["std"], dtype=torch.float32)
         except (OSError, ValueError, KeyError, TypeError) as exc:
