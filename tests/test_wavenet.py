@@ -188,3 +188,19 @@ def test_bad_inputs_raise():
         train_vocoder(wavenet, sine_batch(HOP, 4), steps=1, lambda_adv=1.0, progress=False)
     with pytest.raises(ValueError, match="steps"):
         train_vocoder(wavenet, sine_batch(HOP, 4), steps=0, progress=False)
+
+
+def test_parallel_mel_loss_adds_the_log_mel_distance():
+    torch.manual_seed(0)
+    plain = tiny_parallel()
+    with_mel = tiny_parallel(mel_loss_weight=2.0)
+    with_mel.load_state_dict(plain.state_dict())
+    mel = torch.randn(2, 80, 20)  # hop 64: 1280 samples, more than the 1024-sample FFT
+    audio = 0.3 * torch.sin(torch.arange(2 * 20 * 64, dtype=torch.float32) / 3).reshape(2, -1)
+    base = plain.loss(audio, mel, generator=torch.Generator().manual_seed(1))
+    total = with_mel.loss(audio, mel, generator=torch.Generator().manual_seed(1))
+    assert total > base  # the same noise and weights: the difference is the mel term
+    total.backward()
+    assert all(p.grad is not None for p in with_mel.parameters())
+    with pytest.raises(ValueError, match="mel_loss_weight"):
+        tiny_parallel(mel_loss_weight=-1.0)

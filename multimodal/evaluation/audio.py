@@ -12,7 +12,8 @@ Two figures, for each vocoder and for Griffin-Lim side by side, from the SAME pr
   renderings in the model's voice is reported as the reference.
 * **Mel-cepstral distortion** (MCD, Kubichek 1993) in dB between the generated audio and
   espeak-ng's rendering of the same text in the same voice: 13 mel-cepstral coefficients
-  (DCT-II of the 80-bin log-mel, c0 left out), frames aligned by dynamic time warping,
+  (DCT-II of the 80-bin log-mel of the peak-normalised audio, floored 60 dB below its loudest
+  bin, c0 left out), frames aligned by dynamic time warping,
   ``10 / ln 10 * sqrt(2 * sum_d (c_d - c'_d)^2)`` averaged over the path. The vocoders are also
   scored on copy synthesis (espeak's own mel in, audio out), which isolates the vocoder.
 """
@@ -47,6 +48,7 @@ RECOGNISER_SETTINGS = {"seen_words": 40, "unseen_words": 40, "seen_rank": (30, 3
                        "batch_size": 64, "lr": 2e-3, "seed": 0,
                        "voices": RECOGNISER_VOICES, "speeds": SPEEDS}
 MFCC_COEFFICIENTS = 13
+DYNAMIC_RANGE_DB = 60.0  # log-mel floor below the loudest bin, for the cepstral distortion
 EVAL_SENTENCES = 4
 
 
@@ -192,15 +194,20 @@ def recognise(model: WordRecogniser, waves: list[np.ndarray]) -> list[int]:
 
 
 def mel_cepstrum(wave: np.ndarray) -> np.ndarray:
-    """(frames, 13) mel-cepstral coefficients c1..c13 of a 16 kHz waveform (DCT-II of the
-    80-bin natural-log mel, orthonormal), silent frames removed."""
+    """(frames, 13) mel-cepstral coefficients c1..c13 of a 16 kHz waveform: DCT-II (orthonormal)
+    of the 80-bin natural-log mel of the peak-normalised waveform, floored at
+    :data:`DYNAMIC_RANGE_DB` below its loudest bin (so digital silence and a vocoder's faint
+    noise floor count the same), frames more than that below the loudest frame removed."""
     import torchaudio
 
+    wave = np.asarray(wave, dtype=np.float32)
+    wave = wave / max(float(np.abs(wave).max()), 1e-9)
     mel = _log_mel(wave)  # (80, f)
+    floor = float(mel.max()) - DYNAMIC_RANGE_DB / 20 * math.log(10)
+    mel = mel.clamp(min=floor)
     dct = torchaudio.functional.create_dct(MFCC_COEFFICIENTS + 1, mel.shape[0], norm="ortho")
     cep = (mel.T @ dct)[:, 1:]  # (f, 13), c0 (energy) left out
-    energy = mel.exp().sum(0)
-    keep = energy > energy.max() * 1e-3  # speech frames only (silence pads vary by model)
+    keep = mel.max(0).values > floor + 1e-3  # frames with anything above the floor
     return cep[keep].numpy().astype(np.float64)
 
 

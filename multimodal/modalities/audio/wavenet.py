@@ -447,15 +447,19 @@ class ParallelWaveGANGenerator(nn.Module):
             samples, 2,024 = 127 ms with the defaults).
         cond_channels: Width of the mel pre-net (default 64).
         mel_channels, hop_length: As the mel (default 80 and 256).
+        mel_loss_weight: Weight of the log-mel L1 loss added to the MR-STFT loss in
+            :meth:`loss` (default 0: off).
 
     Raises:
-        ValueError: ``fold`` does not divide ``hop_length``, an even kernel, or sizes < 1.
+        ValueError: ``fold`` does not divide ``hop_length``, an even kernel, sizes < 1, or a
+            negative ``mel_loss_weight``.
     """
 
     def __init__(self, *, residual_channels: int = 64, gate_channels: int = 128,
                  skip_channels: int = 64, num_layers: int = 12, dilation_cycle: int = 6,
                  kernel_size: int = 3, fold: int = 8, cond_channels: int = 64,
-                 mel_channels: int = MEL_CHANNELS, hop_length: int = HOP_LENGTH):
+                 mel_channels: int = MEL_CHANNELS, hop_length: int = HOP_LENGTH,
+                 mel_loss_weight: float = 0.0):
         super().__init__()
         for name, value in (("residual_channels", residual_channels),
                             ("skip_channels", skip_channels), ("num_layers", num_layers),
@@ -488,6 +492,10 @@ class ParallelWaveGANGenerator(nn.Module):
         self.head = nn.Sequential(nn.ReLU(), nn.Conv1d(skip_channels, skip_channels, 1),
                                   nn.ReLU(), nn.Conv1d(skip_channels, fold, 1))
         self.stft_loss = MultiResolutionSTFTLoss()
+        if mel_loss_weight < 0:
+            raise ValueError(f"mel_loss_weight must be >= 0, got {mel_loss_weight}")
+        self.mel_loss_weight = mel_loss_weight
+        self._log_mel = None  # built on first use (torchaudio)
 
     @property
     def receptive_field(self) -> int:
@@ -532,9 +540,21 @@ class ParallelWaveGANGenerator(nn.Module):
     def loss(self, audio: torch.Tensor, mel: torch.Tensor, *,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """Multi-resolution STFT loss of the generated audio against ``audio`` (b, t) for
-        ``mel`` (b, m, t // hop_length); the noise comes from ``generator``."""
+        ``mel`` (b, m, t // hop_length), plus ``mel_loss_weight`` times the mean absolute
+        difference of their log-mels (HiFi-GAN's mel loss, Kong et al. 2020,
+        https://arxiv.org/abs/2010.05646, section 2.3); the noise comes from ``generator``."""
         check_audio(audio, mel, self.hop_length)
-        return self.stft_loss(self(mel, generator=generator), audio)
+        generated = self(mel, generator=generator)
+        loss = self.stft_loss(generated, audio)
+        if self.mel_loss_weight:
+            if self._log_mel is None:
+                from multimodal.modalities.audio.features import LogMel
+
+                self._log_mel = [LogMel(hop_length=self.hop_length,
+                                        n_mels=self.mel_channels).to(audio.device)]
+            log_mel = self._log_mel[0]
+            loss = loss + self.mel_loss_weight * (log_mel(generated) - log_mel(audio)).abs().mean()
+        return loss
 
 
 class MultiResolutionSTFTLoss(nn.Module):
