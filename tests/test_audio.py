@@ -184,11 +184,12 @@ def test_cli_generate_writes_wav_and_sidecar(tiny_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--prompt", ""], "the prompt is empty"),
+    (["--prompt", "hi", "--device", "tpu"], "unknown device 'tpu'"),
     (["--prompt", "?!..."], "nothing pronounceable"),
     (["--prompt", "hi", "--voice", "en-gb"], "unknown voice 'en-gb'; this model knows: en-us"),
     (["--prompt", "hi", "--vocoder", "melgan"], "unknown vocoder 'melgan'; this model has"),
     (["--prompt", "word " * 60], "this model reads at most"),
-    (["--prompt", "hi", "--length-scale", "0"], "length_scale must be in"),
+    (["--prompt", "hi", "--length-scale", "0"], "length_scale must be a number in"),
 ])
 def test_bad_input_is_a_clear_error_and_writes_nothing(tiny_run, tmp_path, capsys, args,
                                                        message):
@@ -279,3 +280,14 @@ def test_vocoders_load_as_built_even_if_defaults_change(tmp_path):
                                   default_vocoder="autoregressive")
     assert len(loaded.vocoders["autoregressive"].dilated) == 3
     assert loaded.training["autoregressive"] == {"steps": 5}
+
+
+@requires_espeak
+def test_every_english_phoneme_espeak_prints_is_in_the_table():
+    from multimodal.modalities.audio.phonemes import PhonemeTokenizer, phonemize
+
+    tok = PhonemeTokenizer()
+    for voice in ("en-us", "en-gb"):
+        ipa = phonemize("Three thin things: the quick brown fox jumps over a lazy dog, "
+                        "measure, judge, church, sing, yes, hour, ochre, bird, cure.", voice)
+        assert tok.unknown_symbols(ipa) == [], voice

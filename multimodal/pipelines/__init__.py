@@ -49,6 +49,7 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
         UnknownComponentError: unknown task (lists the known ones).
         CheckpointError: missing, partial or incompatible checkpoint, or one without the
             decoder the task needs.
+        InputError: an unknown device, or CUDA asked for where there is none.
     """
     from multimodal.registry import pipelines
 
@@ -59,5 +60,21 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
         raise UnknownComponentError(
             f"unknown task '{task}'{did_you_mean(task, known)}; known tasks: {', '.join(known)}"
         ) from None
+    check_device(device)
     path = default_checkpoint(task) if checkpoint is None else checkpoint
     return cls.from_checkpoint(path, device=device, **kwargs)
+
+
+def check_device(device: Any) -> None:
+    """Raise :class:`InputError` unless ``device`` is ``"cpu"``, or ``"cuda"``/``"cuda:N"`` with
+    CUDA available."""
+    import torch
+
+    from multimodal.errors import InputError
+
+    name = str(device)
+    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:")
+                                                 and name[5:].isdigit())):
+        raise InputError(f"unknown device {name!r}; use 'cpu' or 'cuda' (or 'cuda:N')")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} asked for, but CUDA is not available here; use 'cpu'")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from multimodal.errors import CheckpointError, InputError
+from multimodal.modalities.audio.phonemes import phonemize
 from multimodal.registry import pipelines
 
 PAUSE_SECONDS = 0.25
@@ -149,8 +151,10 @@ class TextToAudioPipeline:
         Raises:
             InputError: empty or unpronounceable prompt, or a sentence above the limit.
         """
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError("the prompt is empty: give the text to speak, e.g. --prompt seven")
+        if not isinstance(prompt, str):
+            raise InputError(f"the prompt must be a str, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise InputError("the prompt is empty: give the text to speak")
         limit = self.max_phonemes
         chunks: list[list[int]] = []
         for sentence in split_sentences(prompt):
@@ -200,11 +204,19 @@ class TextToAudioPipeline:
         if name not in self.audio.available_vocoders:
             raise InputError(f"unknown vocoder {name!r}; this model has: "
                              f"{', '.join(self.audio.available_vocoders)}")
-        if not isinstance(num_samples, int) or num_samples < 1:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise InputError(f"num_samples must be a positive integer, got {num_samples!r}")
-        if not 0 < length_scale <= 10:
-            raise InputError(f"length_scale must be in (0, 10], got {length_scale}")
+        if isinstance(length_scale, bool) or not isinstance(length_scale, (int, float)) or \
+                not 0 < length_scale <= 10:
+            raise InputError(f"length_scale must be a number in (0, 10], got {length_scale!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise InputError(f"seed must be an integer, got {seed!r}")
         chunks = self.phoneme_chunks(prompt, voice)
+        dropped = self.phonemes.unknown_symbols(phonemize(prompt, voice))
+        if dropped:
+            warnings.warn(f"this model's phoneme table lacks {' '.join(dropped)}: those sounds "
+                          "are left out (retrain with the current table to have them)",
+                          stacklevel=2)
         if generator is None:
             if seed is None:
                 seed = int(torch.randint(0, 2**31 - 1, ()).item())

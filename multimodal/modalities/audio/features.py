@@ -69,13 +69,13 @@ class LogMel(nn.Module):
         Args:
             log_mel: (b, m, f) log-mel as returned by :meth:`forward`.
             n_iter: Griffin-Lim iterations (default 64).
+            generator_seed: Seed of the random initial phases.
 
         Returns:
             (b, (f - 1) * hop_length) waveform.
         """
         import torchaudio
 
-        torch.manual_seed(generator_seed)  # Griffin-Lim starts from random phases
         inverse = torchaudio.transforms.InverseMelScale(
             n_stft=self.n_fft // 2 + 1, n_mels=self.n_mels, sample_rate=self.sample_rate,
             f_min=self.f_min, f_max=self.f_max, norm="slaney", mel_scale="slaney")
@@ -83,5 +83,7 @@ class LogMel(nn.Module):
         gl = torchaudio.transforms.GriffinLim(n_fft=self.n_fft, win_length=self.n_fft,
                                               hop_length=self.hop_length, power=1.0,
                                               n_iter=n_iter)
-        wave = gl(spec)
+        with torch.random.fork_rng(devices=[]):  # random initial phases, seeded, no side effect
+            torch.manual_seed(generator_seed)
+            wave = gl(spec)
         return wave[..., : (log_mel.shape[-1] - 1) * self.hop_length]

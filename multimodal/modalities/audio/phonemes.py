@@ -25,6 +25,7 @@ SYMBOLS = (
     + list("abcdefghijklmnopqrstuvwxyz")
     + list("æçðøħŋœɐɑɒɓɔɕɖɗɘəɚɛɜɝɞɟɠɡɢɣɤɥɦɧɨɪɫɬɭɮɯɰɱɲɳɴɵɶɸɹɺɻɽɾʀʁʂʃʄʈʉʊʋʌʍʎʏʐʑʒʔʕʘʙʛʜʝʟʡʢ")
     + list("ˈˌːˑ̩̃ʰʲʷ̪ᵻ̝̞")
+    + ["θ"]  # appended later: tables saved in older checkpoints keep their ids
 )
 
 
@@ -109,6 +110,11 @@ class PhonemeTokenizer:
         ids = [self.index[c] for c in ipa if c in self.index]
         self.unknown_count += len(ipa) - len(ids)
         return [self.bos_id] + ids + [self.eos_id]
+
+    def unknown_symbols(self, ipa: str) -> list[str]:
+        """The characters of ``ipa`` that this table does not have (dropped by
+        :meth:`ids_from_ipa`)."""
+        return sorted({c for c in ipa if c not in self.index})
 
     def encode(self, text: str, voice: str = "en-us", *, max_phonemes: int | None = None
                ) -> list[int]:

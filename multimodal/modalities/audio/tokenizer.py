@@ -167,7 +167,10 @@ class LogMelTokenizer:
             raise InputError(f"mel must be (batch, {self.n_mels}, frames), got "
                              f"{tuple(mel.shape)}")
         if name == "griffin-lim":
-            wave = self.features.griffin_lim(self.denormalise(mel.float().cpu()))
+            seed = 0 if generator is None else int(torch.randint(0, 2**31 - 1, (1,),
+                                                                 generator=generator))
+            wave = self.features.griffin_lim(self.denormalise(mel.float().cpu()),
+                                             generator_seed=seed)
             return torch.nn.functional.pad(wave, (0, mel.shape[-1] * self.hop_length
                                                   - wave.shape[-1]))
         model = self.vocoders[name]
