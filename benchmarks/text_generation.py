@@ -68,6 +68,8 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from common import log, timed  # noqa: E402
+
 from multimodal.backbone.transformer import MODALITY_IDS, TransformerBackbone  # noqa: E402
 from multimodal.config import load_config  # noqa: E402
 from multimodal.modalities.text.head import LMHead  # noqa: E402
@@ -80,15 +82,6 @@ TEXT = MODALITY_IDS["text"]
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def log(message: str = "") -> None:
-    print(message, flush=True)
-
-
-def timed(fn) -> float:
-    """Seconds one call of ``fn`` takes."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def autocast(precision: str):

@@ -43,22 +43,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import log, timed  # noqa: E402
+
 from multimodal.modalities.audio.features import SAMPLE_RATE, LogMel  # noqa: E402
 from multimodal.modalities.audio.wavenet import (ParallelWaveGANGenerator,  # noqa: E402
                                                  WaveNetVocoder)
 
 PROMPTS = ("seven", "A pair of trousers and an ankle boot.",
            "The secret of life is to get up early, and then to sleep all afternoon.")
-
-
-def log(message: str = "") -> None:
-    print(message, flush=True)
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def build_vocoders(pipe=None, *, wavenet_args: dict | None = None,

@@ -42,22 +42,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import best_of, log  # noqa: E402
+
 from multimodal.pipelines import load_pipeline  # noqa: E402
-
-
-def log(message: str = "") -> None:
-    print(message, flush=True)
-
-
-def best_of(fns: dict, repeats: int) -> dict[str, float]:
-    """Best wall time of each function, the functions alternating so load hits all alike."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: min(t) for name, t in times.items()}
 
 
 @torch.no_grad()
