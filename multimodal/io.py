@@ -9,6 +9,12 @@ from pathlib import Path
 from multimodal.errors import InputError
 
 
+def cache_root() -> Path:
+    """Where rendered data and evaluation models are cached: ``$MULTIMODAL_CACHE``, else
+    ``~/.cache/multimodal``."""
+    return Path(os.environ.get("MULTIMODAL_CACHE") or Path.home() / ".cache" / "multimodal")
+
+
 def prepare_out_dir(out_dir: str | Path) -> Path:
     """Create ``out_dir`` if needed and check that it can be written.
 

@@ -2,6 +2,8 @@
 
 import csv
 import json
+import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,51 @@ def check_split(split: str) -> None:
     """Raise :class:`DataError` unless ``split`` is ``"train"`` or ``"val"``."""
     if split not in ("train", "val"):
         raise DataError(f"split must be 'train' or 'val', got {split!r}")
+
+
+def in_split(key: str, split: str, val_fraction: float) -> bool:
+    """Whether an item keyed by ``key`` (a document's text, a clip's id, a file path) belongs
+    to ``split`` ("train" or "val") under a checksum split: deterministic, and stable when
+    items are added or reordered."""
+    is_val = (zlib.crc32(key.encode("utf-8")) % 10_000) < val_fraction * 10_000
+    return is_val if split == "val" else not is_val
+
+
+def read_media_split(path: str, key: str, *, split: str, val_fraction: float,
+                     root: str | None = None) -> tuple[Path, list[Path], list[str], list[int]]:
+    """The files, captions and labels of ``split`` from a JSONL or CSV media list
+    (:func:`read_media_list`), split by a checksum of each listed path (:func:`in_split`);
+    paths are relative to ``root`` (default: the list's directory).
+
+    Returns:
+        ``(list file, paths, captions, labels)``.
+
+    Raises:
+        DataError: the list is missing or malformed, or a listed file is missing (the first
+            five named).
+    """
+    list_file = Path(os.path.expanduser(path))
+    if not list_file.is_file():
+        raise DataError(f"{key} list file not found: {list_file}")
+    base = Path(os.path.expanduser(root)) if root else list_file.parent
+    paths: list[Path] = []
+    captions: list[str] = []
+    labels: list[int] = []
+    missing = []
+    for where, record in read_media_list(list_file, key):
+        if not in_split(record[key], split, val_fraction):
+            continue
+        media = base / record[key]
+        if not media.is_file():
+            missing.append(f"{media} ({where})")
+        paths.append(media)
+        captions.append(record["caption"])
+        labels.append(record["label"])
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DataError(f"{key}s listed in {list_file} not found: "
+                        f"{', '.join(missing[:5])}{more}")
+    return list_file, paths, captions, labels
 
 
 def read_media_list(list_file: Path, key: str) -> list[tuple[str, dict]]:

@@ -18,11 +18,9 @@ import csv
 import hashlib
 import io
 import json
-import os
 import random
 import re
 import subprocess
-import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,8 +28,9 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from multimodal.data import check_split
+from multimodal.data import check_split, in_split
 from multimodal.errors import DataError
+from multimodal.io import cache_root
 from multimodal.modalities.audio.phonemes import DEFAULT_VOICES
 from multimodal.registry import datasets
 
@@ -42,11 +41,6 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
 TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 SILENCE_THRESHOLD = 1e-3  # peak amplitude below which leading/trailing samples are trimmed
 SILENCE_MARGIN = 0.05  # seconds of silence kept before and after the speech
-
-
-def cache_root() -> Path:
-    """``$MULTIMODAL_CACHE`` or ``~/.cache/multimodal``."""
-    return Path(os.environ.get("MULTIMODAL_CACHE") or Path.home() / ".cache" / "multimodal")
 
 
 def espeak_version() -> str:
@@ -196,12 +190,6 @@ def espeak_texts(*, num_words: int, num_phrases: int, num_sentences: int, seed: 
         texts.append(" ".join(words[start:start + n]).strip(",;:.!?-"))
     seen: set[str] = set()
     return [t for t in texts if t and not (t in seen or seen.add(t))]
-
-
-def in_split(text: str, split: str, val_fraction: float) -> bool:
-    """Checksum split of texts (deterministic, stable when texts are added)."""
-    is_val = (zlib.crc32(text.encode("utf-8")) % 10_000) < val_fraction * 10_000
-    return is_val if split == "val" else not is_val
 
 
 class _SpeechItems(Sequence[dict]):

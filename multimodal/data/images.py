@@ -21,7 +21,6 @@ Axes: k items, c channels, h w height width.
 from __future__ import annotations
 
 import gzip
-import os
 import random
 import threading
 import zlib
@@ -30,7 +29,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from multimodal.data import check_split, read_media_list
+from multimodal.data import check_split, read_media_split
 from multimodal.errors import DataError
 from multimodal.registry import datasets
 
@@ -332,30 +331,9 @@ class ImageFolderDataset(_ImageItems):
         check_split(split)
         if channels not in (1, 3):
             raise DataError(f"channels must be 1 or 3, got {channels}")
-        list_file = Path(os.path.expanduser(path))
-        if not list_file.is_file():
-            raise DataError(f"image list file not found: {list_file}")
-        base = Path(os.path.expanduser(root)) if root else list_file.parent
-        records = read_media_list(list_file, "image")
+        _, self.paths, self.captions, self.labels = read_media_split(
+            path, "image", split=split, val_fraction=val_fraction, root=root)
         self.image_size, self.channels = image_size, channels
-        self.paths: list[Path] = []
-        self.captions: list[str] = []
-        self.labels: list[int] = []
-        missing = []
-        for where, record in records:
-            is_val = (zlib.crc32(record["image"].encode("utf-8")) % 10_000) < val_fraction * 10_000
-            if is_val != (split == "val"):
-                continue
-            image_path = base / record["image"]
-            if not image_path.is_file():
-                missing.append(f"{image_path} ({where})")
-            self.paths.append(image_path)
-            self.captions.append(record["caption"])
-            self.labels.append(record["label"])
-        if missing:
-            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise DataError(f"images listed in {list_file} not found: "
-                            f"{', '.join(missing[:5])}{more}")
         self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:

@@ -8,23 +8,16 @@ from __future__ import annotations
 
 import glob
 import os
-import zlib
 from pathlib import Path
 from typing import Literal, Sequence
 
-from multimodal.data import check_split
+from multimodal.data import check_split, in_split
 from multimodal.errors import DataError
 from multimodal.registry import datasets
 
 FORTUNES_DIR = "/usr/share/games/fortunes"
 # Files of pictures drawn in characters, not prose; left out by default.
 FORTUNES_EXCLUDED = ("art", "ascii-art")
-
-
-def in_split(text: str, split: str, val_fraction: float) -> bool:
-    """Whether a document belongs to ``split`` ("train" or "val") under a checksum split."""
-    is_val = (zlib.crc32(text.encode("utf-8")) % 10_000) < val_fraction * 10_000
-    return is_val if split == "val" else not is_val
 
 
 def read_text(path: Path) -> str:

@@ -24,7 +24,6 @@ Axes: k items, t frames, c channels, h w height width.
 
 from __future__ import annotations
 
-import os
 import random
 import zlib
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from multimodal.data import check_split, read_media_list
+from multimodal.data import check_split, read_media_split
 from multimodal.errors import DataError
 from multimodal.registry import datasets
 
@@ -349,30 +348,10 @@ class VideoFolderDataset(_VideoItems):
         if num_frames < 1 or frame_stride < 1:
             raise DataError(f"num_frames and frame_stride must be >= 1, got {num_frames}, "
                             f"{frame_stride}")
-        list_file = Path(os.path.expanduser(path))
-        if not list_file.is_file():
-            raise DataError(f"video list file not found: {list_file}")
-        base = Path(os.path.expanduser(root)) if root else list_file.parent
         self.num_frames, self.frame_stride = num_frames, frame_stride
         self.frame_size, self.channels = frame_size, channels
-        self.paths: list[Path] = []
-        self._captions: list[str] | None = []
-        self.labels: list[int] = []
-        missing = []
-        for where, record in read_media_list(list_file, "video"):
-            is_val = (zlib.crc32(record["video"].encode("utf-8")) % 10_000) < val_fraction * 10_000
-            if is_val != (split == "val"):
-                continue
-            video_path = base / record["video"]
-            if not video_path.is_file():
-                missing.append(f"{video_path} ({where})")
-            self.paths.append(video_path)
-            self._captions.append(record["caption"])
-            self.labels.append(record["label"])
-        if missing:
-            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise DataError(f"videos listed in {list_file} not found: "
-                            f"{', '.join(missing[:5])}{more}")
+        _, self.paths, self._captions, self.labels = read_media_split(
+            path, "video", split=split, val_fraction=val_fraction, root=root)
         self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multimodal.data.audio import (SAMPLE_RATE, cache_root, common_words, fortune_sentences,
-                                   speak)
+from multimodal.data.audio import SAMPLE_RATE, common_words, fortune_sentences, speak
+from multimodal.io import cache_root
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ITEMS = ("t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",

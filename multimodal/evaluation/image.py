@@ -1,7 +1,7 @@
 """Text-to-image quality on Fashion-MNIST, judged by an independent classifier.
 
 A small CNN is trained on the real Fashion-MNIST training set (once; cached as safetensors in
-``$MULTIMODAL_CACHE`` or ``~/.cache/multimodal``, keyed by a hash of its settings). For every
+``$MULTIMODAL_CACHE`` or ``~/.cache/multimodal``, see :func:`multimodal.io.cache_root`; keyed by a hash of its settings). For every
 class, samples are generated from prompts phrased in ways the training captions never use
 (:data:`HELD_OUT_TEMPLATES`), and the report puts each figure next to its real-data reference:
 
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,11 +74,6 @@ class FashionClassifier(nn.Module):
         return self.head(self.dropout(self.features(images)))
 
 
-def cache_dir() -> Path:
-    """``$MULTIMODAL_CACHE``, else ``~/.cache/multimodal``."""
-    return Path(os.environ.get("MULTIMODAL_CACHE") or Path.home() / ".cache" / "multimodal")
-
-
 def load_classifier(*, root: str = FASHION_MNIST_DIR, progress: bool = True,
                     settings: dict | None = None) -> FashionClassifier:
     """The Fashion-MNIST classifier: read from the cache, or trained on the real training set
@@ -97,13 +90,13 @@ def load_classifier(*, root: str = FASHION_MNIST_DIR, progress: bool = True,
     from safetensors.torch import load_file, save
 
     from multimodal.data.images import FashionMNISTDataset
-    from multimodal.io import atomic_write_bytes
+    from multimodal.io import atomic_write_bytes, cache_root
 
     settings = dict(CLASSIFIER_SETTINGS, **(settings or {}))
     train_set = FashionMNISTDataset(split="train", root=root, max_items=settings["max_items"])
     key = hashlib.sha256(json.dumps({**settings, "n": len(train_set)},
                                     sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir() / f"fashion_classifier-{key}.safetensors"
+    path = cache_root() / f"fashion_classifier-{key}.safetensors"
     model = FashionClassifier()
     if path.is_file():
         try:
