@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ import numpy as np
 import torch
 
 from multimodal.errors import CheckpointError, InputError
-from multimodal.modalities.audio.phonemes import phonemize
 from multimodal.registry import pipelines
 
 PAUSE_SECONDS = 0.25
@@ -212,11 +210,6 @@ class TextToAudioPipeline:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise InputError(f"seed must be an integer, got {seed!r}")
         chunks = self.phoneme_chunks(prompt, voice)
-        dropped = self.phonemes.unknown_symbols(phonemize(prompt, voice))
-        if dropped:
-            warnings.warn(f"this model's phoneme table lacks {' '.join(dropped)}: those sounds "
-                          "are left out (retrain with the current table to have them)",
-                          stacklevel=2)
         if generator is None:
             if seed is None:
                 seed = int(torch.randint(0, 2**31 - 1, ()).item())

@@ -9,6 +9,7 @@ Only the language part of a voice (``en-us`` of ``en-us+f3``) changes the phonem
 from __future__ import annotations
 
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,11 @@ class PhonemeTokenizer:
             raise InputError(f"nothing pronounceable in {text!r}: give words or numbers")
         ipa = phonemize(text, voice)
         ids = self.ids_from_ipa(ipa)
+        dropped = self.unknown_symbols(ipa)
+        if dropped:
+            warnings.warn(f"this model's phoneme table lacks {' '.join(dropped)}: those sounds "
+                          "are left out (retrain with the current table to have them)",
+                          stacklevel=2)
         if len(ids) <= 2 or not any(c.isalpha() for c in ipa):
             raise InputError(f"nothing pronounceable in {text!r}: give words or numbers")
         limit = self.max_phonemes if max_phonemes is None else min(max_phonemes,
