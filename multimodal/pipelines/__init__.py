@@ -65,6 +65,16 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
     return cls.from_checkpoint(path, device=device, **kwargs)
 
 
+def require_parts(ckpt, task: str, found: dict[str, bool], needs: str) -> None:
+    """Raise :class:`CheckpointError` naming every part of ``found`` (config key -> present)
+    that the checkpoint ``ckpt`` lacks, and what ``task`` ``needs`` (a phrase, with the config
+    to train)."""
+    missing = [key for key, present in found.items() if not present]
+    if missing:
+        raise CheckpointError(f"checkpoint {ckpt.path} has no {', '.join(missing)}; "
+                              f"{task} needs {needs}")
+
+
 def check_device(device: Any) -> None:
     """Raise :class:`InputError` unless ``device`` is ``"cpu"``, or ``"cuda"``/``"cuda:N"`` with
     CUDA available."""

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from multimodal.errors import CheckpointError, InputError
+from multimodal.errors import InputError
+from multimodal.pipelines import require_parts
 from multimodal.registry import pipelines
 
 PAUSE_SECONDS = 0.25
@@ -116,14 +117,11 @@ class TextToAudioPipeline:
         from multimodal.training.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path, device=device)
-        missing = [key for key, found in (("decoders.audio", "audio" in ckpt.model.decoders),
-                                          ("tokenizers.phonemes", "phonemes" in ckpt.tokenizers),
-                                          ("tokenizers.audio", "audio" in ckpt.tokenizers))
-                   if not found]
-        if missing:
-            raise CheckpointError(f"checkpoint {ckpt.path} has no {', '.join(missing)}; "
-                                  "text-to-audio needs a mel_decoder, an espeak_phonemes and a "
-                                  "log_mel tokenizer (train e.g. configs/text_to_audio_speech.yaml)")
+        require_parts(ckpt, cls.task, {"decoders.audio": "audio" in ckpt.model.decoders,
+                                       "tokenizers.phonemes": "phonemes" in ckpt.tokenizers,
+                                       "tokenizers.audio": "audio" in ckpt.tokenizers},
+                      "a mel_decoder, an espeak_phonemes and a log_mel tokenizer (train e.g. "
+                      "configs/text_to_audio_speech.yaml)")
         return cls(backbone=ckpt.model.backbone.eval(),
                    decoder=ckpt.model.decoders["audio"].eval(),
                    phonemes=ckpt.tokenizers["phonemes"], audio=ckpt.tokenizers["audio"].to(device),

@@ -46,7 +46,8 @@ import numpy as np
 import torch
 from einops import rearrange, repeat
 
-from multimodal.errors import CheckpointError, InputError
+from multimodal.errors import InputError
+from multimodal.pipelines import require_parts
 from multimodal.registry import pipelines
 
 PNG_METADATA_KEY = "multimodal"
@@ -207,14 +208,11 @@ class LatentDiffusionPipeline:
         from multimodal.training.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path, device=device)
-        missing = [key for key, found in (("decoders.image", "image" in ckpt.model.decoders),
-                                          ("tokenizers.image", "image" in ckpt.tokenizers),
-                                          ("tokenizers.text", "text" in ckpt.tokenizers))
-                   if not found]
-        if missing:
-            raise CheckpointError(f"checkpoint {ckpt.path} has no {', '.join(missing)}; "
-                                  f"{cls.task} needs an image decoder, an image_vae and a text "
-                                  "tokenizer (train e.g. configs/text_to_image_fashion.yaml)")
+        require_parts(ckpt, cls.task, {"decoders.image": "image" in ckpt.model.decoders,
+                                       "tokenizers.image": "image" in ckpt.tokenizers,
+                                       "tokenizers.text": "text" in ckpt.tokenizers},
+                      "an image decoder, an image_vae and a text tokenizer (train e.g. "
+                      "configs/text_to_image_fashion.yaml)")
         return cls(backbone=ckpt.model.backbone, denoiser=ckpt.model.decoders["image"],
                    vae=ckpt.tokenizers["image"].to(device), tokenizer=ckpt.tokenizers["text"],
                    checkpoint_id=ckpt.checkpoint_id)

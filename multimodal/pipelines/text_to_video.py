@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from einops import rearrange, repeat
 
-from multimodal.errors import CheckpointError, InputError
+from multimodal.errors import InputError
 from multimodal.pipelines.text_to_image import (DEFAULT_GUIDANCE, DEFAULT_SCHEDULER,
                                                 LatentDiffusionPipeline, png_bytes)
+from multimodal.pipelines import require_parts
 from multimodal.registry import pipelines
 
 DEFAULT_FPS = 10.0  # a whole number of GIF centiseconds per frame
@@ -114,14 +115,11 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
 
         ckpt = load_checkpoint(path, device=device)
         vae = frame_tokenizer(ckpt.tokenizers)
-        missing = [key for key, found in (("decoders.video", "video" in ckpt.model.decoders),
-                                          ("tokenizers.video (or .image)", vae is not None),
-                                          ("tokenizers.text", "text" in ckpt.tokenizers))
-                   if not found]
-        if missing:
-            raise CheckpointError(f"checkpoint {ckpt.path} has no {', '.join(missing)}; "
-                                  "text-to-video needs a video decoder, a frame VAE and a text "
-                                  "tokenizer (train e.g. configs/text_to_video_moving.yaml)")
+        require_parts(ckpt, cls.task, {"decoders.video": "video" in ckpt.model.decoders,
+                                       "tokenizers.video (or .image)": vae is not None,
+                                       "tokenizers.text": "text" in ckpt.tokenizers},
+                      "a video decoder, a frame VAE and a text tokenizer (train e.g. "
+                      "configs/text_to_video_moving.yaml)")
         return cls(backbone=ckpt.model.backbone, denoiser=ckpt.model.decoders["video"],
                    vae=vae.to(device), tokenizer=ckpt.tokenizers["text"],
                    checkpoint_id=ckpt.checkpoint_id)
