@@ -93,21 +93,36 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    from multimodal.pipelines import load_pipeline
-    from multimodal.registry import pipelines
     from multimodal.errors import UnknownComponentError, did_you_mean
+    from multimodal.pipelines import check_device, load_pipeline
+    from multimodal.registry import pipelines
 
-    if args.task not in pipelines:
+    if args.task.endswith((".yaml", ".yml")):  # a task file of composed pipelines
+        from multimodal.pipelines.composed import composed_task
+
+        cls = composed_task(args.task)
+    elif args.task in pipelines:
+        cls = pipelines.get(args.task)
+    else:
         known = pipelines.names()
         raise UnknownComponentError(f"unknown task '{args.task}'{did_you_mean(args.task, known)}; "
-                                    f"known tasks: {', '.join(known)}")
-    cls = pipelines.get(args.task)
+                                    f"known tasks: {', '.join(known)} (or a task file .yaml)")
     task_parser = argparse.ArgumentParser(prog=f"multimodal generate {args.task}")
-    task_parser.add_argument("--checkpoint", help="checkpoint or run directory (default: embedded)")
+    if getattr(cls, "composed", False):
+        task_parser.add_argument("--checkpoint", action="append", metavar="STEP=DIR",
+                                 help="checkpoint of one step, e.g. video=runs/x (repeatable; "
+                                      "default: each step's embedded one)")
+    else:
+        task_parser.add_argument("--checkpoint",
+                                 help="checkpoint or run directory (default: embedded)")
     task_parser.add_argument("--device", default="cpu", help="cpu or cuda")
     cls.add_cli_arguments(task_parser)
     task_args = task_parser.parse_args(args.rest)
-    pipe = load_pipeline(args.task, task_args.checkpoint, device=task_args.device)
+    if getattr(cls, "composed", False):
+        check_device(task_args.device)
+        pipe = cls.from_checkpoint(task_args.checkpoint, device=task_args.device)
+    else:
+        pipe = load_pipeline(args.task, task_args.checkpoint, device=task_args.device)
     return pipe.run_cli(task_args)
 
 

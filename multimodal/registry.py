@@ -1,7 +1,9 @@
 """Registries that name every component.
 
 One :class:`Registry` per kind of component (``backbones``, ``tokenizers``, ``decoders``,
-``schedulers``, ``datasets``, ``pipelines``, ``modalities``, ``losses``). A component registers
+``schedulers``, ``datasets``, ``pipelines``, ``modalities``, ``losses``, ``specs``: each
+modality's :class:`multimodal.plugins.ModalitySpec`, and ``combiners``, which compose
+pipelines' outputs in task files). A component registers
 itself with a decorator and a short snake_case name::
 
     from multimodal.registry import decoders
@@ -41,6 +43,8 @@ KINDS = (
     "pipelines",
     "modalities",
     "losses",
+    "specs",
+    "combiners",
 )
 
 # Modules that register the built-in components; imported on first lookup.
@@ -58,6 +62,12 @@ _BUILTIN_MODULES = (
     "multimodal.modalities.audio",
     "multimodal.data.audio",
     "multimodal.pipelines.text_to_audio",
+    # Each modality's ModalitySpec, once its components are registered.
+    "multimodal.modalities.text.spec",
+    "multimodal.modalities.image.spec",
+    "multimodal.modalities.video.spec",
+    "multimodal.modalities.audio.spec",
+    "multimodal.pipelines.composed",  # task files, once every pipeline they name is there
 )
 
 PLUGIN_GROUP = "multimodal.plugins"
@@ -74,6 +84,8 @@ class Entry:
 
     @property
     def summary(self) -> str:
+        if isinstance(getattr(self.obj, "summary", None), str):
+            return self.obj.summary
         doc = inspect.getdoc(self.obj) or ""
         return doc.strip().splitlines()[0] if doc else ""
 
@@ -105,16 +117,9 @@ class Registry:
             )
 
         def decorator(target: Any) -> Any:
-            where = owner or _owner_of(target)
-            existing = self._entries.get(name)
-            if existing is not None:
-                if existing.obj is target:
-                    return target
-                raise DuplicateRegistrationError(
-                    f"{self.kind} name '{name}' is already taken by {existing.owner}; "
-                    f"refusing to register {where} under the same name"
-                )
-            self._entries[name] = Entry(name, target, where)
+            self.check_free(name, target, owner=owner)
+            if name not in self._entries:
+                self._entries[name] = Entry(name, target, owner or _owner_of(target))
             return target
 
         return decorator if obj is None else decorator(obj)
@@ -158,6 +163,15 @@ class Registry:
     def __len__(self) -> int:
         return len(self.names())
 
+    def check_free(self, name: str, obj: Any, *, owner: str | None = None) -> None:
+        """Raise :class:`DuplicateRegistrationError` (naming both owners) when ``name`` is
+        held by an object other than ``obj``; registers nothing."""
+        existing = self._entries.get(name)
+        if existing is not None and existing.obj is not obj:
+            raise DuplicateRegistrationError(
+                f"{self.kind} name '{name}' is already taken by {existing.owner}; "
+                f"refusing to register {owner or _owner_of(obj)} under the same name")
+
     def unregister(self, name: str) -> None:
         """Remove ``name`` (for tests and plugin reloading)."""
         self._entries.pop(name, None)
@@ -185,6 +199,8 @@ datasets = REGISTRIES["datasets"]
 pipelines = REGISTRIES["pipelines"]
 modalities = REGISTRIES["modalities"]
 losses = REGISTRIES["losses"]
+specs = REGISTRIES["specs"]
+combiners = REGISTRIES["combiners"]
 
 
 def get_registry(kind: str) -> Registry:

@@ -57,11 +57,15 @@ TINY: dict[str, dict[str, dict[str, Any]]] = {
         "audio_folder": {"path": "__AUDIO_FOLDER__"},  # an LJSpeech-layout temporary directory
     },
     "pipelines": {"text-generation": {}, "text-to-image": {}, "image-to-image": {},
-                  "inpainting": {}, "text-to-video": {}, "text-to-audio": {}},
+                  "inpainting": {}, "text-to-video": {}, "text-to-audio": {},
+                  "text-to-audiovisual": {}},
     "modalities": {"text": {}, "image": {}, "video": {}, "audio": {}},
     "schedulers": {name: {"num_train_timesteps": 100}
                    for name in ("ddpm", "ddim", "dpm_solver_multistep", "euler")},
     "losses": {},
+    # Specs are checked whole by check_modality (tests/test_plugins.py), not built from kwargs.
+    "specs": {"text": {}, "image": {}, "video": {}, "audio": {}},
+    "combiners": {"mux_audio_video": {}},
 }
 
 
@@ -294,3 +298,190 @@ def tiny_video_folder(directory, *, count: int = 6, num_frames: int = 8, size: i
     path = directory / "videos.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return str(path)
+
+
+# -- audio -------------------------------------------------------------------------------------
+def tiny_audio_config(**sections: Any) -> dict:
+    """A resolved config of a toy text-to-speech model: 20 short texts in 2 espeak-ng voices,
+    tiny vocoders fitted for a few steps (seconds on CPU; needs ``espeak-ng``; rendered speech
+    is cached under :func:`multimodal.io.cache_root`).
+
+    Keyword arguments replace or deep-merge into whole sections, as for :func:`tiny_config`.
+    """
+    from multimodal.config import merge
+
+    voices = ["en-us", "en-us+f3"]
+    config = {
+        "task": "text-to-audio",
+        "seed": 0,
+        "tokenizers": {"phonemes": {"type": "espeak_phonemes", "voices": voices},
+                       "audio": {"type": "log_mel", **TINY["tokenizers"]["log_mel"]}},
+        "backbone": {"type": "transformer", **TINY["backbones"]["transformer"]},
+        "decoders": {"audio": {"type": "mel_decoder", **TINY["decoders"]["mel_decoder"]}},
+        "data": {"audio": {"type": "espeak_speech", "voices": voices, "val_fraction": 0.2,
+                           "texts": ["zero", "one", "two", "three", "four", "five", "six",
+                                     "seven", "eight", "nine", "shirt", "trousers", "bag",
+                                     "sneaker", "dress", "coat", "sandal", "pullover",
+                                     "ankle boot", "hello there"]}},
+        "train": {"max_steps": 6, "batch_size": 4, "seq_len": 64, "lr": 1e-3,
+                  "warmup_steps": 2, "eval_every": 3, "eval_batches": 1, "checkpoint_every": 6,
+                  "log_every": 1, "keep_checkpoints": 2},
+    }
+    return merge(config, copy.deepcopy(sections))
+
+
+# -- the conformance kit ---------------------------------------------------------------------------
+class ConformanceError(AssertionError):
+    """A modality broke the contract :func:`check_modality` checks (the message says where)."""
+
+
+def check_modality(spec, tmp_path, *, prompt: str = "a small test", overfit_steps: int = 8
+                   ) -> dict[str, Any]:
+    """Check that a modality keeps the framework's contract, end to end at toy size.
+
+    Run it in a plugin's own tests (``tests/test_plugins.py`` runs it over every built-in)::
+
+        from multimodal.testing import check_modality
+
+        def test_conformance(tmp_path):
+            check_modality(registry.specs.get("sketch"), tmp_path)
+
+    In order, it:
+
+    1. builds and trains ``spec.tiny_config()`` for its few steps (tokenizers fitted first)
+       and saves a checkpoint;
+    2. encodes ``spec.example_input()`` with the fitted tokenizer to ``spec.encoded_shape`` and
+       decodes it back to ``spec.input_shape`` (text: back to the same string);
+    3. takes ``overfit_steps`` optimizer steps on one fixed batch and checks the loss fell;
+    4. loads the checkpoint and checks that the loaded model's loss on a fixed batch equals the
+       trained model's exactly (save -> load gives identical outputs);
+    5. generates twice from the loaded pipeline with one seed and checks the samples are
+       identical (seeded sampling is deterministic);
+    6. writes a sample with ``spec.writer`` and reads it back with ``spec.reader``: same shape
+       (same text).
+
+    Args:
+        spec: A :class:`multimodal.plugins.ModalitySpec`.
+        tmp_path: A scratch directory (pytest's ``tmp_path``).
+        prompt: The prompt to generate from.
+        overfit_steps: Steps of step 3.
+
+    Returns:
+        What was measured: ``{"encoded_shape", "loss_before", "loss_after", "file"}``.
+
+    Raises:
+        ConformanceError: the first broken check, saying which and what was seen.
+    """
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from multimodal.config import validate_config
+    from multimodal.pipelines import load_pipeline
+    from multimodal.plugins import shape_matches, shape_of, spec_problems
+    from multimodal.training.checkpoint import find_checkpoint, load_checkpoint
+    from multimodal.training.trainer import Trainer, step_generator
+
+    def fail(step: str, message: str) -> None:
+        raise ConformanceError(f"modality '{spec.name}', {step}: {message}")
+
+    problems = spec_problems(spec)
+    if problems:
+        fail("spec", "; ".join(problems))
+    tmp_path = Path(tmp_path)
+
+    # 1. build tiny, fit, train, save
+    config = spec.tiny_config()
+    validate_config(config)
+    if spec.name not in (config.get("decoders") or {}):
+        fail("tiny_config", f"has no decoders.{spec.name}")
+    trainer = Trainer(config, out_dir=tmp_path / "run", progress=False)
+    trainer.fit()
+    checkpoint = find_checkpoint(tmp_path / "run")
+
+    # 2. encode -> decode
+    encoded_shape = None
+    if spec.tokenizer is not None:
+        slots = [k for k, section in config["tokenizers"].items()
+                 if section.get("type") == spec.tokenizer]
+        if not slots:
+            fail("tiny_config", f"has no tokenizer of type {spec.tokenizer}")
+        tokenizer = trainer.tokenizers[slots[0]]
+    else:
+        tokenizer = trainer.tokenizers.get("text")
+    if tokenizer is not None:
+        example = spec.example_input()
+        with torch.no_grad():
+            codes = spec.encode(tokenizer, example)
+            encoded_shape = shape_of(codes)
+            if not shape_matches(encoded_shape, spec.encoded_shape):
+                fail("encode", f"gave shape {encoded_shape}, spec says {spec.encoded_shape}")
+            decoded = spec.decode(tokenizer, codes)
+        if isinstance(example, str):
+            if decoded != example:
+                fail("decode", f"gave {decoded!r}, not the example {example!r}")
+        elif not shape_matches(shape_of(decoded), spec.input_shape):
+            fail("decode", f"gave shape {shape_of(decoded)}, spec says {spec.input_shape}")
+
+    # 3. a training step lowers the loss (overfitting one fixed batch)
+    modality, data = trainer.modalities[spec.name], trainer.train_data[spec.name]
+    backbone, decoder = trainer.model.backbone, trainer.model.decoders[spec.name]
+
+    def fixed_batch() -> dict:
+        return modality.sample(data, batch_size=trainer.cfg.batch_size,
+                               generator=step_generator(123, 0))
+
+    def loss_of(model_backbone, model_decoder, batch) -> float:
+        with torch.no_grad():
+            return float(modality.loss(model_backbone, model_decoder, batch)[0])
+
+    batch = fixed_batch()
+    trainer.model.eval()
+    state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    before = loss_of(backbone, decoder, batch)
+    optimizer = torch.optim.Adam(trainer.model.parameters(), lr=trainer.cfg.lr)
+    torch.manual_seed(0)
+    for _ in range(overfit_steps):
+        loss, _ = modality.loss(backbone, decoder, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = loss_of(backbone, decoder, batch)
+    if not np.isfinite(after) or not after < before:
+        fail("training", f"{overfit_steps} steps on one batch moved the loss from {before:.5g} "
+                         f"to {after:.5g}; it should fall")
+    trainer.model.load_state_dict(state)  # back to the checkpoint's weights
+
+    # 4. save -> load: identical outputs
+    loaded = load_checkpoint(checkpoint)
+    loaded.model.eval()
+    again = loss_of(loaded.model.backbone, loaded.model.decoders[spec.name], fixed_batch())
+    if again != before:
+        fail("save -> load", f"the loaded model's loss {again!r} differs from the trained "
+                             f"model's {before!r} on the same batch")
+
+    # 5. seeded sampling is deterministic
+    pipeline = load_pipeline(spec.task, checkpoint)
+    first, second = (spec.generate(pipeline, prompt, 7) for _ in range(2))
+    if isinstance(first, str) or isinstance(second, str):
+        same = first == second
+    else:
+        same = shape_of(first) == shape_of(second) and np.array_equal(np.asarray(first),
+                                                                      np.asarray(second))
+    if not same:
+        fail("sampling", "two samples with seed 7 differ")
+
+    # 6. the writer produces a readable file
+    path = tmp_path / f"sample{spec.suffix}"
+    spec.writer(first, path)
+    if not path.is_file() or path.stat().st_size == 0:
+        fail("writer", f"wrote no file at {path}")
+    back = spec.reader(path)
+    if isinstance(first, str):
+        if back != first:
+            fail("reader", f"read back {back!r}, wrote {first!r}")
+    elif shape_of(back) != shape_of(first):
+        fail("reader", f"read back shape {shape_of(back)}, wrote {shape_of(first)}")
+    return {"encoded_shape": encoded_shape, "loss_before": before, "loss_after": after,
+            "file": str(path)}

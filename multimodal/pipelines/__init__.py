@@ -39,7 +39,8 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
     Args:
         task: A task name in the Hugging Face convention, e.g. ``"text-generation"``.
         checkpoint: A checkpoint directory or a run directory (its newest checkpoint); default:
-            the embedded default checkpoint.
+            the embedded default checkpoint. A composed task (``text-to-audiovisual``) takes
+            ``{step: directory}`` instead.
         device: ``"cpu"`` or ``"cuda"``.
 
     Returns:
@@ -61,6 +62,8 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
             f"unknown task '{task}'{did_you_mean(task, known)}; known tasks: {', '.join(known)}"
         ) from None
     check_device(device)
+    if getattr(cls, "composed", False):  # each step resolves its own checkpoint
+        return cls.from_checkpoint(checkpoint, device=device, **kwargs)
     path = default_checkpoint(task) if checkpoint is None else checkpoint
     return cls.from_checkpoint(path, device=device, **kwargs)
 

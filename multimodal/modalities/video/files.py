@@ -125,3 +125,69 @@ def read_video_frames(path: str | Path) -> np.ndarray:
         return read_video_file(Path(path))
     except DataError as exc:
         raise InputError(str(exc)) from None
+
+
+def av_mp4_bytes(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int) -> bytes:
+    """Encode (t, h, w[, c]) uint8 frames and a mono float waveform (in [-1, 1]) as one MP4:
+    H.264 video (yuv420p) at ``fps`` and an AAC sound track, through imageio-ffmpeg.
+
+    The caller makes the two equally long (see :func:`multimodal.pipelines.composed.mux`);
+    AAC adds its usual encoder delay of about 1,024 samples (64 ms at 16 kHz).
+
+    Raises:
+        RuntimeError: ffmpeg is not available (see :func:`ffmpeg_available`).
+    """
+    import imageio_ffmpeg
+    import soundfile
+
+    frames = np.ascontiguousarray(_rgb(frames))
+    with tempfile.TemporaryDirectory(prefix="multimodal-av-") as tmp:
+        wav, path = os.path.join(tmp, "sound.wav"), os.path.join(tmp, "clip.mp4")
+        soundfile.write(wav, np.asarray(audio, dtype=np.float32), sample_rate,
+                        subtype="PCM_16")
+        height, width = frames.shape[1:3]
+        writer = imageio_ffmpeg.write_frames(
+            path, (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+            macro_block_size=16, ffmpeg_log_level="error", audio_path=wav, audio_codec="aac",
+            output_params=["-crf", str(MP4_CRF)])
+        writer.send(None)  # start ffmpeg
+        for frame in frames:
+            writer.send(frame)
+        writer.close()
+        return Path(path).read_bytes()
+
+
+def read_av_info(path: str | Path) -> dict:
+    """Streams of an MP4: ``{"video_streams", "audio_streams", "frames", "fps",
+    "video_seconds", "audio_seconds", "sample_rate"}``, from ffmpeg's own decoding (the
+    audio length is that of the decoded sound track).
+
+    Raises:
+        InputError: the file is missing or ffmpeg cannot read it.
+    """
+    import re
+    import subprocess
+
+    import imageio_ffmpeg
+    import soundfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"video file not found: {path}")
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    probe = subprocess.run([exe, "-hide_banner", "-i", str(path)], capture_output=True,
+                           text=True)
+    streams = re.findall(r"Stream #\d+:\d+.*?: (Video|Audio):", probe.stderr)
+    if not streams:
+        raise InputError(f"cannot read video {path}: {probe.stderr.strip()[-300:]}")
+    info = {"video_streams": streams.count("Video"), "audio_streams": streams.count("Audio")}
+    video = read_video_info(path)
+    info.update(frames=video["frames"], fps=video["fps"],
+                video_seconds=video["frames"] / video["fps"] if video["fps"] else 0.0,
+                audio_seconds=0.0, sample_rate=0)
+    if info["audio_streams"]:
+        decoded = subprocess.run([exe, "-v", "error", "-i", str(path), "-vn", "-f", "wav", "-"],
+                                 capture_output=True)
+        audio, rate = soundfile.read(io.BytesIO(decoded.stdout), dtype="float32")
+        info.update(audio_seconds=len(audio) / rate, sample_rate=rate)
+    return info

@@ -1,0 +1,53 @@
+"""The image modality's :class:`~multimodal.plugins.ModalitySpec` (VAE latents, latent DiT,
+``text-to-image``; files are PNG with the settings in a text chunk)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from multimodal.io import atomic_write_bytes
+from multimodal.modalities.image.modality import ImageModality
+from multimodal.plugins import ModalitySpec, register_modality
+from multimodal.registry import REGISTRIES
+
+
+def _generate(pipeline, prompt: str, seed: int) -> np.ndarray:
+    return pipeline(prompt, num_inference_steps=2, seed=seed, progress=False).images[0]
+
+
+def write_png(image: np.ndarray, path: Path) -> None:
+    from multimodal.pipelines.text_to_image import png_bytes
+
+    atomic_write_bytes(Path(path), png_bytes(image, {}))
+
+
+def read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def _example():
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(1, 1, 32, 32, generator=generator) * 2 - 1  # (b, c, h, w) in [-1, 1]
+
+
+def _tiny_config() -> dict:
+    from multimodal.testing import TINY, tiny_image_config
+
+    return tiny_image_config(decoders={"image": {"type": "latent_dit",
+                                                 **TINY["decoders"]["latent_dit"]}})
+
+
+SPEC = ModalitySpec(
+    name="image", modality=ImageModality, decoder="latent_dit", tokenizer="image_vae",
+    task="text-to-image", generate=_generate, writer=write_png, reader=read_png, suffix=".png",
+    example_input=_example, input_shape=(1, 1, 32, 32), encoded_shape=(1, 4, 8, 8),
+    tiny_config=_tiny_config, modality_id=1)
+
+register_modality(REGISTRIES, SPEC)

@@ -1,0 +1,316 @@
+"""Tasks composed from other pipelines in YAML alone.
+
+A task file names the pipelines one prompt runs through (``steps``) and a registered
+combiner that turns their outputs into files (``combine``)::
+
+    # multimodal/tasks/text-to-audiovisual.yaml
+    task: text-to-audiovisual
+    description: a clip of the prompt with the prompt spoken as its sound track, in one MP4
+    steps:
+      video: {task: text-to-video, num_inference_steps: 25}
+      audio: {task: text-to-audio}
+    combine: {type: mux_audio_video, video: video, audio: audio}
+
+Every ``*.yaml`` in ``multimodal/tasks/`` becomes a task at start-up (``multimodal list
+pipelines``); ``multimodal generate path/to/task.yaml --prompt P`` runs any other task file.
+Each step's other keys are keyword arguments of its pipeline's ``__call__``, checked against
+its signature; each step loads its own checkpoint (default: the step task's embedded one;
+``--checkpoint STEP=DIR`` picks another).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from multimodal.errors import ConfigError, InputError, did_you_mean
+from multimodal.registry import REGISTRIES, pipelines
+
+TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+combiners = REGISTRIES["combiners"]
+
+
+# -- combiners ---------------------------------------------------------------------------------
+@dataclass
+class ComposedOutput:
+    """What a composed pipeline returns.
+
+    Attributes:
+        files: ``{file name: bytes}`` of one sample, e.g. ``{"000.mp4": ...}``.
+        metadata: The prompt, seed, each step's settings and checkpoint.
+        outputs: Each step's own output object, by step name.
+    """
+
+    files: dict[str, bytes]
+    metadata: dict[str, Any]
+    outputs: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+@combiners.register("mux_audio_video")
+def mux_audio_video(outputs: dict[str, Any], *, video: str = "video", audio: str = "audio"
+                    ) -> dict[str, bytes]:
+    """One MP4 from a text-to-video and a text-to-audio output: H.264 video and an AAC sound
+    track of the same duration.
+
+    The sound track is the speech, padded with silence to the clip's length; speech longer
+    than the clip slows the clip's frame rate to ``frames / speech seconds``, so no word is
+    cut. The first sample of each is used.
+
+    Args:
+        outputs: Step outputs by step name.
+        video, audio: The names of the video and the audio step.
+
+    Returns:
+        ``{"000.mp4": bytes}``.
+
+    Raises:
+        InputError: ffmpeg is not available (muxing needs it).
+        ConfigError: ``video`` or ``audio`` names no step.
+    """
+    from multimodal.modalities.video import files
+
+    for role, name in (("video", video), ("audio", audio)):
+        if name not in outputs:
+            raise ConfigError(f"combine.{role}: no step named '{name}'"
+                              f"{did_you_mean(name, outputs)}; steps: {', '.join(outputs)}")
+    if not files.ffmpeg_available():
+        raise InputError("text-to-audiovisual writes an MP4 with sound, which needs ffmpeg "
+                         "(pip install imageio-ffmpeg)")
+    clip, sound = outputs[video], outputs[audio]
+    frames, fps = clip.videos[0], float(clip.fps)
+    wave, rate = np.asarray(sound.audios[0], dtype=np.float32), int(sound.sample_rate)
+    track = mux_track(wave, rate, len(frames), fps)
+    fps = len(frames) * rate / len(track)  # unchanged unless the speech is longer
+    return {"000.mp4": files.av_mp4_bytes(frames, fps, track, rate)}
+
+
+def mux_track(wave: np.ndarray, sample_rate: int, num_frames: int, fps: float) -> np.ndarray:
+    """The sound track for a clip of ``num_frames`` at ``fps``: ``wave`` padded with silence
+    to the clip's duration, or left whole when it is longer (the clip then slows down)."""
+    clip_samples = int(round(num_frames / fps * sample_rate))
+    if len(wave) >= clip_samples:
+        return wave
+    return np.concatenate([wave, np.zeros(clip_samples - len(wave), np.float32)])
+
+
+# -- task files --------------------------------------------------------------------------------
+_TOP = ("task", "description", "steps", "combine")
+
+
+def read_task_file(path: str | Path) -> dict:
+    """Read and check a task file.
+
+    Raises:
+        ConfigError: unreadable YAML, unknown keys, a step naming a pipeline that does not
+            exist (did-you-mean), a step argument its pipeline does not take, an unknown
+            combiner, or combiner arguments it does not take. Every problem is listed.
+    """
+    from multimodal.config import parse_yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read task file {path}: {exc.strerror or exc}") from None
+    data = parse_yaml(text, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError("a task file is a mapping with task, steps and combine",
+                          source=str(path))
+    problems = [f"unknown key '{k}'{did_you_mean(k, _TOP)}; accepted: {', '.join(_TOP)}"
+                for k in data if k not in _TOP]
+    name = data.get("task")
+    if not isinstance(name, str) or not name:
+        problems.append("task: the task's name is missing, e.g. task: text-to-audiovisual")
+    steps = data.get("steps")
+    if not isinstance(steps, dict) or not steps:
+        problems.append("steps: missing; a mapping {step name: {task: PIPELINE, ...}}")
+        steps = {}
+    for step, section in steps.items():
+        if not isinstance(section, dict) or "task" not in section:
+            problems.append(f"steps.{step}: needs task: PIPELINE")
+            continue
+        task = section["task"]
+        if task not in pipelines or getattr(pipelines.get(task), "composed", False):
+            known = [n for n in pipelines.names()
+                     if not getattr(pipelines.get(n), "composed", False)]
+            problems.append(f"steps.{step}.task: no pipeline '{task}'{did_you_mean(task, known)};"
+                            f" pipelines: {', '.join(known)}")
+            continue
+        accepted = _call_params(pipelines.get(task))
+        for key in section:
+            if key != "task" and key not in accepted:
+                problems.append(f"steps.{step}.{key}: {task} takes no such argument"
+                                f"{did_you_mean(key, accepted)}; accepted: {', '.join(accepted)}")
+    combine = data.get("combine")
+    if not isinstance(combine, dict) or "type" not in combine:
+        problems.append(f"combine: missing; {{type: COMBINER, ...}}, combiners: "
+                        f"{', '.join(combiners.names())}")
+    elif combine["type"] not in combiners:
+        problems.append(f"combine.type: no combiner '{combine['type']}'"
+                        f"{did_you_mean(combine['type'], combiners.names())}; combiners: "
+                        f"{', '.join(combiners.names())}")
+    else:
+        accepted = [p for p in inspect.signature(combiners.get(combine["type"])).parameters
+                    if p != "outputs"]
+        for key, value in combine.items():
+            if key == "type":
+                continue
+            if key not in accepted:
+                problems.append(f"combine.{key}: {combine['type']} takes no such argument; "
+                                f"accepted: {', '.join(accepted)}")
+            elif isinstance(value, str) and value not in steps:
+                problems.append(f"combine.{key}: no step named '{value}'"
+                                f"{did_you_mean(value, steps)}; steps: {', '.join(steps)}")
+    if problems:
+        raise ConfigError(problems, source=str(path))
+    return data
+
+
+def _call_params(cls) -> list[str]:
+    """Keyword arguments of a pipeline's ``__call__`` a step may set (not the prompt)."""
+    params = inspect.signature(cls.__call__).parameters
+    return [n for n, p in params.items() if n not in ("self", "prompt", "seed", "generator",
+                                                       "progress")
+            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+# -- the pipeline ------------------------------------------------------------------------------
+class ComposedPipeline:
+    """Runs one prompt through each step's pipeline and combines their outputs.
+
+    Subclassed once per task file (:func:`composed_task`); ``definition`` is the checked file.
+
+    Args:
+        steps: ``{step name: loaded pipeline}``.
+    """
+
+    composed = True
+    definition: dict = {}
+    task = "composed"
+
+    def __init__(self, steps: dict[str, Any]):
+        self.steps = steps
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Any = None, *, device: str = "cpu"
+                        ) -> "ComposedPipeline":
+        """Load every step's pipeline.
+
+        Args:
+            checkpoint: ``None`` (each step's embedded default), a ``{step: directory}``
+                mapping, or a list of ``"step=directory"`` strings (the CLI's
+                ``--checkpoint``).
+
+        Raises:
+            InputError: a checkpoint for a step the task does not have, or a malformed pair.
+            CheckpointError: a step's checkpoint is missing or lacks what it needs.
+        """
+        from multimodal.pipelines import load_pipeline
+
+        chosen = cls.parse_checkpoints(checkpoint)
+        steps = cls.definition["steps"]
+        return cls({name: load_pipeline(section["task"], chosen.get(name), device=device)
+                    for name, section in steps.items()})
+
+    @classmethod
+    def parse_checkpoints(cls, checkpoint: Any) -> dict[str, str]:
+        steps = cls.definition["steps"]
+        if checkpoint is None:
+            return {}
+        if isinstance(checkpoint, (str, Path)):
+            checkpoint = [str(checkpoint)]
+        if isinstance(checkpoint, dict):
+            pairs = dict(checkpoint)
+        else:
+            pairs = {}
+            for item in checkpoint:
+                step, sep, path = str(item).partition("=")
+                if not sep or not path:
+                    raise InputError(f"{cls.task}: --checkpoint takes STEP=DIR, one per step "
+                                     f"({', '.join(steps)}), got {item!r}")
+                pairs[step] = path
+        unknown = [s for s in pairs if s not in steps]
+        if unknown:
+            raise InputError(f"{cls.task}: no step named {unknown[0]!r}"
+                             f"{did_you_mean(unknown[0], steps)}; steps: {', '.join(steps)}")
+        return pairs
+
+    def __call__(self, prompt: str, *, seed: int | None = None, progress: bool = True
+                 ) -> ComposedOutput:
+        """Run every step on ``prompt`` (each seeded with ``seed``), then combine.
+
+        Raises:
+            InputError: bad prompt or settings (from the step that rejects them).
+        """
+        import torch
+
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        outputs, settings = {}, {}
+        for name, section in self.definition["steps"].items():
+            kwargs = {k: v for k, v in section.items() if k != "task"}
+            pipe = self.steps[name]
+            if "progress" in inspect.signature(type(pipe).__call__).parameters:
+                kwargs["progress"] = progress
+            outputs[name] = pipe(prompt, seed=seed, **kwargs)
+            settings[name] = {"task": section["task"], **{k: v for k, v in kwargs.items()
+                                                          if k != "progress"},
+                              "checkpoint_id": getattr(pipe, "checkpoint_id", "none")}
+        combine = dict(self.definition["combine"])
+        combiner: Callable = combiners.get(combine.pop("type"))
+        files = combiner(outputs, **combine)
+        metadata = {"task": self.task, "prompt": prompt, "seed": seed, "steps": settings,
+                    "combine": self.definition["combine"]["type"]}
+        return ComposedOutput(files=files, metadata=metadata, outputs=outputs)
+
+    @classmethod
+    def add_cli_arguments(cls, parser) -> None:
+        parser.add_argument("--prompt", required=True, help="what every step generates from")
+        parser.add_argument("--seed", type=int, default=None, help="seed of every step")
+        parser.add_argument("--out", default=f"out/{cls.task}", help="output directory")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    def run_cli(self, args) -> int:
+        """Write the combined files and ``000.json`` (prompt, seed, each step's settings),
+        atomically; a failed run leaves no file behind."""
+        from multimodal.io import OutputFiles
+
+        with OutputFiles(args.out) as out:
+            result = self(args.prompt, seed=args.seed, progress=not args.no_progress)
+            for name, data in result.files.items():
+                out.write(name, data)
+            out.write("000.json", json.dumps({**result.metadata, "files": list(result.files)},
+                                             indent=1) + "\n")
+        for path in out.written:
+            print(path)
+        print(f"seed {result.metadata['seed']}")
+        return 0
+
+
+def composed_task(path: str | Path) -> type[ComposedPipeline]:
+    """A :class:`ComposedPipeline` subclass for the task file at ``path``.
+
+    Raises:
+        ConfigError: see :func:`read_task_file`.
+    """
+    definition = read_task_file(path)
+    name = definition["task"]
+    doc = definition.get("description") or f"composed task from {Path(path).name}"
+    return type(f"Composed[{name}]", (ComposedPipeline,),
+                {"definition": definition, "task": name, "__doc__": doc,
+                 "__module__": __name__})
+
+
+def register_task_files(directory: Path = TASKS_DIR) -> None:
+    """Register every ``*.yaml`` task file in ``directory`` as a pipeline."""
+    for path in sorted(directory.glob("*.yaml")):
+        cls = composed_task(path)
+        pipelines.register(cls.task, cls, owner=f"{path.name} (composed task)")
+
+
+register_task_files()
