@@ -7,7 +7,11 @@ same token in the other frames (factorised space-time attention: Ho et al. 2022,
 Diffusion Models", https://arxiv.org/abs/2204.03458; Bertasius et al. 2021, TimeSformer,
 https://arxiv.org/abs/2102.05095). Frame order enters through rotary position embeddings on the
 temporal queries and keys (Su et al. 2021, https://arxiv.org/abs/2104.09864), which depend only
-on the distance between frames.
+on the distance between frames. Which way things move is in the prompt, so each temporal layer
+is also modulated (adaLN, Peebles & Xie 2023, https://arxiv.org/abs/2212.09748) by the
+timestep and the pooled prompt (the causal backbone's state at the prompt's last token): a
+direct path from "moving left" to the layers that make motion, besides the spatial layers'
+per-frame cross-attention.
 
 The temporal layers' output projections start at zero, so an untrained video denoiser is the
 image denoiser applied to each frame: after :meth:`LatentVideoDiT.load_image_denoiser` its
@@ -40,15 +44,17 @@ from multimodal.registry import decoders
 class TemporalAttention(nn.Module):
     """Pre-norm self-attention across frames at each spatial position, with rotary frame
     positions and a zero-initialised output projection (a residual branch that starts as the
-    identity).
+    identity). With ``conditioned``, the norm's output is shifted and scaled per clip from a
+    conditioning vector (adaLN; the modulation starts at zero, so at first it is plain).
 
     Args:
         dim: Width ``w``.
         num_heads: Heads ``h``; ``w / h`` must be even (rotary).
         max_frames: Longest clip ``t`` (size of the rotary table).
+        conditioned: Take a (b, w) conditioning vector in :meth:`forward` (default ``False``).
     """
 
-    def __init__(self, *, dim: int, num_heads: int, max_frames: int):
+    def __init__(self, *, dim: int, num_heads: int, max_frames: int, conditioned: bool = False):
         super().__init__()
         if dim % num_heads or (dim // num_heads) % 2:
             raise ValueError(f"temporal attention needs a width ({dim}) that divides into "
@@ -60,12 +66,26 @@ class TemporalAttention(nn.Module):
         nn.init.zeros_(self.proj_out.weight)  # starts as the identity: the image model
         nn.init.zeros_(self.proj_out.bias)
         self.rotary = RotaryEmbedding(head_dim=dim // num_heads, max_seq_len=max_frames)
+        self.modulation = None
+        if conditioned:
+            self.modulation = nn.Linear(dim, 2 * dim)
+            nn.init.zeros_(self.modulation.weight)
+            nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """((b t), m, w) tokens -> ((b t), m, w), mixing information across the t frames."""
+    def forward(self, tokens: torch.Tensor, num_frames: int,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
+        """((b t), m, w) tokens -> ((b t), m, w), mixing information across the t frames;
+        ``cond`` (b, w) is required when the layer is ``conditioned``."""
         m = tokens.shape[1]
         x = rearrange(tokens, "(b t) m w -> (b m) t w", t=num_frames)
-        q, k, v = rearrange(self.qkv(self.norm(x)), "bm t (three h e) -> three bm h t e",
+        h = self.norm(x)
+        if self.modulation is not None:
+            if cond is None:
+                raise ValueError("a conditioned temporal layer needs cond (b, w)")
+            shift, scale = repeat(self.modulation(F.silu(cond)), "b (two w) -> two (b m) 1 w",
+                                  two=2, m=m)
+            h = h * (1 + scale) + shift
+        q, k, v = rearrange(self.qkv(h), "bm t (three h e) -> three bm h t e",
                             three=3, h=self.num_heads)
         cos, sin = self.rotary(0, num_frames)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -88,6 +108,9 @@ class LatentVideoDiT(LatentDiT):
             (defaults 2, 6, 4, 32); keep them equal to an image DiT's to initialise from it.
         num_train_timesteps, beta_start, beta_end, beta_schedule, prediction_type,
             cond_dropout, snr_gamma, pooled_conditioning: As for ``latent_dit``.
+        temporal_conditioning: Modulate the temporal layers by the timestep and the pooled
+            prompt (adaLN; default ``True``). Without it the direction words reach the
+            temporal layers only through the spatial layers' cross-attention.
 
     Raises:
         ValueError: ``max_frames`` below ``num_frames``, ``num_frames`` below 1, or sizes the
@@ -100,7 +123,8 @@ class LatentVideoDiT(LatentDiT):
                  num_train_timesteps: int = 1000, beta_start: float = 1e-4,
                  beta_end: float = 0.02, beta_schedule: BetaSchedule = "linear",
                  prediction_type: PredictionType = "epsilon", cond_dropout: float = 0.1,
-                 snr_gamma: float | None = None, pooled_conditioning: bool = False):
+                 snr_gamma: float | None = None, pooled_conditioning: bool = False,
+                 temporal_conditioning: bool = True):
         if num_frames < 1 or max_frames < num_frames:
             raise ValueError(f"need 1 <= num_frames <= max_frames, got num_frames {num_frames}, "
                              f"max_frames {max_frames}")
@@ -115,8 +139,13 @@ class LatentVideoDiT(LatentDiT):
         self.num_frames, self.max_frames = num_frames, max_frames
         width = num_attention_heads * attention_head_dim
         self.temporal = nn.ModuleList(
-            TemporalAttention(dim=width, num_heads=num_attention_heads, max_frames=max_frames)
+            TemporalAttention(dim=width, num_heads=num_attention_heads, max_frames=max_frames,
+                              conditioned=temporal_conditioning)
             for _ in range(num_layers))
+        self.temporal_conditioning = temporal_conditioning
+        if temporal_conditioning:  # the pooled prompt, projected: what motion the clip wants
+            self.motion_embed = nn.Sequential(nn.Linear(backbone.dim, width), nn.SiLU(),
+                                              nn.Linear(width, width))
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
@@ -164,6 +193,9 @@ class LatentVideoDiT(LatentDiT):
         tokens = net.pos_embed(frames)  # ((b t), m, w)
         t_emb = net.adaln_single.emb(timesteps, resolution=None, aspect_ratio=None,
                                      batch_size=b, hidden_dtype=tokens.dtype)  # (b, w)
+        motion = None
+        if self.temporal_conditioning:
+            motion = t_emb + self.motion_embed(self.pooled(context, context_mask))  # (b, w)
         if self.pooled_conditioning:
             t_emb = t_emb + self.pooled_proj(self.pooled(context, context_mask))
         modulation = net.adaln_single.linear(net.adaln_single.silu(t_emb))  # (b, 6 w)
@@ -178,7 +210,7 @@ class LatentVideoDiT(LatentDiT):
         for block, temporal in zip(net.transformer_blocks, self.temporal):
             tokens = block(tokens, encoder_hidden_states=text, encoder_attention_mask=bias,
                            timestep=modulation)
-            tokens = temporal(tokens, t)
+            tokens = temporal(tokens, t, motion)
         shift, scale = (net.scale_shift_table[None] + t_emb[:, None]).chunk(2, dim=1)
         tokens = net.norm_out(tokens) * (1 + scale) + shift
         grid = (x_t.shape[-2] // self.patch_size, x_t.shape[-1] // self.patch_size)
@@ -187,8 +219,10 @@ class LatentVideoDiT(LatentDiT):
 
     # -- initialising from an image denoiser ------------------------------------------------
     def spatial_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights shared with ``latent_dit`` (everything but the temporal layers)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("temporal.")}
+        """The weights shared with ``latent_dit`` (everything but the temporal layers and
+        their conditioning)."""
+        return {k: v for k, v in self.state_dict().items()
+                if not k.startswith(("temporal.", "motion_embed."))}
 
     @torch.no_grad()
     def load_image_denoiser(self, image_denoiser: LatentDiT | dict[str, torch.Tensor], *,
@@ -197,7 +231,8 @@ class LatentVideoDiT(LatentDiT):
 
         Args:
             image_denoiser: A :class:`LatentDiT` or its state dict, of the same sizes.
-            zero_temporal: Also reset the temporal output projections to zero, so the model
+            zero_temporal: Also reset the temporal output projections (and modulations) to
+                zero, so the model
                 equals the image model frame by frame (default ``True``).
 
         Returns:
@@ -226,8 +261,9 @@ class LatentVideoDiT(LatentDiT):
             value.copy_(state[key].to(value.dtype))
         if zero_temporal:
             for layer in self.temporal:
-                nn.init.zeros_(layer.proj_out.weight)
-                nn.init.zeros_(layer.proj_out.bias)
+                for linear in filter(None, (layer.proj_out, layer.modulation)):
+                    nn.init.zeros_(linear.weight)
+                    nn.init.zeros_(linear.bias)
         return self
 
     @classmethod
