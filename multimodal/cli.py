@@ -74,8 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from multimodal.errors import MultimodalError
 
+        from multimodal.safety import EXIT_BLOCKED, PromptBlockedError
+
         if args.debug or not isinstance(exc, (MultimodalError, OSError)):
             raise
+        if isinstance(exc, PromptBlockedError):
+            print(f"refused: {exc}", file=sys.stderr)
+            return EXIT_BLOCKED
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

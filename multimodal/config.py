@@ -207,6 +207,7 @@ TOP_LEVEL: dict[str, Any] = {
     "decoders": ("components", "decoders"),
     "data": ("components", "datasets"),
     "train": ("dataclass", "multimodal.training.trainer:TrainConfig"),
+    "safety": ("dataclass", "multimodal.safety:SafetyConfig"),
 }
 
 

@@ -50,6 +50,10 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
         UnknownComponentError: unknown task (lists the known ones).
         CheckpointError: missing, partial or incompatible checkpoint, or one without the
             decoder the task needs.
+        ConfigError: the checkpoint's ``safety.blocklist`` cannot be read.
+
+    The pipeline's prompts are checked by the ``safety:`` policy of the checkpoint's config
+    (``pipe.safety``; see :mod:`multimodal.safety`) before anything is generated.
         InputError: an unknown device, or CUDA asked for where there is none.
     """
     from multimodal.registry import pipelines
@@ -64,8 +68,13 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
     check_device(device)
     if getattr(cls, "composed", False):  # each step resolves its own checkpoint
         return cls.from_checkpoint(checkpoint, device=device, **kwargs)
+    from multimodal.safety import SafetyPolicy
+    from multimodal.training.checkpoint import find_checkpoint, read_config
+
     path = default_checkpoint(task) if checkpoint is None else checkpoint
-    return cls.from_checkpoint(path, device=device, **kwargs)
+    pipe = cls.from_checkpoint(path, device=device, **kwargs)
+    pipe.safety = SafetyPolicy.from_config(read_config(find_checkpoint(path)))
+    return pipe
 
 
 def require_parts(ckpt, task: str, found: dict[str, bool], needs: str) -> None:

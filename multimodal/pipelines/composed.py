@@ -215,7 +215,7 @@ class ComposedPipeline:
         chosen = cls.parse_checkpoints(checkpoint)
         steps = cls.definition["steps"]
         return cls({name: load_pipeline(section["task"], chosen.get(name), device=device)
-                    for name, section in steps.items()})
+                    for name, section in steps.items()})  # each with its checkpoint's safety
 
     @classmethod
     def parse_checkpoints(cls, checkpoint: Any) -> dict[str, str]:
@@ -249,6 +249,10 @@ class ComposedPipeline:
         """
         import torch
 
+        from multimodal.safety import policy_of
+
+        for pipe in self.steps.values():  # refuse before any step generates
+            policy_of(pipe).check(prompt, task=self.task)
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, ()).item())
         outputs, settings = {}, {}

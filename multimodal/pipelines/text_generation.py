@@ -16,6 +16,7 @@ import torch
 from multimodal.errors import CheckpointError, InputError
 from multimodal.pipelines.sampling import sample_next_token
 from multimodal.registry import pipelines
+from multimodal.safety import policy_of
 
 
 @dataclass
@@ -141,6 +142,7 @@ class TextGenerationPipeline:
         """
         if not isinstance(prompt, str):
             raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
+        policy_of(self).check(prompt, task="text-generation")
         limit = self.backbone.max_seq_len - 1
         if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= limit:
             raise InputError(f"max_new_tokens must be an integer in 1..{limit} (the context "
@@ -213,29 +215,34 @@ class TextGenerationPipeline:
     def run_cli(self, args) -> int:
         import json
 
-        from multimodal.io import atomic_write_text, prepare_out_dir
+        import contextlib
 
-        out = prepare_out_dir(args.out) if args.out else None
-        stream = args.num_samples == 1
-        if stream:
-            sys.stdout.write(args.prompt)
-            sys.stdout.flush()
-        result = self(args.prompt, max_new_tokens=args.max_new_tokens,
-                      do_sample=not args.greedy, temperature=args.temperature,
-                      top_k=args.top_k, top_p=args.top_p, num_samples=args.num_samples,
-                      seed=args.seed, streamer=TextStreamer(self.tokenizer) if stream else None)
-        if stream:
-            print()
-        else:
-            for i, text in enumerate(result.texts):
-                print(f"--- sample {i}\n{args.prompt}{text}")
-        if out is not None:
-            for i, text in enumerate(result.texts):
-                atomic_write_text(out / f"{i:03d}.txt", args.prompt + text + "\n")
-                meta = {"task": "text-generation", "prompt": args.prompt, "seed": result.seed,
-                        "sample": i, "max_new_tokens": args.max_new_tokens,
-                        "do_sample": not args.greedy, "temperature": args.temperature,
-                        "top_k": args.top_k, "top_p": args.top_p,
-                        "checkpoint_id": self.checkpoint_id}
-                atomic_write_text(out / f"{i:03d}.json", json.dumps(meta, indent=1) + "\n")
+        from multimodal.io import OutputFiles
+
+        policy_of(self).check(args.prompt, task="text-generation")  # before echoing it
+        with (OutputFiles(args.out) if args.out else contextlib.nullcontext()) as out:
+            stream = args.num_samples == 1
+            if stream:
+                sys.stdout.write(args.prompt)
+                sys.stdout.flush()
+            result = self(args.prompt, max_new_tokens=args.max_new_tokens,
+                          do_sample=not args.greedy, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, num_samples=args.num_samples,
+                          seed=args.seed,
+                          streamer=TextStreamer(self.tokenizer) if stream else None)
+            if stream:
+                print()
+            else:
+                for i, text in enumerate(result.texts):
+                    print(f"--- sample {i}\n{args.prompt}{text}")
+            if out is not None:
+                for i, text in enumerate(result.texts):
+                    out.write(f"{i:03d}.txt", args.prompt + text + "\n")
+                    meta = {"task": "text-generation", "prompt": args.prompt,
+                            "seed": result.seed, "sample": i, "num_samples": len(result.texts),
+                            "max_new_tokens": args.max_new_tokens,
+                            "do_sample": not args.greedy, "temperature": args.temperature,
+                            "top_k": args.top_k, "top_p": args.top_p,
+                            "checkpoint_id": self.checkpoint_id}
+                    out.write(f"{i:03d}.json", json.dumps(meta, indent=1) + "\n")
         return 0

@@ -30,6 +30,7 @@ import torch
 from multimodal.errors import InputError
 from multimodal.pipelines import require_parts
 from multimodal.registry import pipelines
+from multimodal.safety import policy_of
 
 PAUSE_SECONDS = 0.25
 PEAK = 0.95
@@ -207,6 +208,7 @@ class TextToAudioPipeline:
             raise InputError(f"length_scale must be a number in (0, 10], got {length_scale!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise InputError(f"seed must be an integer, got {seed!r}")
+        policy_of(self).check(prompt, task="text-to-audio")
         chunks = self.phoneme_chunks(prompt, voice)
         if generator is None:
             if seed is None:

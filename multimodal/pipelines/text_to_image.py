@@ -49,6 +49,7 @@ from einops import rearrange, repeat
 from multimodal.errors import InputError
 from multimodal.pipelines import require_parts
 from multimodal.registry import pipelines
+from multimodal.safety import policy_of
 
 PNG_METADATA_KEY = "multimodal"
 DEFAULT_SCHEDULER = "dpm_solver_multistep"
@@ -391,6 +392,7 @@ class LatentDiffusionPipeline:
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise InputError(f"negative_prompt must be a string or None, "
                              f"got {type(negative_prompt).__name__}")
+        policy_of(self).check(prompt, task=getattr(self, "task", ""))
         limit = self.denoiser.num_train_timesteps
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
             raise InputError(f"num_inference_steps must be an integer in 1..{limit}, "
