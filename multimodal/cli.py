@@ -1,4 +1,4 @@
-"""Command line: ``multimodal {train,generate,evaluate,list} ...``.
+"""Command line: ``multimodal {train,generate,evaluate,demo,replay,list} ...``.
 
 Errors a user can cause print one message and exit with status 2; ``--debug`` shows the
 traceback instead.
@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
     demo.add_argument("--checkpoint", help="checkpoint or run directory (default: embedded)")
     demo.add_argument("--seed", type=int, default=0)
+
+    rp = sub.add_parser("replay", help="regenerate an output file from the settings it carries")
+    rp.add_argument("file", help="a PNG, or a WAV/MP4/GIF/TXT with its sidecar .json")
+    rp.add_argument("--checkpoint", help="the model that made it (default: embedded)")
+    rp.add_argument("--out", default="out/replay", help="output directory (default out/replay)")
+    rp.add_argument("--device", default="cpu", help="cpu or cuda")
 
     ls = sub.add_parser("list", help="list registered components")
     ls.add_argument("kind", nargs="?", help="one kind (backbones, decoders, pipelines, ...)")
@@ -145,6 +151,15 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_replay(args) -> int:
+    from multimodal.replay import replay
+
+    result = replay(args.file, checkpoint=args.checkpoint, out=args.out, device=args.device)
+    verdict = "identical to" if result["identical"] else "DIFFERENT from"
+    print(f"replayed {result['task']}: {result['replayed']} is {verdict} {result['original']}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from multimodal.demo import run_demo
 
@@ -173,6 +188,7 @@ def _cmd_list(args) -> int:
 
 
 _COMMANDS = {"train": _cmd_train, "generate": _cmd_generate, "evaluate": _cmd_evaluate,
+             "replay": _cmd_replay,
              "demo": _cmd_demo, "list": _cmd_list}
 
 
