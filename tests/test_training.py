@@ -193,3 +193,43 @@ def test_streamer_prints_what_is_returned(tmp_path):
     pieces = []
     out = pipe("A", max_new_tokens=20, seed=1, streamer=TextStreamer(pipe.tokenizer, pieces.append))
     assert "".join(pieces) == out.texts[0]
+
+
+def test_ema_weights_follow_the_formula_resume_exactly_and_are_what_pipelines_load(tmp_path):
+    config = tiny_config(train={"max_steps": 6, "checkpoint_every": 3, "ema_decay": 0.5,
+                                "keep_checkpoints": 5})
+    trainer = Trainer(config, out_dir=tmp_path / "full", progress=False)
+    start = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    expected = dict(start)
+    for step in range(1, 4):  # diffusers' EMAModel: decay 0 at step 1, then (1+s)/(10+s)
+        trainer.train_step()
+        decay = 0.0 if step == 1 else min(0.5, step / (9 + step))
+        expected = {n: decay * expected[n] + (1 - decay) * p.detach()
+                    for n, p in trainer.model.named_parameters()}
+    trainer.save()
+    ema = load_file(find_checkpoint(tmp_path / "full") / "ema.safetensors")
+    for name, value in expected.items():
+        torch.testing.assert_close(ema[name], value, msg=name)
+    raw = load_file(find_checkpoint(tmp_path / "full") / "model.safetensors")
+    assert any(not torch.equal(raw[n], ema[n]) for n in expected)
+    trainer.fit()
+
+    # resumed from step 3, the EMA ends where the uninterrupted run's does
+    part = Trainer(config, out_dir=tmp_path / "part", progress=False)
+    for _ in range(3):
+        part.train_step()
+    part.save()
+    Trainer(config, out_dir=tmp_path / "part", resume=True, progress=False).fit()
+    a = load_file(find_checkpoint(tmp_path / "full") / "ema.safetensors")
+    b = load_file(find_checkpoint(tmp_path / "part") / "ema.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
+
+    loaded = load_checkpoint(tmp_path / "full")  # pipelines and exports get the EMA weights
+    state = loaded.model.state_dict()
+    for key in a:
+        torch.testing.assert_close(state[key], a[key], rtol=0, atol=0, msg=key)
+    raw_model = load_checkpoint(tmp_path / "full", ema=False).model.state_dict()
+    assert any(not torch.equal(raw_model[k], a[k]) for k in a)
+    with pytest.raises(ConfigError, match="train.ema_decay must be in"):
+        Trainer(tiny_config(train={"ema_decay": 1.5}), out_dir=tmp_path / "bad", progress=False)

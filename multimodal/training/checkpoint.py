@@ -43,7 +43,8 @@ REQUIRED_FILES = ("config.yaml", "model.safetensors", "meta.json")
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
                     tokenizers: dict[str, Any], step: int = 0,
                     optimizer: torch.optim.Optimizer | None = None,
-                    trainer_state: dict | None = None, dtype: torch.dtype | None = None) -> Path:
+                    trainer_state: dict | None = None, dtype: torch.dtype | None = None,
+                    ema: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint directory atomically.
 
     Args:
@@ -54,6 +55,7 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
         step: Training step, recorded in ``meta.json``.
         optimizer: Saved too when given, for ``--resume``.
         trainer_state: JSON-serialisable training state.
+        ema: The EMA weights (a full state dict), saved as ``ema.safetensors``.
 
     Returns:
         ``path``.
@@ -66,6 +68,9 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
         weights = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
                    .detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
+        if ema is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()},
+                      tmp / "ema.safetensors", metadata={"format": "pt"})
         (tmp / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
         if tokenizers:
             (tmp / "tokenizers").mkdir()
@@ -303,8 +308,12 @@ def _adapt_weights(model: torch.nn.Module, weights: dict) -> dict:
             if not k.startswith("decoders.") or k.split(".")[1] in decoders}
 
 
-def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
+                    ema: bool = True) -> LoadedCheckpoint:
     """Rebuild the model and tokenizers saved in a checkpoint (or a run's newest one).
+
+    With ``ema`` (default) the EMA weights are loaded where the checkpoint has them
+    (``ema.safetensors``, from ``train.ema_decay``); else the raw weights.
 
     Raises:
         CheckpointError: missing, partial or incompatible checkpoint (see :func:`find_checkpoint`
@@ -320,7 +329,8 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         model = build_model(config, tokenizers)
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path}: cannot build its model: {exc}") from None
-    load_weights(model, path / "model.safetensors")
+    weights = path / "ema.safetensors"
+    load_weights(model, weights if ema and weights.is_file() else path / "model.safetensors")
     model.to(device).eval()
     return LoadedCheckpoint(path=path, config=config, model=model, tokenizers=tokenizers,
                             meta=meta)

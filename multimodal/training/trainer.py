@@ -55,6 +55,10 @@ class TrainConfig:
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         compile: Compile the backbone with ``torch.compile`` (inductor). Measured on 2 CPU
             cores for ``text_fortunes``: 1.06x faster steps after a ~25 s compile.
+        ema_decay: Keep an exponential moving average of the weights with this decay (e.g.
+            0.999; diffusers' ``EMAModel``, warm-up ``(1 + s) / (10 + s)``), saved as
+            ``ema.safetensors`` beside the weights and used by pipelines and exports
+            (default ``None``: off). Usual for diffusion decoders (Ho et al. 2020).
     """
 
     max_steps: int = 1000
@@ -77,6 +81,7 @@ class TrainConfig:
     num_threads: int | None = None
     device: str = "auto"
     compile: bool = False
+    ema_decay: float | None = None
 
     @classmethod
     def from_config(cls, config: dict) -> "TrainConfig":
@@ -223,6 +228,14 @@ class Trainer:
             param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.lr,
             betas=self.cfg.betas)
         self.autocast = autocast_for(self.device, self.cfg.precision)
+        self.ema = None
+        if self.cfg.ema_decay is not None:
+            if not 0.0 < self.cfg.ema_decay < 1.0:
+                raise ConfigError(f"train.ema_decay must be in (0, 1), e.g. 0.999; got "
+                                  f"{self.cfg.ema_decay}")
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.model.parameters(), decay=self.cfg.ema_decay, foreach=True)
         weights = self.cfg.loss_weights or {}
         unknown = [k for k in weights if k not in self.modalities]
         if unknown:
@@ -271,6 +284,17 @@ class Trainer:
         load_weights(self.model, path / "model.safetensors")
         state = load_optimizer_state(path, self.optimizer)
         self.step = int(state["step"])
+        if self.ema is not None:
+            from safetensors.torch import load_file
+
+            file = path / "ema.safetensors"
+            if not file.is_file():
+                raise CheckpointError(f"--resume: {path} has no ema.safetensors, but "
+                                      "train.ema_decay is set; resume with the same config")
+            saved = load_file(str(file))
+            self.ema.shadow_params = [saved[name].to(p) for name, p in
+                                      self.model.named_parameters()]
+            self.ema.optimization_step = self.step
         self.last_checkpoint = path
 
     # -- the loop ---------------------------------------------------------------------------
@@ -320,6 +344,8 @@ class Trainer:
                 self.model.parameters(), cfg.grad_clip))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.model.parameters())
         self.step += 1
         return metrics
 
@@ -348,10 +374,20 @@ class Trainer:
             self.out_dir / "checkpoints" / f"step_{self.step:06d}", model=self.model,
             config=self.config, tokenizers=self.tokenizers, step=self.step,
             optimizer=self.optimizer, trainer_state={"step": self.step,
-                                                     "train": asdict(self.cfg)})
+                                                     "train": asdict(self.cfg)},
+            ema=self.ema_state_dict())
         prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints)
         self.last_checkpoint = path
         return path
+
+    def ema_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The model's state dict with the EMA weights in place of its parameters."""
+        if self.ema is None:
+            return None
+        state = dict(self.model.state_dict())
+        for (name, _), shadow in zip(self.model.named_parameters(), self.ema.shadow_params):
+            state[name] = shadow
+        return state
 
     def fit(self) -> dict[str, Any]:
         """Train to ``max_steps``; return the final metrics and the last checkpoint path."""
