@@ -56,6 +56,7 @@ _BUILTIN_MODULES = (
     "multimodal.modalities.image",
     "multimodal.data.images",
     "multimodal.pipelines.text_to_image",
+    "multimodal.pipelines.image_to_text",
     "multimodal.modalities.video",
     "multimodal.data.video",
     "multimodal.pipelines.text_to_video",
@@ -65,6 +66,7 @@ _BUILTIN_MODULES = (
     # Each modality's ModalitySpec, once its components are registered.
     "multimodal.modalities.text.spec",
     "multimodal.modalities.image.spec",
+    "multimodal.modalities.image.caption_spec",
     "multimodal.modalities.video.spec",
     "multimodal.modalities.audio.spec",
     "multimodal.pipelines.composed",  # task files, once every pipeline they name is there

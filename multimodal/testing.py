@@ -43,6 +43,7 @@ TINY: dict[str, dict[str, dict[str, Any]]] = {
                         "num_attention_heads": 2},
         "latent_dit": {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 8},
         "mel_decoder": {"decoder_channels": 32, "decoder_layers": 2, "duration_channels": 32},
+        "latent_captioner": {},
         "latent_video_dit": {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 8,
                              "num_frames": 8, "max_frames": 8},
     },
@@ -58,13 +59,13 @@ TINY: dict[str, dict[str, dict[str, Any]]] = {
     },
     "pipelines": {"text-generation": {}, "text-to-image": {}, "image-to-image": {},
                   "inpainting": {}, "text-to-video": {}, "text-to-audio": {},
-                  "text-to-audiovisual": {}},
-    "modalities": {"text": {}, "image": {}, "video": {}, "audio": {}},
+                  "text-to-audiovisual": {}, "image-to-text": {}},
+    "modalities": {"text": {}, "image": {}, "video": {}, "audio": {}, "caption": {}},
     "schedulers": {name: {"num_train_timesteps": 100}
                    for name in ("ddpm", "ddim", "dpm_solver_multistep", "euler")},
     "losses": {},
     # Specs are checked whole by check_modality (tests/test_plugins.py), not built from kwargs.
-    "specs": {"text": {}, "image": {}, "video": {}, "audio": {}},
+    "specs": {"text": {}, "image": {}, "video": {}, "audio": {}, "caption": {}},
     "combiners": {"mux_audio_video": {}},
 }
 

@@ -61,6 +61,8 @@ class ImageVAETokenizer:
             reconstruction error (default 1e-6; tiny, as in LDM, so the latents keep detail).
         reconstruction_loss: ``"l1"`` (sharper; LDM's choice) or ``"mse"`` (default ``"l1"``).
         num_threads: CPU threads while fitting (default: torch's setting).
+        fit_on: The ``data:`` entry whose images it is fitted on (default ``"image"``; e.g.
+            ``"caption"`` in a captioning-only run).
 
     Raises:
         ValueError: widths that ``norm_num_groups`` does not divide, or an image size the
@@ -75,7 +77,7 @@ class ImageVAETokenizer:
                  image_size: int = 32, fit_steps: int = 1500, batch_size: int = 64,
                  lr: float = 2e-3, kl_weight: float = 1e-6,
                  reconstruction_loss: Literal["l1", "mse"] = "l1",
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, fit_on: str = "image"):
         from diffusers import AutoencoderKL
 
         block_out_channels = tuple(block_out_channels)
@@ -87,6 +89,7 @@ class ImageVAETokenizer:
         if image_size % factor:
             raise ValueError(f"image_size {image_size} must divide by the down-sampling factor "
                              f"{factor} of {len(block_out_channels)} stages")
+        self.fit_on = fit_on
         self.in_channels, self.latent_channels = in_channels, latent_channels
         self.image_size, self.downsample_factor = image_size, factor
         self.fit_steps, self.batch_size, self.lr = fit_steps, batch_size, lr

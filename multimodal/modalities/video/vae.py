@@ -89,7 +89,7 @@ class VideoVAETokenizer(ImageVAETokenizer):
                  image_size: int = 48, fit_steps: int = 1500, batch_size: int = 64,
                  lr: float = 2e-3, kl_weight: float = 1e-6,
                  reconstruction_loss: Literal["l1", "mse"] = "l1",
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, fit_on: str = "video"):
         # Spelled out (not **kwargs): the config validator reads this signature.
         super().__init__(in_channels=in_channels, latent_channels=latent_channels,
                          block_out_channels=block_out_channels,
@@ -97,7 +97,7 @@ class VideoVAETokenizer(ImageVAETokenizer):
                          mid_block_attention=mid_block_attention, image_size=image_size,
                          fit_steps=fit_steps, batch_size=batch_size, lr=lr,
                          kl_weight=kl_weight, reconstruction_loss=reconstruction_loss,
-                         num_threads=num_threads)
+                         num_threads=num_threads, fit_on=fit_on)
 
     def fit(self, data: Any, *, seed: int = 0, device: Any = "cpu",
             progress: bool = True) -> "VideoVAETokenizer":
