@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from multimodal.errors import ConfigError, DuplicateRegistrationError
-from multimodal.plugins import ModalitySpec, register_modality, spec_problems
-from multimodal.registry import REGISTRIES, Registry, specs
+from multimodal.plugins import register_modality, spec_problems
+from multimodal.registry import REGISTRIES, specs
 from multimodal.testing import ConformanceError, check_modality
 
 
@@ -221,3 +225,76 @@ def test_text_to_audiovisual_cli_end_to_end(tmp_path, monkeypatch, capsys):
     assert main(common[:-2] + ["--checkpoint", "vidoe=x", "--out", str(tmp_path / "bad")]) == 2
     assert "no step named 'vidoe' (did you mean 'video'?)" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+# -- the example plugin, installed the way pip would, used from the CLI, then removed -----------
+PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "plugins" / "sketch"
+
+
+def _install_entry_point(site: Path) -> None:
+    """What ``pip install`` leaves for the entry point: a dist-info with entry_points.txt."""
+    info = site / "multimodal_sketch-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: multimodal-sketch\n"
+                                   "Version: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[multimodal.plugins]\n"
+                                           "sketch = multimodal_sketch:register\n")
+
+
+def _cli(args, pythonpath, tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, pythonpath)),
+               OMP_NUM_THREADS="1", MULTIMODAL_CACHE=str(tmp_path / "cache"))
+    return subprocess.run([sys.executable, "-m", "multimodal", *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_example_plugin_installs_trains_generates_and_uninstalls(tmp_path):
+    site = tmp_path / "site"
+    _install_entry_point(site)
+    path = [site, PLUGIN]
+    listed = _cli(["list", "specs"], path, tmp_path)
+    assert listed.returncode == 0 and "sketch" in listed.stdout, listed.stderr
+    run = tmp_path / "run"
+    trained = _cli(["train", str(PLUGIN / "configs" / "sketch_tiny.yaml"), "--out-dir", str(run),
+                    "--no-progress"], path, tmp_path)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    made = _cli(["generate", "text-to-sketch", "--checkpoint", str(run), "--prompt", "a star",
+                 "--seed", "0", "--out", str(tmp_path / "out")], path, tmp_path)
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert (tmp_path / "out" / "000.png").stat().st_size > 0
+
+    # uninstalled: the core works, and the plugin's task is a clear error
+    listed = _cli(["list", "specs"], [], tmp_path)
+    assert listed.returncode == 0 and "sketch" not in listed.stdout
+    gone = _cli(["generate", "text-to-sketch", "--prompt", "a star"], [], tmp_path)
+    assert gone.returncode == 2 and "unknown task 'text-to-sketch'" in gone.stderr
+
+
+def test_example_plugin_passes_the_conformance_kit(tmp_path, registries, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from multimodal.registry import PLUGIN_GROUP, load_plugins, plugin_failures
+
+    monkeypatch.syspath_prepend(str(PLUGIN))
+    load_plugins([EntryPoint(name="sketch", value="multimodal_sketch:register",
+                             group=PLUGIN_GROUP)])
+    assert "sketch" not in plugin_failures
+    result = check_modality(registries["specs"].get("sketch"), tmp_path, prompt="a big star")
+    assert result["file"].endswith(".png")
+
+
+def test_a_plugin_that_fails_to_import_warns_once_and_the_rest_works(registries, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from multimodal.registry import PLUGIN_GROUP, load_plugins
+
+    monkeypatch.delenv("MULTIMODAL_STRICT_PLUGINS", raising=False)
+    broken = EntryPoint(name="broken", value="multimodal_no_such_plugin:register",
+                        group=PLUGIN_GROUP)
+    with pytest.warns(RuntimeWarning, match="plugin 'broken' .* failed to load and is skipped: "
+                                            "ModuleNotFoundError"):
+        load_plugins([broken])
+    assert "text-to-image" in registries["pipelines"]
+    monkeypatch.setenv("MULTIMODAL_STRICT_PLUGINS", "1")
+    with pytest.raises(ModuleNotFoundError):
+        load_plugins([broken])
