@@ -51,8 +51,10 @@ def build_datasets(config: dict, split: str, names: Iterable[str] | None = None)
             for name, section in sections.items() if names is None or name in names}
 
 
-def build_model(config: dict, tokenizers: dict[str, Any]):
-    """The backbone and decoders of ``config``, with injected sizes from ``tokenizers``.
+def build_model(config: dict, tokenizers: dict[str, Any], *, adapters: bool = True):
+    """The backbone and decoders of ``config``, with injected sizes from ``tokenizers``, and
+    the LoRA adapters of ``train.lora`` unless ``adapters`` is false (the trainer adds them
+    after loading ``init_from``).
 
     Raises:
         ConfigError: no backbone or decoder is configured, or a decoder has no modality.
@@ -76,7 +78,14 @@ def build_model(config: dict, tokenizers: dict[str, Any]):
     built = {name: build_component("decoders", section, f"decoders.{name}",
                                    backbone=backbone, tokenizers=tokenizers, **context)
              for name, section in decoders.items()}
-    return MultimodalModel(backbone=backbone, decoders=built)
+    model = MultimodalModel(backbone=backbone, decoders=built)
+    if adapters:
+        from multimodal.training.finetune import apply_lora, lora_settings
+
+        lora = lora_settings((config.get("train") or {}).get("lora"))
+        if lora is not None:
+            apply_lora(model, lora)
+    return model
 
 
 def build_modalities(config: dict) -> dict[str, Any]:

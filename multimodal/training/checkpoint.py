@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,8 +259,8 @@ def load_weights(model: torch.nn.Module, file: Path, *, strict: bool = True,
 
     With ``adapt`` (``init_from`` another model), a decoder that has no weights in the file
     builds its own from the others through its ``init_weights_from(weights)`` method when it
-    has one (a video denoiser from an image DiT), and weights of decoders the model lacks are
-    dropped.
+    has one (a video denoiser from an image DiT) or else keeps its fresh initialisation (with a
+    warning naming it), and weights of decoders the model lacks are dropped.
 
     Returns:
         ``{"missing": [...], "unexpected": [...]}`` (both empty when ``strict``).
@@ -272,10 +273,20 @@ def load_weights(model: torch.nn.Module, file: Path, *, strict: bool = True,
         weights = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read weights {file}: {exc}") from None
+    fresh: list[str] = []
     if adapt:
         weights = _adapt_weights(model, weights)
+        own = model.state_dict()
+        fresh = [name for name in getattr(model, "decoders", {})
+                 if any(k.startswith(f"decoders.{name}.") for k in own)
+                 and not any(k.startswith(f"decoders.{name}.") for k in weights)]
+        if fresh:
+            warnings.warn(f"init_from {file.parent}: it has no weights for "
+                          f"{', '.join('decoders.' + n for n in fresh)}, which start from "
+                          "scratch", stacklevel=2)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
+    missing = sorted(k for k in set(expected) - set(weights)
+                     if not any(k.startswith(f"decoders.{n}.") for n in fresh))
     unexpected = sorted(set(weights) - set(expected))
     mismatched = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(expected[k].shape)}"
                   for k in sorted(set(weights) & set(expected))

@@ -25,6 +25,7 @@ import torch
 from multimodal.errors import CheckpointError, ConfigError, DataError, TrainingError
 from multimodal.training.distributed import (check_shardable, init_distributed, metric_tensor,
                                              shutdown)
+from multimodal.training.finetune import apply_lora, freeze, lora_settings
 
 
 @dataclass
@@ -59,6 +60,10 @@ class TrainConfig:
             0.999; diffusers' ``EMAModel``, warm-up ``(1 + s) / (10 + s)``), saved as
             ``ema.safetensors`` beside the weights and used by pipelines and exports
             (default ``None``: off). Usual for diffusion decoders (Ho et al. 2020).
+        freeze: Module prefixes whose weights do not train, e.g. ``[backbone]`` (fine-tuning a
+            decoder on the ``init_from`` model).
+        lora: Low-rank adapters, e.g. ``{rank: 8, alpha: 16}`` (see
+            :class:`multimodal.training.finetune.LoRASettings`; default off).
     """
 
     max_steps: int = 1000
@@ -82,6 +87,8 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     ema_decay: float | None = None
+    freeze: list | None = None
+    lora: dict | None = None
 
     @classmethod
     def from_config(cls, config: dict) -> "TrainConfig":
@@ -207,9 +214,15 @@ class Trainer:
             if self.dist.is_main:
                 shutil.rmtree(shared, ignore_errors=True)
 
-        self.model = build_model(config, self.tokenizers).to(self.device)
+        self.model = build_model(config, self.tokenizers, adapters=False).to(self.device)
         if init_path is not None and resume_from is None:
             load_weights(self.model, init_path / "model.safetensors", adapt=True)
+        lora = lora_settings(self.cfg.lora)
+        if lora is not None:  # after init_from: the adapters start from the given model
+            apply_lora(self.model, lora)
+            self.model.to(self.device)
+        if self.cfg.freeze:
+            freeze(self.model, list(self.cfg.freeze))
 
         self.dist.broadcast_(list(self.model.state_dict().values()))  # start identical
         if self.cfg.compile:

@@ -1,0 +1,123 @@
+"""Fine-tuning: frozen modules and low-rank adapters (LoRA, Hu et al. 2021,
+https://arxiv.org/abs/2106.09685, through Hugging Face ``peft``).
+
+``train.freeze`` lists module prefixes whose weights stay as ``init_from`` gave them (e.g.
+``[backbone]`` to train only a decoder). ``train.lora`` wraps every ``nn.Linear`` whose full
+name matches ``modules`` (a regular expression) in a LoRA layer: the base weight is frozen and
+two low-rank matrices ``B A`` (``B`` starting at zero, so training starts from the given model)
+learn the update ``W + (alpha / rank) B A``. Everything else keeps training unless frozen.
+
+A LoRA model's state dict holds the adapters beside the frozen base weights
+(``...qkv.base_layer.weight``, ``...qkv.lora_A.default.weight``), and its config keeps
+``train.lora``, so :func:`multimodal.builders.build_model` re-applies the adapters when a
+checkpoint is loaded and pipelines run the adapted model as it was trained.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from multimodal.errors import ConfigError
+
+# Every linear layer of the backbone's blocks: attention q/k/v + output, the SwiGLU MLP.
+DEFAULT_LORA_MODULES = r"backbone\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(w13|w2))"
+
+
+@dataclass
+class LoRASettings:
+    """The ``train.lora`` section.
+
+    Attributes:
+        rank: Rank ``r`` of the update (default 8).
+        alpha: Scale numerator: the update is ``alpha / r * B A`` (default 16).
+        dropout: Dropout on the adapter's input (default 0).
+        modules: Regular expression over full module names (``backbone.blocks.0.attn.qkv``,
+            ``decoders.image.net.transformer_blocks.0.attn1.to_q``, ...) of the linear layers
+            to adapt (default: every linear layer of the backbone's blocks).
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    modules: str = DEFAULT_LORA_MODULES
+
+
+def lora_settings(section: dict | None) -> LoRASettings | None:
+    """Parse ``train.lora`` (``None`` or ``{}`` with no keys means off).
+
+    Raises:
+        ConfigError: unknown keys, a rank below 1, or an invalid regular expression.
+    """
+    if section is None:
+        return None
+    try:
+        settings = LoRASettings(**section)
+    except TypeError as exc:
+        raise ConfigError(f"train.lora: {exc}; accepted: rank, alpha, dropout, modules") from None
+    if not isinstance(settings.rank, int) or settings.rank < 1:
+        raise ConfigError(f"train.lora.rank must be an integer >= 1, got {settings.rank!r}")
+    try:
+        re.compile(settings.modules)
+    except re.error as exc:
+        raise ConfigError(f"train.lora.modules is not a regular expression: {exc}") from None
+    return settings
+
+
+def apply_lora(model: torch.nn.Module, settings: LoRASettings) -> list[str]:
+    """Wrap the matching linear layers of ``model`` in LoRA layers, in place.
+
+    Returns:
+        The names of the adapted layers.
+
+    Raises:
+        ConfigError: no linear layer matches ``settings.modules``.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    pattern = re.compile(settings.modules)
+    targets = [name for name, module in model.named_modules()
+               if isinstance(module, torch.nn.Linear) and pattern.fullmatch(name)]
+    if not targets:
+        linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        raise ConfigError(f"train.lora.modules {settings.modules!r} matches no linear layer; "
+                          f"linear layers: {', '.join(linear[:8])}, ...")
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
+                        lora_dropout=settings.dropout, target_modules=targets)
+    inject_adapter_in_model(config, model)
+    # peft freezes everything but the adapters; only the adapted base weights should be.
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            param.requires_grad_(True)
+        elif ".base_layer." not in name:
+            param.requires_grad_(trainable.get(name, True))
+        else:
+            param.requires_grad_(False)
+    return targets
+
+
+def freeze(model: torch.nn.Module, prefixes: list[str]) -> int:
+    """Stop training every parameter whose name starts with one of ``prefixes``.
+
+    Returns:
+        How many parameters were frozen.
+
+    Raises:
+        ConfigError: a prefix matches no parameter (names the top-level modules).
+    """
+    names = [n for n, _ in model.named_parameters()]
+    count = 0
+    for prefix in prefixes:
+        hits = [n for n in names if n == prefix or n.startswith(prefix.rstrip(".") + ".")]
+        if not hits:
+            tops = sorted({".".join(n.split(".")[:2]) for n in names})
+            raise ConfigError(f"train.freeze: '{prefix}' names no parameters; modules: "
+                              f"{', '.join(tops)}")
+        for name, param in model.named_parameters():
+            if name in hits:
+                param.requires_grad_(False)
+                count += param.numel()
+    return count

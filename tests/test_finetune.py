@@ -1,0 +1,76 @@
+"""Fine-tuning from a checkpoint: frozen modules, LoRA adapters, and init_from that does not fit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from multimodal.errors import CheckpointError, ConfigError
+from multimodal.pipelines import load_pipeline
+from multimodal.testing import tiny_config
+from multimodal.training.checkpoint import find_checkpoint, load_checkpoint
+from multimodal.training.trainer import Trainer, train
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny text model to fine-tune."""
+    out = tmp_path_factory.mktemp("base")
+    return train(tiny_config(train={"max_steps": 2}), out_dir=out, progress=False)["checkpoint"]
+
+
+def _weights(run):
+    return load_file(str(find_checkpoint(run) / "model.safetensors"))
+
+
+def test_frozen_backbone_keeps_its_weights(base, tmp_path):
+    config = tiny_config(init_from=base, train={"max_steps": 3, "freeze": ["backbone.blocks"]})
+    train(config, out_dir=tmp_path, progress=False)
+    before, after = load_file(str(find_checkpoint(base) / "model.safetensors")), _weights(tmp_path)
+    blocks = [k for k in before if k.startswith("backbone.blocks.")]
+    assert blocks and all(torch.equal(before[k], after[k]) for k in blocks)
+    assert not torch.equal(before["backbone.tok_embeddings.weight"],
+                           after["backbone.tok_embeddings.weight"])  # the rest trained
+    with pytest.raises(ConfigError, match="train.freeze: 'backbone.blox' names no parameters"):
+        Trainer(tiny_config(init_from=base, train={"freeze": ["backbone.blox"]}),
+                out_dir=tmp_path / "bad", progress=False)
+
+
+def test_lora_trains_adapters_only_and_reloads_as_trained(base, tmp_path):
+    config = tiny_config(init_from=base, train={"max_steps": 4, "lr": 1e-2,
+                                                "lora": {"rank": 4, "alpha": 8}})
+    trainer = Trainer(config, out_dir=tmp_path, progress=False)
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in trainable)
+    assert not any(".base_layer." in n for n in trainable)
+    trainer.fit()
+    before, after = load_file(str(find_checkpoint(base) / "model.safetensors")), _weights(tmp_path)
+    qkv = "backbone.blocks.0.attn.qkv"
+    assert torch.equal(after[f"{qkv}.base_layer.weight"], before[f"{qkv}.weight"])
+    assert after[f"{qkv}.lora_B.default.weight"].abs().sum() > 0  # B starts at 0: it moved
+
+    # the checkpoint rebuilds the adapters; outputs equal the trained model's
+    ids = torch.tensor([[1, 5, 9, 13]])
+    loaded = load_checkpoint(tmp_path)
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.backbone(ids), trainer.model.backbone(ids))
+    pipe = load_pipeline("text-generation", tmp_path)
+    assert isinstance(pipe("The", max_new_tokens=4, seed=0).texts[0], str)
+    with pytest.raises(ConfigError, match="train.lora.modules .* matches no linear layer"):
+        Trainer(tiny_config(init_from=base, train={"lora": {"modules": "nothing"}}),
+                out_dir=tmp_path / "bad", progress=False)
+    with pytest.raises(ConfigError, match="train.lora: .*unexpected keyword.*accepted: rank"):
+        Trainer(tiny_config(init_from=base, train={"lora": {"rnk": 4}}),
+                out_dir=tmp_path / "bad2", progress=False)
+
+
+def test_init_from_a_different_architecture_names_missing_and_unexpected(base, tmp_path):
+    with pytest.raises(CheckpointError) as err:
+        Trainer(tiny_config(init_from=base, backbone={"depth": 3}), out_dir=tmp_path,
+                progress=False)
+    assert "missing weights" in str(err.value) and "backbone.blocks.2." in str(err.value)
+    with pytest.raises(CheckpointError, match=r"shape mismatch: backbone.blocks.0.attn.proj.weight: checkpoint \(32, 32\) vs model \(48, 48\)"):
+        Trainer(tiny_config(init_from=base, backbone={"dim": 48}), out_dir=tmp_path / "b",
+                progress=False)
