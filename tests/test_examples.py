@@ -7,7 +7,7 @@ from pathlib import Path
 from multimodal.testing import tiny_config
 from multimodal.training.trainer import train
 
-from conftest import requires_fortunes
+from conftest import requires_fashion_mnist, requires_fortunes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,3 +43,18 @@ def test_text_to_image_example(tmp_path):
     assert out.returncode == 0, out.stderr
     for name in ("samples.png", "edited.png", "inpainted.png"):
         assert (tmp_path / "out" / name).is_file()
+
+
+@requires_fashion_mnist
+def test_image_to_text_example(tmp_path):
+    from multimodal.registry import specs
+
+    config = specs.get("caption").tiny_config()
+    config["decoders"]["image"] = {"type": "latent_dit", "num_layers": 2,
+                                   "num_attention_heads": 2, "attention_head_dim": 8}
+    config["data"]["image"] = dict(config["data"]["caption"])
+    config["tokenizers"]["image"]["fit_on"] = "image"
+    train(config, out_dir=tmp_path / "run", progress=False)
+    out = run_example("image_to_text.py", "--checkpoint", str(tmp_path / "run"), "--steps", "2")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("-> captioned") == 5

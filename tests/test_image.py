@@ -351,3 +351,44 @@ def test_cli_bad_input_exits_2_without_partial_files(checkpoint, tmp_path, capsy
     assert "is a file" in capsys.readouterr().err
     assert main(["generate", "text-to-image", *base, "--out", str(blocker / "sub")]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_caption_reader_takes_the_longest_whole_word_item():
+    from multimodal.evaluation.caption import named_class
+
+    assert named_class("a photo of a t-shirt") == 0      # not "shirt"
+    assert named_class("a grey sweatshirt") == 2         # pullover synonyms, not "shirt"
+    assert named_class("two shirts") == 6
+    assert named_class("an ankle boot") == named_class("boots") == 9
+    assert named_class("a pair of trousers") == 1
+    assert named_class("nothing at all") is None
+
+
+def test_image_to_text_input_errors(tmp_path):
+    import numpy as np
+
+    from multimodal.errors import InputError
+    from multimodal.modalities.image.caption import LatentCaptioner
+    from multimodal.modalities.image.vae import ImageVAETokenizer
+    from multimodal.pipelines.image_to_text import ImageToTextPipeline
+    from multimodal.testing import tiny_tokenizer
+
+    backbone = tiny_backbone().eval()
+    vae = ImageVAETokenizer(**TINY["tokenizers"]["image_vae"])
+    vae.fit([{"image": torch.zeros(1, 32, 32)}] * 8, progress=False)
+    pipe = ImageToTextPipeline(backbone=backbone, captioner=LatentCaptioner(backbone=backbone),
+                               vae=vae, tokenizer=tiny_tokenizer())
+    image = np.zeros((28, 28), np.uint8)
+    out = pipe([image, image], max_new_tokens=3)
+    assert len(out.texts) == 2 and out.texts[0] == out.texts[1]  # greedy: same image, same text
+    with pytest.raises(InputError, match="image file not found"):
+        pipe(str(tmp_path / "none.png"))
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="cannot read image .*bad.png"):
+        pipe(str(tmp_path / "bad.png"))
+    with pytest.raises(InputError, match="give at least one image"):
+        pipe([])
+    with pytest.raises(InputError, match="max_new_tokens must be an integer in 1..47"):
+        pipe(image, max_new_tokens=0)
+    with pytest.raises(InputError, match="must be a file path, a PIL image or a uint8 array"):
+        pipe(3.5)

@@ -14,6 +14,7 @@ EVALUATORS = {
     "text-to-image": "multimodal.evaluation.image:evaluate_text_to_image",
     "text-to-audio": "multimodal.evaluation.audio:evaluate_text_to_audio",
     "text-to-video": "multimodal.evaluation.video:evaluate_text_to_video",
+    "image-to-text": "multimodal.evaluation.caption:evaluate_image_to_text",
 }
 
 
