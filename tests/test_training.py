@@ -233,3 +233,24 @@ def test_ema_weights_follow_the_formula_resume_exactly_and_are_what_pipelines_lo
     assert any(not torch.equal(raw_model[k], a[k]) for k in a)
     with pytest.raises(ConfigError, match="train.ema_decay must be in"):
         Trainer(tiny_config(train={"ema_decay": 1.5}), out_dir=tmp_path / "bad", progress=False)
+
+
+def test_sampling_shares_skip_modalities_by_the_step_seed(tmp_path):
+    from multimodal.testing import tiny_image_config
+
+    config = tiny_image_config(decoders={"caption": {"type": "latent_captioner"}},
+                               data={"caption": {"type": "fashion_mnist", "max_items": 64}},
+                               train={"max_steps": 12, "sampling": {"caption": 0.5},
+                                      "eval_every": 0, "checkpoint_every": 0})
+    trainer = Trainer(config, out_dir=tmp_path, progress=False)
+    steps = [trainer.train_step() for _ in range(12)]
+    trained = [m["loss_caption"] > 0 for m in steps]
+    assert all(m["loss_image"] > 0 for m in steps)
+    assert 2 <= sum(trained) <= 10  # about half, from the step seeds
+    again = Trainer(config, out_dir=tmp_path / "again", progress=False)
+    assert [again.train_step()["loss_caption"] > 0 for _ in range(12)] == trained
+    with pytest.raises(ConfigError, match=r"train.sampling.caption: a share of steps in \(0, 1\]"):
+        Trainer(tiny_image_config(decoders={"caption": {"type": "latent_captioner"}},
+                                  data={"caption": {"type": "fashion_mnist", "max_items": 64}},
+                                  train={"sampling": {"caption": 0}}),
+                out_dir=tmp_path / "bad", progress=False)

@@ -46,6 +46,9 @@ class TrainConfig:
         grad_clip: Clip the global gradient norm to this (0 turns clipping off).
         precision: ``"fp32"`` or ``"bf16"`` (autocast; CPU and CUDA).
         loss_weights: Weight of each modality's loss (default 1 each).
+        sampling: Share of steps (micro-batches) in which each modality trains, in (0, 1]
+            (default 1 each): ``{audio: 0.5}`` trains the speech decoder every other step on
+            average, drawn from the step's seed (so resume and torchrun stay exact).
         eval_every: Validate every this many steps (0: only at the end).
         eval_batches: Validation batches per evaluation.
         checkpoint_every: Checkpoint every this many steps (0: only at the end).
@@ -78,6 +81,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: Literal["fp32", "bf16"] = "fp32"
     loss_weights: dict | None = None
+    sampling: dict | None = None
     eval_every: int = 200
     eval_batches: int = 20
     checkpoint_every: int = 500
@@ -255,6 +259,15 @@ class Trainer:
             raise ConfigError([f"train.loss_weights.{k}: no such modality; configured: "
                                f"{', '.join(self.modalities)}" for k in unknown])
         self.loss_weights = {m: float(weights.get(m, 1.0)) for m in self.modalities}
+        sampling = self.cfg.sampling or {}
+        bad = [f"train.sampling.{k}: no such modality; configured: {', '.join(self.modalities)}"
+               for k in sampling if k not in self.modalities]
+        bad += [f"train.sampling.{k}: a share of steps in (0, 1], got {v!r}"
+                for k, v in sampling.items() if k in self.modalities
+                and (not isinstance(v, (int, float)) or not 0 < v <= 1)]
+        if bad:
+            raise ConfigError(bad)
+        self.sampling = {m: float(sampling.get(m, 1.0)) for m in self.modalities}
         self.step = 0
         self.last_checkpoint: Path | None = None
         self.history: list[dict] = []
@@ -323,7 +336,11 @@ class Trainer:
                                      **{f"loss_{name}": 0.0 for name in self.modalities}}
         bad = ""
         for micro in range(cfg.grad_accum_steps):
+            draws = torch.rand(len(self.modalities),
+                               generator=step_generator(self.seed, self.step, micro, 9973))
             for i, (name, modality) in enumerate(self.modalities.items()):
+                if draws[i] >= self.sampling[name]:  # this modality sits this one out
+                    continue
                 # Every rank draws the same global batch and keeps its shard of it.
                 batch = modality.sample(self.train_data[name], batch_size=cfg.batch_size,
                                         generator=step_generator(self.seed, self.step, micro, i))
