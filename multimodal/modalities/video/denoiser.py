@@ -9,9 +9,11 @@ https://arxiv.org/abs/2102.05095). Frame order enters through rotary position em
 temporal queries and keys (Su et al. 2021, https://arxiv.org/abs/2104.09864), which depend only
 on the distance between frames. Which way things move is in the prompt, so each temporal layer
 is also modulated (adaLN, Peebles & Xie 2023, https://arxiv.org/abs/2212.09748) by the
-timestep and the pooled prompt (the causal backbone's state at the prompt's last token): a
-direct path from "moving left" to the layers that make motion, besides the spatial layers'
-per-frame cross-attention.
+timestep and the pooled prompt (the causal backbone's state at the prompt's last token), and
+then cross-attends from the frame sequence to the prompt's tokens: direct paths from "moving
+left" to the layers that make motion, besides the spatial layers' per-frame cross-attention.
+(In a 1,500-step run with the modulation alone the pooled states of "... moving left" and
+"... moving right" stayed 0.97 cosine-similar and motion followed the noise, not the prompt.)
 
 The temporal layers' output projections start at zero, so an untrained video denoiser is the
 image denoiser applied to each frame: after :meth:`LatentVideoDiT.load_image_denoiser` its
@@ -45,16 +47,21 @@ class TemporalAttention(nn.Module):
     """Pre-norm self-attention across frames at each spatial position, with rotary frame
     positions and a zero-initialised output projection (a residual branch that starts as the
     identity). With ``conditioned``, the norm's output is shifted and scaled per clip from a
-    conditioning vector (adaLN; the modulation starts at zero, so at first it is plain).
+    conditioning vector (adaLN; the modulation starts at zero, so at first it is plain). With
+    ``cross_attention``, a second residual branch (zero-initialised output) lets every frame
+    token attend to the prompt's tokens.
 
     Args:
         dim: Width ``w``.
         num_heads: Heads ``h``; ``w / h`` must be even (rotary).
         max_frames: Longest clip ``t`` (size of the rotary table).
         conditioned: Take a (b, w) conditioning vector in :meth:`forward` (default ``False``).
+        cross_attention: Attend to prompt tokens (b, n, w) given to :meth:`forward`
+            (default ``False``).
     """
 
-    def __init__(self, *, dim: int, num_heads: int, max_frames: int, conditioned: bool = False):
+    def __init__(self, *, dim: int, num_heads: int, max_frames: int, conditioned: bool = False,
+                 cross_attention: bool = False):
         super().__init__()
         if dim % num_heads or (dim // num_heads) % 2:
             raise ValueError(f"temporal attention needs a width ({dim}) that divides into "
@@ -71,11 +78,29 @@ class TemporalAttention(nn.Module):
             self.modulation = nn.Linear(dim, 2 * dim)
             nn.init.zeros_(self.modulation.weight)
             nn.init.zeros_(self.modulation.bias)
+        self.cross_norm = self.cross_q = self.cross_kv = self.cross_out = None
+        if cross_attention:
+            self.cross_norm = nn.LayerNorm(dim)
+            self.cross_q = nn.Linear(dim, dim)
+            self.cross_kv = nn.Linear(dim, 2 * dim)
+            self.cross_out = nn.Linear(dim, dim)
+            nn.init.zeros_(self.cross_out.weight)
+            nn.init.zeros_(self.cross_out.bias)
+
+    def zero_outputs_(self) -> None:
+        """Zero every residual branch's output (and the modulation): the layer becomes the
+        identity."""
+        for linear in filter(None, (self.proj_out, self.modulation, self.cross_out)):
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
 
     def forward(self, tokens: torch.Tensor, num_frames: int,
-                cond: torch.Tensor | None = None) -> torch.Tensor:
+                cond: torch.Tensor | None = None, text: torch.Tensor | None = None,
+                text_bias: torch.Tensor | None = None) -> torch.Tensor:
         """((b t), m, w) tokens -> ((b t), m, w), mixing information across the t frames;
-        ``cond`` (b, w) is required when the layer is ``conditioned``."""
+        ``cond`` (b, w) is required when the layer is ``conditioned``, ``text`` (b, n, w)
+        (and optionally its additive key bias (b, 1, n), -inf-like on padding) when it has
+        ``cross_attention``."""
         m = tokens.shape[1]
         x = rearrange(tokens, "(b t) m w -> (b m) t w", t=num_frames)
         h = self.norm(x)
@@ -90,8 +115,19 @@ class TemporalAttention(nn.Module):
         cos, sin = self.rotary(0, num_frames)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         attended = F.scaled_dot_product_attention(q, k, v)  # (b m, h, t, e)
-        out = self.proj_out(rearrange(attended, "bm h t e -> bm t (h e)"))
-        return tokens + rearrange(out, "(b m) t w -> (b t) m w", m=m)
+        x = x + self.proj_out(rearrange(attended, "bm h t e -> bm t (h e)"))
+        if self.cross_q is not None:
+            if text is None:
+                raise ValueError("a temporal layer with cross_attention needs text (b, n, w)")
+            q = rearrange(self.cross_q(self.cross_norm(x)), "bm t (h e) -> bm h t e",
+                          h=self.num_heads)
+            k, v = rearrange(self.cross_kv(text), "b n (two h e) -> two b h n e", two=2,
+                             h=self.num_heads)
+            k, v = (repeat(z, "b h n e -> (b m) h n e", m=m) for z in (k, v))
+            bias = None if text_bias is None else repeat(text_bias, "b 1 n -> (b m) 1 1 n", m=m)
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            x = x + self.cross_out(rearrange(attended, "bm h t e -> bm t (h e)"))
+        return rearrange(x, "(b m) t w -> (b t) m w", m=m)
 
 
 @decoders.register("latent_video_dit")
@@ -109,8 +145,10 @@ class LatentVideoDiT(LatentDiT):
         num_train_timesteps, beta_start, beta_end, beta_schedule, prediction_type,
             cond_dropout, snr_gamma, pooled_conditioning: As for ``latent_dit``.
         temporal_conditioning: Modulate the temporal layers by the timestep and the pooled
-            prompt (adaLN; default ``True``). Without it the direction words reach the
-            temporal layers only through the spatial layers' cross-attention.
+            prompt (adaLN; default ``True``).
+        temporal_cross_attention: Let the temporal layers attend to the prompt's tokens
+            (default ``True``). Without both, the direction words reach the temporal layers
+            only through the spatial layers' cross-attention.
 
     Raises:
         ValueError: ``max_frames`` below ``num_frames``, ``num_frames`` below 1, or sizes the
@@ -124,7 +162,7 @@ class LatentVideoDiT(LatentDiT):
                  beta_end: float = 0.02, beta_schedule: BetaSchedule = "linear",
                  prediction_type: PredictionType = "epsilon", cond_dropout: float = 0.1,
                  snr_gamma: float | None = None, pooled_conditioning: bool = False,
-                 temporal_conditioning: bool = True):
+                 temporal_conditioning: bool = True, temporal_cross_attention: bool = True):
         if num_frames < 1 or max_frames < num_frames:
             raise ValueError(f"need 1 <= num_frames <= max_frames, got num_frames {num_frames}, "
                              f"max_frames {max_frames}")
@@ -140,7 +178,8 @@ class LatentVideoDiT(LatentDiT):
         width = num_attention_heads * attention_head_dim
         self.temporal = nn.ModuleList(
             TemporalAttention(dim=width, num_heads=num_attention_heads, max_frames=max_frames,
-                              conditioned=temporal_conditioning)
+                              conditioned=temporal_conditioning,
+                              cross_attention=temporal_cross_attention)
             for _ in range(num_layers))
         self.temporal_conditioning = temporal_conditioning
         if temporal_conditioning:  # the pooled prompt, projected: what motion the clip wants
@@ -199,18 +238,19 @@ class LatentVideoDiT(LatentDiT):
         if self.pooled_conditioning:
             t_emb = t_emb + self.pooled_proj(self.pooled(context, context_mask))
         modulation = net.adaln_single.linear(net.adaln_single.silu(t_emb))  # (b, 6 w)
-        text = net.caption_projection(context)  # (b, n, w)
+        clip_text = net.caption_projection(context)  # (b, n, w)
+        clip_bias = None
+        if context_mask is not None:  # (b, 1, n): 0 on real tokens, -10000 on padding
+            clip_bias = ((1 - context_mask.to(tokens.dtype)) * -10000.0)[:, None]
         # Every frame of a clip sees its clip's timestep and prompt.
         t_emb = repeat(t_emb, "b w -> (b t) w", t=t)
         modulation = repeat(modulation, "b w -> (b t) w", t=t)
-        text = repeat(text, "b n w -> (b t) n w", t=t)
-        bias = None
-        if context_mask is not None:  # ((b t), 1, n): 0 on real tokens, -10000 on padding
-            bias = repeat((1 - context_mask.to(tokens.dtype)) * -10000.0, "b n -> (b t) 1 n", t=t)
+        text = repeat(clip_text, "b n w -> (b t) n w", t=t)
+        bias = None if clip_bias is None else repeat(clip_bias, "b 1 n -> (b t) 1 n", t=t)
         for block, temporal in zip(net.transformer_blocks, self.temporal):
             tokens = block(tokens, encoder_hidden_states=text, encoder_attention_mask=bias,
                            timestep=modulation)
-            tokens = temporal(tokens, t, motion)
+            tokens = temporal(tokens, t, motion, clip_text, clip_bias)
         shift, scale = (net.scale_shift_table[None] + t_emb[:, None]).chunk(2, dim=1)
         tokens = net.norm_out(tokens) * (1 + scale) + shift
         grid = (x_t.shape[-2] // self.patch_size, x_t.shape[-1] // self.patch_size)
@@ -261,9 +301,7 @@ class LatentVideoDiT(LatentDiT):
             value.copy_(state[key].to(value.dtype))
         if zero_temporal:
             for layer in self.temporal:
-                for linear in filter(None, (layer.proj_out, layer.modulation)):
-                    nn.init.zeros_(linear.weight)
-                    nn.init.zeros_(linear.bias)
+                layer.zero_outputs_()
         return self
 
     @classmethod
