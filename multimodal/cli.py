@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("replay", help="regenerate an output file from the settings it carries")
     rp.add_argument("file", help="a PNG, or a WAV/MP4/GIF/TXT with its sidecar .json")
-    rp.add_argument("--checkpoint", help="the model that made it (default: embedded)")
+    rp.add_argument("--checkpoint", action="append",
+                    help="the model that made it (default: embedded); for a composed task "
+                         "STEP=DIR, repeatable")
     rp.add_argument("--out", default="out/replay", help="output directory (default out/replay)")
     rp.add_argument("--device", default="cpu", help="cpu or cuda")
 
@@ -99,7 +102,8 @@ def _cmd_train(args) -> int:
     config = load_config(args.config, args.overrides)
     result = train(config, out_dir=args.out_dir, resume=args.resume,
                    progress=not args.no_progress)
-    print(json.dumps(result, default=str))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        print(json.dumps(result, default=str))
     return 0
 
 
@@ -157,7 +161,7 @@ def _cmd_replay(args) -> int:
     result = replay(args.file, checkpoint=args.checkpoint, out=args.out, device=args.device)
     verdict = "identical to" if result["identical"] else "DIFFERENT from"
     print(f"replayed {result['task']}: {result['replayed']} is {verdict} {result['original']}")
-    return 0
+    return 0 if result["identical"] else 1
 
 
 def _cmd_demo(args) -> int:

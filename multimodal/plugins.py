@@ -141,8 +141,10 @@ def spec_problems(spec: Any) -> list[str]:
     if spec.modality_id is not None and (not isinstance(spec.modality_id, int)
                                          or spec.modality_id < 0):
         problems.append(f"modality_id: {spec.modality_id!r} is not a non-negative int")
-    if not isinstance(spec.components, Mapping):
-        problems.append("components: a mapping {kind: {name: object}}")
+    if not isinstance(spec.components, Mapping) or not all(
+            isinstance(v, Mapping) for v in spec.components.values()):
+        problems.append("components: a mapping {kind: {name: object}}, e.g. "
+                        "{'decoders': {'stroke_head': StrokeHead}}")
     if problems or not callable(spec.example_input):
         return problems
     try:
@@ -214,8 +216,12 @@ def register_modality(registries: Mapping[str, Any], spec: ModalitySpec) -> Moda
                for name, obj in entries.items()]
     planned.append(("modalities", spec.name, spec.modality))
     planned.append(("specs", spec.name, spec))
+    seen: dict[tuple[str, str], Any] = {}
     for kind, name, obj in planned:
         registries[kind].check_free(name, obj, owner=owner)  # raises, naming both owners
+        if seen.setdefault((kind, name), obj) is not obj:
+            raise ConfigError(f"modality spec '{spec.name}' registers two different "
+                              f"{kind} under '{name}' (components.{kind} and the spec itself)")
     for kind, name, obj in planned:
         registries[kind].register(name, obj, owner=owner if kind == "specs" else None)
     return spec

@@ -169,7 +169,7 @@ class Registry:
         """Raise :class:`DuplicateRegistrationError` (naming both owners) when ``name`` is
         held by an object other than ``obj``; registers nothing."""
         existing = self._entries.get(name)
-        if existing is not None and existing.obj is not obj:
+        if existing is not None and existing.obj is not obj and not _equal(existing.obj, obj):
             raise DuplicateRegistrationError(
                 f"{self.kind} name '{name}' is already taken by {existing.owner}; "
                 f"refusing to register {owner or _owner_of(obj)} under the same name")
@@ -184,6 +184,14 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {sorted(self._entries)})"
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """Equal values (two equal specs), never raising."""
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - objects whose == fails are not equal
+        return False
 
 
 def _owner_of(obj: Any) -> str:

@@ -27,6 +27,8 @@ def read_settings(path: str | Path) -> dict[str, Any]:
             another file without its sidecar JSON), or the JSON is unreadable.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"replay: {path} is a directory; give one output file")
     if not path.is_file():
         raise InputError(f"replay: no such file: {path}")
     suffix = path.suffix.lower()
@@ -49,9 +51,13 @@ def read_settings(path: str | Path) -> dict[str, Any]:
     return settings
 
 
-def replay(path: str | Path, *, checkpoint: str | None = None, out: str | Path = "out/replay",
-           device: str = "cpu") -> dict[str, Any]:
+def replay(path: str | Path, *, checkpoint: str | list[str] | None = None,
+           out: str | Path = "out/replay", device: str = "cpu") -> dict[str, Any]:
     """Regenerate ``path`` and compare.
+
+    Args:
+        checkpoint: The model that made it (default: the task's embedded one); for a composed
+            task, ``"STEP=DIR"`` strings, one per step that did not use its default.
 
     Returns:
         ``{"task", "original", "replayed", "identical"}`` (``identical``: same bytes, or for
@@ -72,16 +78,32 @@ def replay(path: str | Path, *, checkpoint: str | None = None, out: str | Path =
         raise InputError(f"replay: {path} was made by task '{task}', which is not registered "
                          f"here (a plugin that is not installed?)")
     cls = pipelines.get(task)
+    composed = getattr(cls, "composed", False)
+    if settings.get("sample") is None and settings.get("num_samples", 1) > 1:
+        raise InputError(f"replay: {path} shows {settings['num_samples']} samples together (a "
+                         "grid); replay one of the sample files (000.png, ...)")
+    checkpoints = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint or [])
+    if not composed and len(checkpoints) > 1:
+        raise InputError(f"replay: {task} takes one --checkpoint, got {len(checkpoints)}")
     parser = argparse.ArgumentParser(prog=f"multimodal replay ({task})")
     cls.add_cli_arguments(parser)
     argv = _argv_for(parser, settings, out)
-    pipe = load_pipeline(task, checkpoint, device=device)
-    recorded = settings.get("checkpoint_id", settings.get("checkpoint"))
-    actual = getattr(pipe, "checkpoint_id", None)
-    if recorded and actual and recorded != actual:
-        raise InputError(f"replay: {path} was made by checkpoint {recorded}, but "
-                         f"{checkpoint or 'the embedded default'} is {actual}; pass "
-                         "--checkpoint with the model that made it")
+    if composed:
+        pipe = cls.from_checkpoint(checkpoints or None, device=device)
+        made = {name: (step or {}).get("checkpoint_id")
+                for name, step in (settings.get("steps") or {}).items()}
+        parts = [(f"step {name}", made.get(name), getattr(p, "checkpoint_id", None))
+                 for name, p in pipe.steps.items()]
+    else:
+        pipe = load_pipeline(task, checkpoints[0] if checkpoints else None, device=device)
+        parts = [("", settings.get("checkpoint_id", settings.get("checkpoint")),
+                  getattr(pipe, "checkpoint_id", None))]
+    for where, recorded, actual in parts:
+        if recorded and actual and recorded != actual:
+            raise InputError(f"replay: {path} was made{' in ' + where if where else ''} by "
+                             f"checkpoint {recorded}, but the one loaded is {actual}; pass "
+                             "--checkpoint with the model that made it"
+                             + (" (STEP=DIR for each step)" if composed else ""))
     try:
         args = parser.parse_args(argv)
     except SystemExit:
@@ -91,7 +113,11 @@ def replay(path: str | Path, *, checkpoint: str | None = None, out: str | Path =
     index = int(settings.get("sample") or 0)
     name = f"{index:03d}{path.suffix}" if path.suffix.lower() != ".json" else None
     replayed = Path(out) / name if name else None
-    identical = replayed is not None and replayed.is_file() and _same(path, replayed)
+    if replayed is not None and not replayed.is_file():
+        raise InputError(f"replay: the rerun wrote no {name} to compare with {path} (its "
+                         f"settings: sample {settings.get('sample')!r}, num_samples "
+                         f"{settings.get('num_samples')!r})")
+    identical = replayed is not None and _same(path, replayed)
     return {"task": task, "original": str(path), "replayed": str(replayed),
             "identical": identical}
 

@@ -74,3 +74,18 @@ def test_init_from_a_different_architecture_names_missing_and_unexpected(base, t
     with pytest.raises(CheckpointError, match=r"shape mismatch: backbone.blocks.0.attn.proj.weight: checkpoint \(32, 32\) vs model \(48, 48\)"):
         Trainer(tiny_config(init_from=base, backbone={"dim": 48}), out_dir=tmp_path / "b",
                 progress=False)
+
+
+def test_freeze_and_lora_together_and_nothing_left_to_train(base, tmp_path):
+    config = tiny_config(init_from=base, train={"max_steps": 2, "freeze": ["backbone"],
+                                                "lora": {"rank": 2}})
+    trainer = Trainer(config, out_dir=tmp_path, progress=False)
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    trainer.fit()
+    with pytest.raises(ConfigError, match="train.freeze leaves nothing to train"):
+        Trainer(tiny_config(init_from=base, train={"freeze": ["backbone"]}),
+                out_dir=tmp_path / "none", progress=False)
+    with pytest.raises(ConfigError, match=r"train.lora.dropout must be in \[0, 1\)"):
+        Trainer(tiny_config(init_from=base, train={"lora": {"dropout": 2}}),
+                out_dir=tmp_path / "drop", progress=False)

@@ -392,3 +392,16 @@ def test_image_to_text_input_errors(tmp_path):
         pipe(image, max_new_tokens=0)
     with pytest.raises(InputError, match="must be a file path, a PIL image or a uint8 array"):
         pipe(3.5)
+
+
+def test_oversized_images_are_refused_clearly(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from multimodal.errors import InputError
+    from multimodal.pipelines.text_to_image import load_image_array
+
+    Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels is a "bomb" now
+    with pytest.raises(InputError, match="too large to read safely"):
+        load_image_array(str(tmp_path / "big.png"), what="image")

@@ -298,3 +298,35 @@ def test_a_plugin_that_fails_to_import_warns_once_and_the_rest_works(registries,
     monkeypatch.setenv("MULTIMODAL_STRICT_PLUGINS", "1")
     with pytest.raises(ModuleNotFoundError):
         load_plugins([broken])
+
+
+def test_task_files_check_names_and_what_each_step_makes(tmp_path):
+    from multimodal.pipelines.composed import composed_task, read_task_file
+
+    swapped = _task_file(tmp_path, """
+task: my-av
+steps: {video: {task: text-to-audio}, audio: {task: text-to-video}}
+combine: {type: mux_audio_video, video: video, audio: audio}
+""")
+    with pytest.raises(ConfigError) as err:
+        read_task_file(swapped)
+    assert "combine.video: step 'video' runs text-to-audio, which makes audio; " \
+           "mux_audio_video needs video there" in str(err.value)
+    taken = _task_file(tmp_path, """
+task: text-to-image
+steps: {video: {task: text-to-video}, audio: {task: text-to-audio}}
+combine: {type: mux_audio_video}
+""")
+    with pytest.raises(ConfigError, match="'text-to-image' is already a pipeline"):
+        composed_task(taken)
+
+
+def test_spec_registering_one_name_twice_or_a_bad_components_shape_is_refused(registries):
+    class Other:
+        """Another objective."""
+
+    with pytest.raises(ConfigError, match="registers two different modalities under 'notes'"):
+        register_modality(registries, _spec(components={"modalities": {"notes": Other}}))
+    assert "notes" not in registries["modalities"]
+    with pytest.raises(ConfigError, match=r"components: a mapping \{kind: \{name: object\}\}"):
+        register_modality(registries, _spec(components={"decoders": Other}))

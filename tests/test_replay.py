@@ -53,3 +53,23 @@ def test_files_without_settings_are_clear_errors(tmp_path):
     (tmp_path / "c.bmp").write_bytes(b"BM")
     with pytest.raises(InputError, match="cannot read settings from a .bmp file"):
         read_settings(tmp_path / "c.bmp")
+
+
+def test_bad_png_settings_and_grids_are_clear_errors(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("multimodal", "{not json")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "bad.png", pnginfo=info)
+    with pytest.raises(InputError, match="metadata is not valid JSON"):
+        read_settings(tmp_path / "bad.png")
+    info = PngInfo()
+    info.add_text("multimodal", json.dumps({"task": "text-to-image", "sample": None,
+                                            "num_samples": 4}))
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "grid.png", pnginfo=info)
+    with pytest.raises(InputError, match="shows 4 samples together"):
+        replay(tmp_path / "grid.png")
+    with pytest.raises(InputError, match="is a directory"):
+        read_settings(tmp_path)

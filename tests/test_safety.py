@@ -58,3 +58,25 @@ def test_checkpoint_safety_terms_reach_the_pipeline_and_the_cli_refuses(tmp_path
     assert code == EXIT_BLOCKED
     assert "refused: text-generation: prompt refused" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_config_blocklist_is_checked_at_training_and_travels_with_the_checkpoint(tmp_path):
+    import shutil
+
+    from multimodal.pipelines import load_pipeline
+    from multimodal.training.trainer import train
+
+    with pytest.raises(ConfigError, match="safety.blocklist: cannot read"):
+        train(tiny_config(train={"max_steps": 1}, safety={"blocklist": str(tmp_path / "no")}),
+              out_dir=tmp_path / "bad", progress=False)
+    words = tmp_path / "words.txt"
+    words.write_text("mango\n")
+    ckpt = train(tiny_config(train={"max_steps": 1}, safety={"blocklist": str(words)}),
+                 out_dir=tmp_path / "run", progress=False)["checkpoint"]
+    words.unlink()
+    moved = tmp_path / "moved"
+    shutil.copytree(ckpt, moved)
+    pipe = load_pipeline("text-generation", moved)
+    with pytest.raises(PromptBlockedError, match="'mango'"):
+        pipe("a mango", max_new_tokens=2)
+    pipe("gore", max_new_tokens=2)  # its own list replaces the default one

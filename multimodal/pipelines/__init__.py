@@ -73,7 +73,8 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
 
     path = default_checkpoint(task) if checkpoint is None else checkpoint
     pipe = cls.from_checkpoint(path, device=device, **kwargs)
-    pipe.safety = SafetyPolicy.from_config(read_config(find_checkpoint(path)))
+    found = find_checkpoint(path)
+    pipe.safety = SafetyPolicy.from_config(read_config(found), checkpoint=found)
     return pipe
 
 

@@ -89,6 +89,11 @@ def mux_audio_video(outputs: dict[str, Any], *, video: str = "video", audio: str
     return {"000.mp4": files.av_mp4_bytes(frames, fps, track, rate)}
 
 
+# What each argument's step must produce (a pipeline's ``produces``), checked when a task file
+# is read, before anything is generated.
+mux_audio_video.inputs = {"video": "video", "audio": "audio"}
+
+
 def mux_track(wave: np.ndarray, sample_rate: int, num_frames: int, fps: float) -> np.ndarray:
     """The sound track for a clip of ``num_frames`` at ``fps``: ``wave`` padded with silence
     to the clip's duration, or left whole when it is longer (the clip then slows down)."""
@@ -155,8 +160,18 @@ def read_task_file(path: str | Path) -> dict:
                         f"{did_you_mean(combine['type'], combiners.names())}; combiners: "
                         f"{', '.join(combiners.names())}")
     else:
-        accepted = [p for p in inspect.signature(combiners.get(combine["type"])).parameters
-                    if p != "outputs"]
+        combiner = combiners.get(combine["type"])
+        accepted = [p for p in inspect.signature(combiner).parameters if p != "outputs"]
+        inputs = getattr(combiner, "inputs", {})
+        for key in accepted:
+            value = combine.get(key, inspect.signature(combiner).parameters[key].default)
+            if key not in inputs or not isinstance(value, str) or value not in steps:
+                continue
+            task = steps[value].get("task") if isinstance(steps[value], dict) else None
+            made = getattr(pipelines.get(task), "produces", None) if task in pipelines else None
+            if made is not None and made != inputs[key]:
+                problems.append(f"combine.{key}: step '{value}' runs {task}, which makes {made};"
+                                f" {combine['type']} needs {inputs[key]} there")
         for key, value in combine.items():
             if key == "type":
                 continue
@@ -304,6 +319,9 @@ def composed_task(path: str | Path) -> type[ComposedPipeline]:
     """
     definition = read_task_file(path)
     name = definition["task"]
+    if name in pipelines and not getattr(pipelines.get(name), "composed", False):
+        raise ConfigError(f"task: '{name}' is already a pipeline; give the composed task a name "
+                          "of its own", source=str(path))
     doc = definition.get("description") or f"composed task from {Path(path).name}"
     return type(f"Composed[{name}]", (ComposedPipeline,),
                 {"definition": definition, "task": name, "__doc__": doc,

@@ -42,6 +42,8 @@ class CaptionOutput:
 class ImageToTextPipeline:
     """Caption images (prefix captioning on the shared backbone)."""
 
+    produces = "text"  # what its outputs hold (task files check combiner inputs)
+
     task = "image-to-text"
     default_checkpoint_name = "text-to-image"
 

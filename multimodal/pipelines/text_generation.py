@@ -78,6 +78,8 @@ class TextGenerationPipeline:
     tokens, with a warning.
     """
 
+    produces = "text"  # what its outputs hold (task files check combiner inputs)
+
     def __init__(self, *, backbone, lm_head, tokenizer, checkpoint_id: str = "none"):
         self.backbone, self.lm_head, self.tokenizer = backbone, lm_head, tokenizer
         self.checkpoint_id = checkpoint_id

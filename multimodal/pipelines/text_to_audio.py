@@ -99,6 +99,8 @@ class TextToAudioPipeline:
         checkpoint_id: Recorded in outputs.
     """
 
+    produces = "audio"  # what its outputs hold (task files check combiner inputs)
+
     task = "text-to-audio"
     default_checkpoint_name = "text-to-audio"
 

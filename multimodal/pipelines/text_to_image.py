@@ -127,7 +127,14 @@ def read_png_metadata(path: str | Path) -> dict[str, Any]:
         raise InputError(f"cannot read image {path}: {exc}") from None
     if text is None:
         raise InputError(f"{path} carries no '{PNG_METADATA_KEY}' metadata")
-    return json.loads(text)
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: its '{PNG_METADATA_KEY}' metadata is not valid JSON: "
+                         f"{exc}") from None
+    if not isinstance(settings, dict):
+        raise InputError(f"{path}: its '{PNG_METADATA_KEY}' metadata is not a JSON object")
+    return settings
 
 
 def image_grid(images: list[np.ndarray], columns: int | None = None) -> np.ndarray:
@@ -149,12 +156,17 @@ def load_image_array(source: Any, *, what: str) -> np.ndarray:
 
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if path.is_dir():
+            raise InputError(f"{what} {path} is a directory; give an image file")
         if not path.is_file():
             raise InputError(f"{what} file not found: {path}")
         try:
             with Image.open(path) as image:
                 image.load()
                 return _pil_array(image)
+        except Image.DecompressionBombError as exc:
+            raise InputError(f"{what} {path} is too large to read safely ({exc}); give an "
+                             "image of at most a few thousand pixels a side") from None
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise InputError(f"cannot read {what} {path}: not an image Pillow can decode "
                              f"({type(exc).__name__}: {exc})") from None
@@ -190,6 +202,8 @@ class LatentDiffusionPipeline:
             guidance in one batched forward (default ``True``; ``False`` runs two forwards,
             for benchmarks).
     """
+
+    produces = "image"  # what its outputs hold (task files check combiner inputs)
 
     task = "text-to-image"
     default_checkpoint_name = "text-to-image"  # multimodal/assets/text-to-image, for all three

@@ -99,6 +99,8 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
         checkpoint_id: Recorded in outputs.
     """
 
+    produces = "video"
+
     task = "text-to-video"
     default_checkpoint_name = "text-to-video"
 

@@ -1,7 +1,7 @@
 """Prompt moderation: a blocklist applied before any generation.
 
-Every pipeline checks its prompt (and negative prompt) with its :class:`SafetyPolicy` before it
-generates anything; a blocked prompt raises :class:`PromptBlockedError`, and the CLI exits with
+Every pipeline checks its prompt with its :class:`SafetyPolicy` before it generates anything
+(not the negative prompt, which names what to steer away from); a blocked prompt raises :class:`PromptBlockedError`, and the CLI exits with
 :data:`EXIT_BLOCKED` (3) after printing the refusal. The policy comes from the ``safety:``
 section of the checkpoint's config (``SafetyConfig``); without one, the packaged default
 blocklist (``multimodal/safety/blocklist.txt``) applies.
@@ -23,6 +23,7 @@ from typing import Any
 from multimodal.errors import ConfigError, InputError
 
 DEFAULT_BLOCKLIST = Path(__file__).resolve().parent / "blocklist.txt"
+CHECKPOINT_BLOCKLIST = "safety_blocklist.txt"  # a config's own blocklist, copied into checkpoints
 EXIT_BLOCKED = 3
 
 
@@ -75,14 +76,22 @@ class SafetyPolicy:
             self._patterns.append((term, re.compile(r" " + re.escape(words) + tail + r" ")))
 
     @classmethod
-    def from_config(cls, config: dict | None) -> "SafetyPolicy":
+    def from_config(cls, config: dict | None, checkpoint: Path | None = None) -> "SafetyPolicy":
         """The policy of a resolved config (its ``safety:`` section, else the default).
+
+        Args:
+            checkpoint: The checkpoint the config came from: a blocklist of the config's own
+                is read from the copy the trainer put there (:data:`CHECKPOINT_BLOCKLIST`),
+                so a moved checkpoint keeps its policy.
 
         Raises:
             ConfigError: the blocklist file cannot be read.
         """
         section = SafetyConfig(**((config or {}).get("safety") or {}))
         path = Path(section.blocklist) if section.blocklist else DEFAULT_BLOCKLIST
+        if section.blocklist and checkpoint is not None \
+                and (Path(checkpoint) / CHECKPOINT_BLOCKLIST).is_file():
+            path = Path(checkpoint) / CHECKPOINT_BLOCKLIST
         return cls(read_blocklist(str(path)) + list(section.terms), source=str(path),
                    enabled=section.enabled)
 

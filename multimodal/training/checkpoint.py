@@ -45,7 +45,8 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
                     tokenizers: dict[str, Any], step: int = 0,
                     optimizer: torch.optim.Optimizer | None = None,
                     trainer_state: dict | None = None, dtype: torch.dtype | None = None,
-                    ema: dict[str, torch.Tensor] | None = None) -> Path:
+                    ema: dict[str, torch.Tensor] | None = None,
+                    extra_files: dict[str, bytes] | None = None) -> Path:
     """Write a checkpoint directory atomically.
 
     Args:
@@ -57,6 +58,7 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
         optimizer: Saved too when given, for ``--resume``.
         trainer_state: JSON-serialisable training state.
         ema: The EMA weights (a full state dict), saved as ``ema.safetensors``.
+        extra_files: ``{name: bytes}`` written beside them (a config's safety blocklist).
 
     Returns:
         ``path``.
@@ -73,6 +75,8 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
             save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()},
                       tmp / "ema.safetensors", metadata={"format": "pt"})
         (tmp / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
         if tokenizers:
             (tmp / "tokenizers").mkdir()
             for name, tok in tokenizers.items():
@@ -371,7 +375,11 @@ def export_checkpoint(source: str | Path, destination: str | Path, *,
 
     Weights are cast back to the model's dtype (fp32) when loaded.
     """
+    from multimodal.safety import CHECKPOINT_BLOCKLIST
+
     loaded = load_checkpoint(source)
+    blocklist = loaded.path / CHECKPOINT_BLOCKLIST
     return save_checkpoint(destination, model=loaded.model, config=loaded.config,
                            tokenizers=loaded.tokenizers, step=loaded.meta.get("step", 0),
-                           dtype=dtype)
+                           dtype=dtype, extra_files={CHECKPOINT_BLOCKLIST: blocklist.read_bytes()}
+                           if blocklist.is_file() else None)

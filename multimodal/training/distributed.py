@@ -106,7 +106,7 @@ def check_shardable(dist: Distributed, batch_size: int) -> None:
         raise ConfigError(
             f"train.batch_size {batch_size} is the global batch and must split evenly over the "
             f"{dist.world_size} processes (one shard each); use a multiple of "
-            f"{dist.world_size} (e.g. {dist.world_size * max(1, batch_size // dist.world_size)}) "
+            f"{dist.world_size} (e.g. {dist.world_size * (batch_size // dist.world_size + 1)}) "
             f"or fewer processes")
 
 

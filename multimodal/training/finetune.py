@@ -55,10 +55,19 @@ def lora_settings(section: dict | None) -> LoRASettings | None:
         return None
     try:
         settings = LoRASettings(**section)
-    except TypeError as exc:
-        raise ConfigError(f"train.lora: {exc}; accepted: rank, alpha, dropout, modules") from None
+    except TypeError:
+        from multimodal.errors import did_you_mean
+
+        accepted = ("rank", "alpha", "dropout", "modules")
+        unknown = [k for k in section if k not in accepted]
+        raise ConfigError([f"train.lora.{k}: unknown key{did_you_mean(k, accepted)}; accepted: "
+                           f"{', '.join(accepted)}" for k in unknown]) from None
     if not isinstance(settings.rank, int) or settings.rank < 1:
         raise ConfigError(f"train.lora.rank must be an integer >= 1, got {settings.rank!r}")
+    if not isinstance(settings.dropout, (int, float)) or not 0 <= settings.dropout < 1:
+        raise ConfigError(f"train.lora.dropout must be in [0, 1), got {settings.dropout!r}")
+    if not isinstance(settings.alpha, (int, float)) or settings.alpha <= 0:
+        raise ConfigError(f"train.lora.alpha must be a positive number, got {settings.alpha!r}")
     try:
         re.compile(settings.modules)
     except re.error as exc:
@@ -83,7 +92,8 @@ def apply_lora(model: torch.nn.Module, settings: LoRASettings) -> list[str]:
     if not targets:
         linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
         raise ConfigError(f"train.lora.modules {settings.modules!r} matches no linear layer; "
-                          f"linear layers: {', '.join(linear[:8])}, ...")
+                          f"linear layers: {', '.join(linear[:8])}"
+                          + (f" and {len(linear) - 8} more" if len(linear) > 8 else ""))
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
                         lora_dropout=settings.dropout, target_modules=targets)

@@ -218,15 +218,19 @@ class Trainer:
             if self.dist.is_main:
                 shutil.rmtree(shared, ignore_errors=True)
 
+        self.extra_files = _safety_files(config)
         self.model = build_model(config, self.tokenizers, adapters=False).to(self.device)
         if init_path is not None and resume_from is None:
             load_weights(self.model, init_path / "model.safetensors", adapt=True)
-        lora = lora_settings(self.cfg.lora)
-        if lora is not None:  # after init_from: the adapters start from the given model
-            apply_lora(self.model, lora)
-            self.model.to(self.device)
         if self.cfg.freeze:
             freeze(self.model, list(self.cfg.freeze))
+        lora = lora_settings(self.cfg.lora)
+        if lora is not None:  # after init_from: the adapters start from the given model
+            apply_lora(self.model, lora)  # (frozen modules stay frozen; adapters train)
+            self.model.to(self.device)
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise ConfigError("train.freeze leaves nothing to train; freeze less, or add "
+                              "train.lora adapters")
 
         self.dist.broadcast_(list(self.model.state_dict().values()))  # start identical
         if self.cfg.compile:
@@ -405,7 +409,7 @@ class Trainer:
             config=self.config, tokenizers=self.tokenizers, step=self.step,
             optimizer=self.optimizer, trainer_state={"step": self.step,
                                                      "train": asdict(self.cfg)},
-            ema=self.ema_state_dict())
+            ema=self.ema_state_dict(), extra_files=self.extra_files)
         prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints)
         self.last_checkpoint = path
         return path
@@ -483,6 +487,20 @@ class _CsvLog:
         with open(self.path, "a", newline="") as fh:
             csv.DictWriter(fh, fieldnames=self.fields).writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _safety_files(config: dict) -> dict[str, bytes]:
+    """Check the config's safety policy now (not at the first generation) and return its own
+    blocklist, to be copied into every checkpoint.
+
+    Raises:
+        ConfigError: the blocklist cannot be read.
+    """
+    from multimodal.safety import CHECKPOINT_BLOCKLIST, SafetyPolicy
+
+    SafetyPolicy.from_config(config)
+    blocklist = (config.get("safety") or {}).get("blocklist")
+    return {CHECKPOINT_BLOCKLIST: Path(blocklist).read_bytes()} if blocklist else {}
 
 
 def _save_tokenizers(tokenizers: dict[str, Any], directory: Path) -> None:

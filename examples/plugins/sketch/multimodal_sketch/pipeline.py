@@ -35,6 +35,9 @@ from multimodal.safety import policy_of
 TASK = "text-to-sketch"
 
 
+MAX_SIZE = 4096  # pixels per side of a rendered sketch
+
+
 def render(strokes: Any, size: int = 64, *, line_width: int | None = None) -> np.ndarray:
     """Draw a sketch: white strokes on black.
 
@@ -48,15 +51,15 @@ def render(strokes: Any, size: int = 64, *, line_width: int | None = None) -> np
         (size, size) uint8 image: 0 where the paper is blank, 255 where ink is.
 
     Raises:
-        InputError: not (k, 3) finite points, or a size below 8.
+        InputError: not (k, 3) finite points, or a size outside 8 .. MAX_SIZE.
     """
     from PIL import Image, ImageDraw
 
     from multimodal.errors import DataError
     from multimodal_sketch.tokenizer import as_strokes
 
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise InputError(f"size must be an integer >= 8 pixels, got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= MAX_SIZE:
+        raise InputError(f"size must be an integer from 8 to {MAX_SIZE} pixels, got {size!r}")
     try:
         points = as_strokes(strokes)
     except DataError as exc:
@@ -295,8 +298,8 @@ class TextToSketchPipeline:
         from multimodal.io import OutputFiles
         from multimodal.pipelines.text_to_image import png_bytes
 
-        if args.size < 8:
-            raise InputError(f"--size must be at least 8 pixels, got {args.size}")
+        if not 8 <= args.size <= MAX_SIZE:
+            raise InputError(f"--size must be from 8 to {MAX_SIZE} pixels, got {args.size}")
         policy_of(self).check(args.prompt, task=TASK)  # before creating the directory
         with OutputFiles(args.out) as out:  # checked before generating; cleaned on failure
             result = self(args.prompt, num_samples=args.num_samples,
