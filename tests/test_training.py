@@ -254,3 +254,13 @@ def test_sampling_shares_skip_modalities_by_the_step_seed(tmp_path):
                                   data={"caption": {"type": "fashion_mnist", "max_items": 64}},
                                   train={"sampling": {"caption": 0}}),
                 out_dir=tmp_path / "bad", progress=False)
+
+
+def test_previews_are_written_after_each_checkpoint(tmp_path):
+    config = tiny_config(train={"max_steps": 4, "checkpoint_every": 2,
+                                "preview_prompts": ["The", "A"]})
+    train(config, out_dir=tmp_path, progress=False)
+    for step in ("step_000002", "step_000004"):
+        for k in ("00", "01"):
+            text = (tmp_path / "previews" / step / k / "000.txt").read_text()
+            assert text.startswith("The" if k == "00" else "A")

@@ -205,7 +205,9 @@ class TextGenerationPipeline:
     @staticmethod
     def add_cli_arguments(parser) -> None:
         parser.add_argument("--prompt", default="", help="text to continue ('' starts afresh)")
-        parser.add_argument("--max-new-tokens", type=int, default=100)
+        parser.add_argument("--max-new-tokens", type=int, default=None,
+                            help="tokens to generate (default: 100, or half the model's "
+                                 "context if that is shorter)")
         parser.add_argument("--temperature", type=float, default=0.8)
         parser.add_argument("--top-k", type=int, default=50)
         parser.add_argument("--top-p", type=float, default=0.95)
@@ -222,12 +224,15 @@ class TextGenerationPipeline:
         from multimodal.io import OutputFiles
 
         policy_of(self).check(args.prompt, task="text-generation")  # before echoing it
+        max_new_tokens = args.max_new_tokens
+        if max_new_tokens is None:
+            max_new_tokens = min(100, self.backbone.max_seq_len // 2)
         with (OutputFiles(args.out) if args.out else contextlib.nullcontext()) as out:
             stream = args.num_samples == 1
             if stream:
                 sys.stdout.write(args.prompt)
                 sys.stdout.flush()
-            result = self(args.prompt, max_new_tokens=args.max_new_tokens,
+            result = self(args.prompt, max_new_tokens=max_new_tokens,
                           do_sample=not args.greedy, temperature=args.temperature,
                           top_k=args.top_k, top_p=args.top_p, num_samples=args.num_samples,
                           seed=args.seed,
@@ -242,7 +247,7 @@ class TextGenerationPipeline:
                     out.write(f"{i:03d}.txt", args.prompt + text + "\n")
                     meta = {"task": "text-generation", "prompt": args.prompt,
                             "seed": result.seed, "sample": i, "num_samples": len(result.texts),
-                            "max_new_tokens": args.max_new_tokens,
+                            "max_new_tokens": max_new_tokens,
                             "do_sample": not args.greedy, "temperature": args.temperature,
                             "top_k": args.top_k, "top_p": args.top_p,
                             "checkpoint_id": self.checkpoint_id}

@@ -67,6 +67,9 @@ class TrainConfig:
             decoder on the ``init_from`` model).
         lora: Low-rank adapters, e.g. ``{rank: 8, alpha: 16}`` (see
             :class:`multimodal.training.finetune.LoRASettings`; default off).
+        preview_prompts: After every checkpoint, generate from these prompts with the config's
+            task (seed 0) into ``<run>/previews/step_N/``, to watch a run as it learns
+            (default none; a preview that fails is a warning, not a stop).
     """
 
     max_steps: int = 1000
@@ -93,6 +96,7 @@ class TrainConfig:
     ema_decay: float | None = None
     freeze: list | None = None
     lora: dict | None = None
+    preview_prompts: list | None = None
 
     @classmethod
     def from_config(cls, config: dict) -> "TrainConfig":
@@ -412,7 +416,39 @@ class Trainer:
             ema=self.ema_state_dict(), extra_files=self.extra_files)
         prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints)
         self.last_checkpoint = path
+        if self.cfg.preview_prompts:
+            self.preview(path)
         return path
+
+    def preview(self, checkpoint: Path) -> None:
+        """Generate from ``train.preview_prompts`` with the checkpoint just written, through the
+        task's own command line, into ``<run>/previews/step_N/<k>/``."""
+        import argparse
+        import contextlib
+        import io
+        import warnings
+
+        from multimodal.pipelines import load_pipeline
+        from multimodal.registry import pipelines
+
+        task = self.config.get("task", "")
+        out = self.out_dir / "previews" / f"step_{self.step:06d}"
+        try:
+            cls = pipelines.get(task)
+            parser = argparse.ArgumentParser()
+            cls.add_cli_arguments(parser)
+            pipe = load_pipeline(task, checkpoint, device=str(self.device))
+            for k, prompt in enumerate(self.cfg.preview_prompts):
+                argv = ["--prompt", str(prompt), "--seed", "0", "--out", str(out / f"{k:02d}")]
+                if any(a.dest == "no_progress" for a in parser._actions):
+                    argv.append("--no-progress")
+                with contextlib.redirect_stdout(io.StringIO()):
+                    pipe.run_cli(parser.parse_args(argv))
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a preview never stops training
+            warnings.warn(f"preview at step {self.step} failed: {type(exc).__name__}: {exc}",
+                          stacklevel=2)
+        finally:
+            self.model.train()
 
     def ema_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The model's state dict with the EMA weights in place of its parameters."""
