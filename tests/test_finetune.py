@@ -61,7 +61,7 @@ def test_lora_trains_adapters_only_and_reloads_as_trained(base, tmp_path):
     with pytest.raises(ConfigError, match="train.lora.modules .* matches no linear layer"):
         Trainer(tiny_config(init_from=base, train={"lora": {"modules": "nothing"}}),
                 out_dir=tmp_path / "bad", progress=False)
-    with pytest.raises(ConfigError, match="train.lora: .*unexpected keyword.*accepted: rank"):
+    with pytest.raises(ConfigError, match=r"train.lora.rnk: unknown key \(did you mean 'rank'\?\); accepted: rank"):
         Trainer(tiny_config(init_from=base, train={"lora": {"rnk": 4}}),
                 out_dir=tmp_path / "bad2", progress=False)
 

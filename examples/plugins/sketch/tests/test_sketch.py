@@ -1,7 +1,7 @@
 """Tests of the sketch plugin: the conformance kit, tokenizer, datasets, objective and pipeline.
 
-They run with the repository's suite (``python -m pytest``; ``conftest.py`` puts the plugin on
-``sys.path`` when it is not installed), or alone::
+They run with the repository's suite (``python -m pytest``; the plugin is imported from the source
+tree when it is not installed), or alone::
 
     python -m pytest examples/plugins/sketch/tests -q
 """
@@ -12,11 +12,17 @@ import json
 from argparse import Namespace
 from pathlib import Path
 
+import sys
+
 import numpy as np
 import pytest
 import torch
 
-import multimodal_sketch
+try:  # installed, or else from the source tree
+    import multimodal_sketch
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import multimodal_sketch
 from multimodal.errors import (CheckpointError, ConfigError, DataError,
                                DuplicateRegistrationError, InputError)
 from multimodal.registry import KINDS, REGISTRIES, Registry
