@@ -405,3 +405,20 @@ def test_oversized_images_are_refused_clearly(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels is a "bomb" now
     with pytest.raises(InputError, match="too large to read safely"):
         load_image_array(str(tmp_path / "big.png"), what="image")
+
+
+def test_export_casts_model_and_tokenizer_weights_to_fp16_and_loads_back(tmp_path):
+    from safetensors.torch import load_file
+
+    from multimodal.pipelines import load_pipeline
+    from multimodal.training.checkpoint import export_checkpoint
+
+    source = tiny_image_checkpoint(tmp_path / "src")
+    shipped = export_checkpoint(source, tmp_path / "shipped")
+    vae = load_file(str(shipped / "tokenizers" / "image" / "vae.safetensors"))
+    assert {v.dtype for v in vae.values() if v.is_floating_point()} == {torch.float16}
+    a = load_pipeline("text-to-image", source)("a bag", num_inference_steps=2, seed=0,
+                                               progress=False).images[0]
+    b = load_pipeline("text-to-image", shipped)("a bag", num_inference_steps=2, seed=0,
+                                                progress=False).images[0]
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0  # fp16 rounding only

@@ -46,7 +46,8 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
                     optimizer: torch.optim.Optimizer | None = None,
                     trainer_state: dict | None = None, dtype: torch.dtype | None = None,
                     ema: dict[str, torch.Tensor] | None = None,
-                    extra_files: dict[str, bytes] | None = None) -> Path:
+                    extra_files: dict[str, bytes] | None = None,
+                    tokenizer_dtype: torch.dtype | None = None) -> Path:
     """Write a checkpoint directory atomically.
 
     Args:
@@ -59,6 +60,8 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
         trainer_state: JSON-serialisable training state.
         ema: The EMA weights (a full state dict), saved as ``ema.safetensors``.
         extra_files: ``{name: bytes}`` written beside them (a config's safety blocklist).
+        tokenizer_dtype: Also cast the tokenizers' floating-point weights (VAEs, vocoders) to
+            this dtype (their loaders cast them back).
 
     Returns:
         ``path``.
@@ -82,6 +85,11 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
             for name, tok in tokenizers.items():
                 (tmp / "tokenizers" / name).mkdir()
                 tok.save(tmp / "tokenizers" / name)
+            if tokenizer_dtype is not None:
+                for file in (tmp / "tokenizers").rglob("*.safetensors"):
+                    tensors = load_file(str(file))
+                    save_file({k: v.to(tokenizer_dtype) if v.is_floating_point() else v
+                               for k, v in tensors.items()}, file, metadata={"format": "pt"})
         if optimizer is not None:
             tensors, groups = _flatten_optimizer(optimizer.state_dict())
             save_file(tensors, tmp / "optimizer.safetensors")
@@ -371,7 +379,8 @@ def load_optimizer_state(path: Path, optimizer: torch.optim.Optimizer) -> dict:
 
 def export_checkpoint(source: str | Path, destination: str | Path, *,
                       dtype: torch.dtype | None = torch.float16) -> Path:
-    """Copy a checkpoint for shipping: weights only (no optimizer state), cast to ``dtype``.
+    """Copy a checkpoint for shipping: weights only (no optimizer state), the model's and the
+    tokenizers' weights cast to ``dtype`` (EMA weights where the checkpoint has them).
 
     Weights are cast back to the model's dtype (fp32) when loaded.
     """
@@ -381,5 +390,6 @@ def export_checkpoint(source: str | Path, destination: str | Path, *,
     blocklist = loaded.path / CHECKPOINT_BLOCKLIST
     return save_checkpoint(destination, model=loaded.model, config=loaded.config,
                            tokenizers=loaded.tokenizers, step=loaded.meta.get("step", 0),
-                           dtype=dtype, extra_files={CHECKPOINT_BLOCKLIST: blocklist.read_bytes()}
+                           dtype=dtype, tokenizer_dtype=dtype,
+                           extra_files={CHECKPOINT_BLOCKLIST: blocklist.read_bytes()}
                            if blocklist.is_file() else None)
