@@ -227,10 +227,18 @@ class ComposedPipeline:
         """
         from multimodal.pipelines import load_pipeline
 
+        from multimodal.errors import CheckpointError
+
         chosen = cls.parse_checkpoints(checkpoint)
-        steps = cls.definition["steps"]
-        return cls({name: load_pipeline(section["task"], chosen.get(name), device=device)
-                    for name, section in steps.items()})  # each with its checkpoint's safety
+        loaded = {}
+        for name, section in cls.definition["steps"].items():
+            try:  # each with its own checkpoint's safety policy
+                loaded[name] = load_pipeline(section["task"], chosen.get(name), device=device)
+            except CheckpointError as exc:
+                hint = "" if name in chosen else \
+                    f" (CLI: --checkpoint {name}=DIR gives this step a checkpoint)"
+                raise CheckpointError(f"{cls.task}, step '{name}': {exc}{hint}") from None
+        return cls(loaded)
 
     @classmethod
     def parse_checkpoints(cls, checkpoint: Any) -> dict[str, str]:
