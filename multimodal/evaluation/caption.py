@@ -61,6 +61,7 @@ def evaluate_image_to_text(*, checkpoint=None, num_samples: int = 32, seed: int 
     """
     from multimodal.data.images import FashionMNISTDataset
     from multimodal.errors import InputError
+    from multimodal.evaluation.image import pick_per_class
     from multimodal.pipelines import load_pipeline
 
     if num_samples < 1:
@@ -69,9 +70,7 @@ def evaluate_image_to_text(*, checkpoint=None, num_samples: int = 32, seed: int 
     test = FashionMNISTDataset(split="val", root=root)
     labels = torch.tensor(test.labels)
     generator = torch.Generator().manual_seed(seed)
-    chosen = torch.cat([torch.nonzero(labels == c)[:, 0][
-        torch.randperm(int((labels == c).sum()), generator=generator)[:num_samples]]
-        for c in range(len(CLASS_NAMES))])
+    chosen = pick_per_class(labels, num_samples, generator)
     images = test.get_images(chosen.tolist())  # (k, 1, 32, 32) in [-1, 1]
     pixels = ((images[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     captions: list[str] = []

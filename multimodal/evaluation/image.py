@@ -199,6 +199,15 @@ def generate_class_samples(pipe, *, per_class: int, seed: int = 0, prompts_per_c
     return samples
 
 
+def pick_per_class(labels: torch.Tensor, per_class: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Indices of ``per_class`` items of every class (k,), drawn with ``generator``, class by
+    class (fewer where a class has fewer)."""
+    return torch.cat([torch.nonzero(labels == c)[:, 0][
+        torch.randperm(int((labels == c).sum()), generator=generator)[:per_class]]
+        for c in range(len(CLASS_NAMES))])
+
+
 def class_accuracy(classifier, samples: dict[int, list[torch.Tensor]]) -> dict[int, float]:
     """Share of each class's samples the classifier assigns to that class."""
     return {label: float((classify(classifier, torch.cat(chunks))[0] == label).double().mean())
@@ -250,9 +259,7 @@ def evaluate_text_to_image(*, checkpoint=None, num_samples: int = 32, seed: int 
 
     # Reference = real test images minus a probe of the samples' size and class balance.
     generator = torch.Generator().manual_seed(seed)
-    probe = torch.cat([torch.nonzero(real_labels == c)[:, 0][
-        torch.randperm(int((real_labels == c).sum()), generator=generator)[:num_samples]]
-        for c in range(len(CLASS_NAMES))])
+    probe = pick_per_class(real_labels, num_samples, generator)
     reference = torch.ones(len(real_labels), dtype=torch.bool)
     reference[probe] = False
     _, gen_feat = classify(classifier, generated)
