@@ -26,7 +26,7 @@ See ``docs/plugins.md`` for a walk-through of the example plugin in ``examples/p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -243,7 +243,3 @@ def free_modality_ids(taken: dict[int, str], limit: int = 8) -> str:
     free = [str(i) for i in range(limit) if i not in taken]
     return ", ".join(free) or f"none below {limit} (raise backbone.num_modalities)"
 
-
-def spec_fields() -> list[str]:
-    """The field names of :class:`ModalitySpec` (for docs and error messages)."""
-    return [f.name for f in fields(ModalitySpec)]

@@ -23,6 +23,7 @@ warning naming it (or an error when ``MULTIMODAL_STRICT_PLUGINS=1``); the core k
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
@@ -226,6 +227,20 @@ def get_registry(kind: str) -> Registry:
             f"unknown component kind '{kind}'{did_you_mean(kind, KINDS)}; "
             f"kinds: {', '.join(KINDS)}"
         ) from None
+
+
+@contextlib.contextmanager
+def restored_registries() -> Iterator[dict[str, Registry]]:
+    """Yield :data:`REGISTRIES` (built-ins loaded) and put every registry back as it was on
+    exit, so a test can register plugins or specs without leaking them into other tests."""
+    load_builtins()
+    saved = {kind: dict(registry._entries) for kind, registry in REGISTRIES.items()}
+    try:
+        yield REGISTRIES
+    finally:
+        for kind, entries in saved.items():
+            REGISTRIES[kind]._entries.clear()
+            REGISTRIES[kind]._entries.update(entries)
 
 
 # -- built-ins and plugins ------------------------------------------------------------------

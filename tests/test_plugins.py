@@ -12,7 +12,7 @@ import pytest
 
 from multimodal.errors import ConfigError, DuplicateRegistrationError
 from multimodal.plugins import register_modality, spec_problems
-from multimodal.registry import REGISTRIES, specs
+from multimodal.registry import restored_registries, specs
 from multimodal.testing import ConformanceError, check_modality
 
 
@@ -31,11 +31,8 @@ def test_conformance(name, tmp_path, monkeypatch):
 @pytest.fixture
 def registries():
     """The real registries, restored to their state before the test afterwards."""
-    saved = {kind: dict(registry._entries) for kind, registry in REGISTRIES.items()}
-    yield REGISTRIES
-    for kind, entries in saved.items():
-        REGISTRIES[kind]._entries.clear()
-        REGISTRIES[kind]._entries.update(entries)
+    with restored_registries() as registries:
+        yield registries
 
 
 # -- the conformance kit can fail ---------------------------------------------------------------

@@ -29,10 +29,9 @@ from typing import Any, Callable
 import numpy as np
 
 from multimodal.errors import ConfigError, InputError, did_you_mean
-from multimodal.registry import REGISTRIES, pipelines
+from multimodal.registry import combiners, pipelines
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
-combiners = REGISTRIES["combiners"]
 
 
 # -- combiners ---------------------------------------------------------------------------------
@@ -161,10 +160,11 @@ def read_task_file(path: str | Path) -> dict:
                         f"{', '.join(combiners.names())}")
     else:
         combiner = combiners.get(combine["type"])
-        accepted = [p for p in inspect.signature(combiner).parameters if p != "outputs"]
+        params = inspect.signature(combiner).parameters
+        accepted = [p for p in params if p != "outputs"]
         inputs = getattr(combiner, "inputs", {})
         for key in accepted:
-            value = combine.get(key, inspect.signature(combiner).parameters[key].default)
+            value = combine.get(key, params[key].default)
             if key not in inputs or not isinstance(value, str) or value not in steps:
                 continue
             task = steps[value].get("task") if isinstance(steps[value], dict) else None

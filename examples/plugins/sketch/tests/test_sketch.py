@@ -25,7 +25,7 @@ except ImportError:
     import multimodal_sketch
 from multimodal.errors import (CheckpointError, ConfigError, DataError,
                                DuplicateRegistrationError, InputError)
-from multimodal.registry import KINDS, REGISTRIES, Registry
+from multimodal.registry import KINDS, Registry, restored_registries
 from multimodal_sketch.data import (SHAPE_KEYWORDS, SHAPES, QuickDrawNdjson, ShapeSketches,
                                     draw_shape)
 from multimodal_sketch.head import SKETCH_MODALITY_ID, StrokeHead
@@ -40,14 +40,10 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 def registries():
     """The global registries with the plugin registered (as its entry point would), restored
     afterwards so other test modules see the core alone."""
-    REGISTRIES["specs"].names()  # load the built-ins first
-    saved = {kind: dict(registry._entries) for kind, registry in REGISTRIES.items()}
-    if "sketch" not in REGISTRIES["specs"]:
-        multimodal_sketch.register(REGISTRIES)
-    yield REGISTRIES
-    for kind, entries in saved.items():
-        REGISTRIES[kind]._entries.clear()
-        REGISTRIES[kind]._entries.update(entries)
+    with restored_registries() as registries:
+        if "sketch" not in registries["specs"]:
+            multimodal_sketch.register(registries)
+        yield registries
 
 
 # -- registration ---------------------------------------------------------------------------------
