@@ -59,6 +59,7 @@ def test_zeroed_temporal_layers_give_the_image_path(prediction_type):
         # Temporal weights that were trained (non-zero) are reset by load_image_denoiser.
         for layer in video.temporal:
             layer.proj_out.weight.normal_(0, 0.5)
+        video.motion_field["out"].weight.normal_(0, 0.5)
         assert not torch.allclose(video(x[:, :1], t, context, mask)[:, 0],
                                   image(x[:, 0], t, context, mask))
         video.load_image_denoiser(image)
@@ -82,6 +83,42 @@ def test_temporal_layers_mix_frames_in_order():
     assert out.shape == (3, 6, 4, 12, 12)
     with pytest.raises(ValueError, match="max_frames = 8"):
         video(torch.zeros(1, 9, 4, 12, 12), t[:1], context[:1])
+
+
+def test_frame_positions_tell_identical_frames_apart():
+    """Without absolute frame positions a model cannot place frame 0 differently from frame 7
+    at high noise, and so cannot learn a direction (see the denoiser's docstring)."""
+    x, t, context, mask = _inputs(t=4)
+    same = x[:, :1].expand(-1, 4, -1, -1, -1)  # four identical frames
+    outputs = {}
+    for frame_positions in (False, True):
+        torch.manual_seed(0)
+        video = LatentVideoDiT(backbone=tiny_backbone(), frame_positions=frame_positions,
+                               **TINY["decoders"]["latent_video_dit"]).eval()
+        with torch.no_grad():
+            for layer in video.temporal:
+                layer.proj_out.weight.normal_(0, 0.5)
+                layer.cross_out.weight.normal_(0, 0.5)
+            outputs[frame_positions] = video(same, t, context, mask)
+    unplaced, placed = outputs[False], outputs[True]
+    torch.testing.assert_close(unplaced[:, 0], unplaced[:, 3], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(placed[:, 0], placed[:, 3], atol=1e-3)
+
+
+def test_motion_field_reads_the_prompt_from_the_first_step():
+    """The motion field's zero output projection gets a gradient at initialisation, and once
+    it is non-zero two prompts give two different biases over frames and places."""
+    video = LatentVideoDiT(backbone=tiny_backbone(), **TINY["decoders"]["latent_video_dit"])
+    x, t, context, mask = _inputs(t=4)
+    video(x, t, context, mask).square().mean().backward()
+    out = video.motion_field["out"]
+    assert out.weight.grad is not None and out.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        out.weight.normal_(0, 0.5)
+        field = video.field(context, mask, 4)  # (b, t, m, w)
+    assert field.shape == (3, 4, 36, 16)
+    assert not torch.allclose(field[0], field[1])  # the prompt
+    assert not torch.allclose(field[:, 0], field[:, 3])  # the frame
 
 
 def test_image_denoiser_of_other_sizes_is_refused():

@@ -110,3 +110,19 @@ def test_video_folder_reads_mp4_and_gif(tmp_path):
     bad.write_text('{"clip": "x.mp4", "caption": "c"}\n')
     with pytest.raises(DataError, match="bad.jsonl:1: a record needs a string 'video'"):
         VideoFolderDataset(path=str(bad))
+
+
+def test_centred_paths_cross_the_centre_and_keep_the_motion():
+    from multimodal.data.video import DIRECTION_VECTORS
+
+    ds = MovingFashionMNISTDataset(num_clips=24, num_frames=9, centred=True)
+    plain = MovingFashionMNISTDataset(num_clips=24, num_frames=9)
+    assert ds.directions == plain.directions and ds.labels == plain.labels
+    for i in range(len(ds)):
+        xs, ys = ds.positions(i)
+        dx, dy = DIRECTION_VECTORS[ds.directions[i]]
+        along, cross = (xs, ys) if dx else (ys, xs)
+        assert (cross == 10).all()  # (48 - 28) / 2
+        assert abs(along[4] - 10) <= 1  # the middle frame is centred
+        steps = np.diff(along) * (dx + dy)
+        assert (steps >= 0).all() and steps.sum() > 0
