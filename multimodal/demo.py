@@ -6,7 +6,11 @@ model is there (else a "skipped" line):
 * ``image.png``: one sample for each of ten prompts naming the Fashion-MNIST items, as a grid
   (2 rows of 5; each 32x32 sample upscaled 4x, nearest neighbour), its prompts, seed and
   settings in the PNG's text chunk;
-* ``audio.wav`` (+ ``audio.json``): :data:`AUDIO_PROMPT` spoken, 16 kHz.
+* ``audio.wav`` (+ ``audio.json``): :data:`AUDIO_PROMPT` spoken, 16 kHz;
+* ``video.mp4`` and ``video.gif`` (+ ``video.json``): :data:`VIDEO_PROMPTS`' first clip at
+  10 frames per second (the MP4 is skipped with a warning when no ffmpeg is available), and
+  ``video.png``: every prompt's clip as one row of frames (48x48 each, upscaled 2x), its
+  prompts and settings in the PNG's text chunk.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from multimodal.io import atomic_write_bytes, atomic_write_text, prepare_out_dir
 
 TEXT_PROMPT = "The secret of life is"
 AUDIO_PROMPT = "Seven. A sneaker and a bag."
+VIDEO_PROMPTS = ("a sneaker moving left", "a bag moving right", "a dress moving up",
+                 "an ankle boot moving down")
 IMAGE_PROMPTS = ("a t-shirt", "a pair of trousers", "a pullover", "a dress", "a coat",
                  "a sandal", "a shirt", "a sneaker", "a bag", "an ankle boot")
 
@@ -43,16 +49,18 @@ def run_demo(out_dir: str | Path, *, checkpoint=None, seed: int = 0) -> Iterator
 
     start = time.perf_counter()
     pipe = load_pipeline("text-generation", checkpoint)
-    result = pipe(TEXT_PROMPT, max_new_tokens=120, seed=seed)
+    max_new_tokens = min(120, pipe.backbone.max_seq_len - 1)  # a toy model's context is short
+    result = pipe(TEXT_PROMPT, max_new_tokens=max_new_tokens, seed=seed)
     text = TEXT_PROMPT + result.texts[0]
     atomic_write_text(out / "text.txt", text + "\n")
     meta = {"task": "text-generation", "prompt": TEXT_PROMPT, "seed": seed,
-            "max_new_tokens": 120, "checkpoint_id": pipe.checkpoint_id}
+            "max_new_tokens": max_new_tokens, "checkpoint_id": pipe.checkpoint_id}
     atomic_write_text(out / "text.json", json.dumps(meta, indent=1) + "\n")
     yield f"text-generation ({time.perf_counter() - start:.1f} s) -> {out / 'text.txt'}:"
     yield "  " + text.strip().replace("\n", "\n  ")
 
-    for task, step in (("text-to-image", _image), ("text-to-audio", _audio)):
+    for task, step in (("text-to-image", _image), ("text-to-audio", _audio),
+                       ("text-to-video", _video)):
         start = time.perf_counter()
         try:
             pipe = load_pipeline(task, checkpoint)
@@ -85,3 +93,37 @@ def _audio(audio_pipe, out: Path, seed: int) -> str:
                                                      ensure_ascii=False) + "\n")
     seconds = len(result.audios[0]) / result.sample_rate
     return f"{out / 'audio.wav'}: {AUDIO_PROMPT!r} ({seconds:.1f} s, {result.vocoder} vocoder)"
+
+
+def _video(video_pipe, out: Path, seed: int) -> str:
+    import warnings
+
+    import numpy as np
+
+    from multimodal.modalities.video import files
+    from multimodal.pipelines.text_to_image import png_bytes
+
+    clips, settings = [], None
+    for prompt in VIDEO_PROMPTS:
+        result = video_pipe(prompt, seed=seed, progress=False)
+        clips.append(result.videos[0])
+        settings = settings or result.metadata(0)
+    first, fps = clips[0], settings["fps"]
+    written = []
+    if files.ffmpeg_available():
+        atomic_write_bytes(out / "video.mp4", files.mp4_bytes(first, fps))
+        written.append("video.mp4")
+    else:
+        warnings.warn("ffmpeg is not available (imageio-ffmpeg found no binary); writing "
+                      "the GIF only", stacklevel=2)
+    atomic_write_bytes(out / "video.gif", files.gif_bytes(first, fps))
+    atomic_write_text(out / "video.json", json.dumps(
+        dict(settings, files=written + ["video.gif"]), indent=1) + "\n")
+    rows = np.concatenate([files.frame_strip(clip) for clip in clips], axis=0)
+    strip_settings = dict(settings, prompt=list(VIDEO_PROMPTS), sample=None,
+                          grid="one row of frames per prompt")
+    atomic_write_bytes(out / "video.png",
+                       png_bytes(rows.repeat(2, axis=0).repeat(2, axis=1), strip_settings))
+    names = ", ".join(str(out / name) for name in written + ["video.gif", "video.png"])
+    return (f"{names}: {VIDEO_PROMPTS[0]!r} ({len(first)} frames at {fps:g} fps; "
+            f"video.png: {len(clips)} prompts)")

@@ -71,3 +71,30 @@ def test_tiny_joint_runs_under_torchrun_with_two_processes(tmp_path):
         timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (find_checkpoint(tmp_path / "run") / "model.safetensors").is_file()
+
+
+def test_demo_writes_every_output_from_one_checkpoint(joint, tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from multimodal.demo import VIDEO_PROMPTS, run_demo
+    from multimodal.modalities.video.files import ffmpeg_available, read_video_info
+    from multimodal.pipelines.text_to_image import read_png_metadata
+
+    root, _ = joint
+    lines = list(run_demo(tmp_path / "demo", checkpoint=root / "run"))
+    out = tmp_path / "demo"
+    assert not any("skipped" in line for line in lines), lines
+    assert (out / "text.txt").read_text().startswith("The secret of life is")
+    assert Image.open(out / "image.png").size == (5 * 128, 2 * 128)
+    assert (out / "audio.wav").stat().st_size > 44
+    gif = read_video_info(out / "video.gif")
+    assert gif["frames"] == 8 and gif["fps"] == 10
+    if ffmpeg_available():
+        assert read_video_info(out / "video.mp4")["frames"] == 8
+    strip = np.asarray(Image.open(out / "video.png"))
+    assert strip.shape == (len(VIDEO_PROMPTS) * 96, 8 * 96)
+    assert read_png_metadata(out / "video.png")["prompt"] == list(VIDEO_PROMPTS)
+    assert json.loads((out / "video.json").read_text())["prompt"] == VIDEO_PROMPTS[0]
