@@ -32,7 +32,7 @@ projection already pairs the frame with the prompt's direction words.
 Even so, none of these paths gives the direction word a first-order gradient: an output that
 depends on the word, the frame and the place together needs products of weights that all start
 at zero or at random. (Measured, v-prediction and frame positions, 1,000 steps: swapping "left"
-for "right" moved the prediction 0.3% as far as swapping the item; each seed moved the same way
+for "right" moved the prediction 1-3% as far as swapping the item; each seed moved the same way
 whatever the prompt said.) The **motion field** gives it one: the prompt (the masked mean and
 the last state of its tokens, projected to a vector ``c``) multiplies fixed sinusoidal
 space-time positions ``P[t, m]`` (diffusers' ``get_3d_sincos_pos_embed``, as CogVideoX uses),
