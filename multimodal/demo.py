@@ -96,8 +96,6 @@ def _audio(audio_pipe, out: Path, seed: int) -> str:
 
 
 def _video(video_pipe, out: Path, seed: int) -> str:
-    import warnings
-
     import numpy as np
 
     from multimodal.modalities.video import files
@@ -110,20 +108,16 @@ def _video(video_pipe, out: Path, seed: int) -> str:
         settings = settings or result.metadata(0)
     first, fps = clips[0], settings["fps"]
     written = []
-    if files.ffmpeg_available():
-        atomic_write_bytes(out / "video.mp4", files.mp4_bytes(first, fps))
-        written.append("video.mp4")
-    else:
-        warnings.warn("ffmpeg is not available (imageio-ffmpeg found no binary); writing "
-                      "the GIF only", stacklevel=2)
-    atomic_write_bytes(out / "video.gif", files.gif_bytes(first, fps))
-    atomic_write_text(out / "video.json", json.dumps(
-        dict(settings, files=written + ["video.gif"]), indent=1) + "\n")
+    for suffix, data in files.clip_bytes(first, fps).items():
+        atomic_write_bytes(out / f"video{suffix}", data)
+        written.append(f"video{suffix}")
+    atomic_write_text(out / "video.json", json.dumps(dict(settings, files=written), indent=1)
+                      + "\n")
     rows = np.concatenate([files.frame_strip(clip) for clip in clips], axis=0)
     strip_settings = dict(settings, prompt=list(VIDEO_PROMPTS), sample=None,
                           grid="one row of frames per prompt")
     atomic_write_bytes(out / "video.png",
                        png_bytes(rows.repeat(2, axis=0).repeat(2, axis=1), strip_settings))
-    names = ", ".join(str(out / name) for name in written + ["video.gif", "video.png"])
+    names = ", ".join(str(out / name) for name in written + ["video.png"])
     return (f"{names}: {VIDEO_PROMPTS[0]!r} ({len(first)} frames at {fps:g} fps; "
             f"video.png: {len(clips)} prompts)")

@@ -28,7 +28,6 @@ l latent channels, y x latent height and width, c channels, h w frame height and
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,16 +255,10 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
                           guidance_scale=args.guidance_scale, num_samples=args.num_samples,
                           seed=args.seed, scheduler=args.scheduler,
                           progress=not args.no_progress)
-            mp4 = files.ffmpeg_available()
-            if not mp4:
-                warnings.warn("ffmpeg is not available (imageio-ffmpeg found no binary); "
-                              "writing GIFs only", stacklevel=2)
             for i, clip in enumerate(result.videos):
                 meta = result.metadata(i)
-                outputs: dict[str, bytes] = {}
-                if mp4:
-                    outputs[f"{i:03d}.mp4"] = files.mp4_bytes(clip, result.fps)
-                outputs[f"{i:03d}.gif"] = files.gif_bytes(clip, result.fps)
+                outputs = {f"{i:03d}{suffix}": data
+                           for suffix, data in files.clip_bytes(clip, result.fps).items()}
                 if args.strip:
                     outputs[f"{i:03d}.png"] = png_bytes(files.frame_strip(clip), meta)
                 for name, data in outputs.items():

@@ -26,8 +26,7 @@ cosine-similar and swapping "left" for "right" changed no denoising error). So, 
 AnimateDiff's motion modules, each temporal layer adds fixed sinusoidal absolute frame
 positions to its input (the queries, keys and values of the self-attention and the queries of
 the cross-attention), from the first step, inside the layer: its zero output keeps the image
-model's output at initialisation, while the gradient of the cross-attention's output
-projection already pairs the frame with the prompt's direction words.
+model's output at initialisation.
 
 Even so, none of these paths gives the direction word a first-order gradient: an output that
 depends on the word, the frame and the place together needs products of weights that all start
@@ -68,6 +67,13 @@ from multimodal.nn.attention import RotaryEmbedding, apply_rotary
 from multimodal.registry import decoders
 
 
+def zero_(*linears: nn.Linear) -> None:
+    """Zero the weights and biases of ``linears`` (residual outputs that start as nothing)."""
+    for linear in linears:
+        nn.init.zeros_(linear.weight)
+        nn.init.zeros_(linear.bias)
+
+
 class TemporalAttention(nn.Module):
     """Pre-norm self-attention across frames at each spatial position, with rotary frame
     positions and a zero-initialised output projection (a residual branch that starts as the
@@ -98,8 +104,6 @@ class TemporalAttention(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj_out = nn.Linear(dim, dim)
-        nn.init.zeros_(self.proj_out.weight)  # starts as the identity: the image model
-        nn.init.zeros_(self.proj_out.bias)
         self.rotary = RotaryEmbedding(head_dim=dim // num_heads, max_seq_len=max_frames)
         table = None
         if frame_positions:  # (max_frames, w)
@@ -111,23 +115,18 @@ class TemporalAttention(nn.Module):
         self.modulation = None
         if conditioned:
             self.modulation = nn.Linear(dim, 2 * dim)
-            nn.init.zeros_(self.modulation.weight)
-            nn.init.zeros_(self.modulation.bias)
         self.cross_norm = self.cross_q = self.cross_kv = self.cross_out = None
         if cross_attention:
             self.cross_norm = nn.LayerNorm(dim)
             self.cross_q = nn.Linear(dim, dim)
             self.cross_kv = nn.Linear(dim, 2 * dim)
             self.cross_out = nn.Linear(dim, dim)
-            nn.init.zeros_(self.cross_out.weight)
-            nn.init.zeros_(self.cross_out.bias)
+        self.zero_outputs_()  # starts as the identity: the image model
 
     def zero_outputs_(self) -> None:
         """Zero every residual branch's output (and the modulation): the layer becomes the
         identity."""
-        for linear in filter(None, (self.proj_out, self.modulation, self.cross_out)):
-            nn.init.zeros_(linear.weight)
-            nn.init.zeros_(linear.bias)
+        zero_(*filter(None, (self.proj_out, self.modulation, self.cross_out)))
 
     def forward(self, tokens: torch.Tensor, num_frames: int,
                 cond: torch.Tensor | None = None, text: torch.Tensor | None = None,
@@ -236,8 +235,7 @@ class LatentVideoDiT(LatentDiT):
             self.motion_field = nn.ModuleDict({
                 "prompt": nn.Linear(2 * backbone.dim, width),
                 "out": nn.Linear(width, width)})
-            nn.init.zeros_(self.motion_field["out"].weight)
-            nn.init.zeros_(self.motion_field["out"].bias)
+            zero_(self.motion_field["out"])
         if temporal_conditioning:  # the pooled prompt, projected: what motion the clip wants
             self.motion_embed = nn.Sequential(nn.Linear(backbone.dim, width), nn.SiLU(),
                                               nn.Linear(width, width))
@@ -376,8 +374,7 @@ class LatentVideoDiT(LatentDiT):
             for layer in self.temporal:
                 layer.zero_outputs_()
             if self.motion_field is not None:
-                nn.init.zeros_(self.motion_field["out"].weight)
-                nn.init.zeros_(self.motion_field["out"].bias)
+                zero_(self.motion_field["out"])
         return self
 
     @classmethod

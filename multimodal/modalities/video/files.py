@@ -79,6 +79,18 @@ def gif_bytes(frames: np.ndarray, fps: float) -> bytes:
     return buffer.getvalue()
 
 
+def clip_bytes(frames: np.ndarray, fps: float) -> dict[str, bytes]:
+    """One clip's files by suffix: ``{".mp4": ..., ".gif": ...}`` (t, h, w[, c]) uint8 frames
+    at ``fps``; without ffmpeg only the GIF, with a warning."""
+    import warnings
+
+    if not ffmpeg_available():
+        warnings.warn("ffmpeg is not available (imageio-ffmpeg found no binary); writing "
+                      "GIFs only", stacklevel=2)
+        return {".gif": gif_bytes(frames, fps)}
+    return {".mp4": mp4_bytes(frames, fps), ".gif": gif_bytes(frames, fps)}
+
+
 def frame_strip(frames: np.ndarray) -> np.ndarray:
     """(t, h, w[, c]) frames side by side: (h, t * w[, c])."""
     return np.concatenate(list(frames), axis=1)
