@@ -201,7 +201,7 @@ TOP_LEVEL: dict[str, Any] = {
     "task": ("pipeline", None),
     "seed": ("value", int),
     "out_dir": ("value", str),
-    "init_from": ("value", Union[str, None]),
+    "init_from": ("value", Union[str, list, None]),  # see checkpoint.parse_init_from
     "tokenizers": ("components", "tokenizers"),
     "backbone": ("component", "backbones"),
     "decoders": ("components", "decoders"),

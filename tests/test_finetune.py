@@ -89,3 +89,57 @@ def test_freeze_and_lora_together_and_nothing_left_to_train(base, tmp_path):
     with pytest.raises(ConfigError, match=r"train.lora.dropout must be in \[0, 1\)"):
         Trainer(tiny_config(init_from=base, train={"lora": {"dropout": 2}}),
                 out_dir=tmp_path / "drop", progress=False)
+
+
+def test_init_from_composes_parts_of_several_checkpoints(base, tmp_path):
+    other = train(tiny_config(seed=1, train={"max_steps": 2}), out_dir=tmp_path / "other",
+                  progress=False)["checkpoint"]
+    config = tiny_config(init_from=[str(base), {"from": str(other),
+                                                "take": ["backbone.blocks.0"]}],
+                         train={"max_steps": 1})
+    trainer = Trainer(config, out_dir=tmp_path / "run", progress=False)
+    state, a, b = trainer.model.state_dict(), _weights(base), _weights(other)
+    assert any(k.startswith("backbone.blocks.0.") for k in a)
+    for key in a:
+        expected = b[key] if key.startswith("backbone.blocks.0.") else a[key]
+        assert torch.equal(state[key], expected), key
+    # the text tokenizer came from the first entry, which takes everything
+    assert trainer.tokenizers["text"].encode("hello") == \
+        load_checkpoint(base).tokenizers["text"].encode("hello")
+    # a tokenizer no entry gives is fitted, as in a run without init_from
+    config["init_from"] = [{"from": str(other), "take": ["backbone"]}]
+    assert Trainer(config, out_dir=tmp_path / "run2", progress=False).tokenizers["text"].is_trained
+
+
+def test_init_from_entries_that_do_not_fit_say_what_is_accepted(base, tmp_path):
+    def start(init_from):
+        Trainer(tiny_config(init_from=init_from), out_dir=tmp_path, progress=False)
+
+    with pytest.raises(ConfigError, match="non-empty list of prefixes"):
+        start([{"from": str(base), "take": []}])
+    with pytest.raises(ConfigError, match=r"init_from\[0\]: got .*\{from: PATH, take"):
+        start([{"path": str(base)}])
+    with pytest.raises(CheckpointError, match="take 'decoders.image' names no weights; it has: "
+                                              "backbone"):
+        start([{"from": str(base), "take": ["decoders.image"]}])
+    with pytest.raises(CheckpointError, match="take 'tokenizers.audio': it has no such "
+                                              "tokenizer; it has: text"):
+        start([{"from": str(base), "take": ["tokenizers.audio"]}])
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        start([str(base), str(tmp_path / "nowhere")])
+
+
+def test_init_from_take_can_rename_a_part(base, tmp_path):
+    config = tiny_config(init_from=[str(base), {"from": str(base), "take": {
+        "backbone.blocks.1": "backbone.blocks.0"}}], train={"max_steps": 1})
+    state, weights = Trainer(config, out_dir=tmp_path, progress=False).model.state_dict(), \
+        _weights(base)
+    block0 = [k for k in weights if k.startswith("backbone.blocks.0.")]
+    assert block0 and all(torch.equal(state[k.replace(".0.", ".1.", 1)], weights[k])
+                          for k in block0)
+    assert not torch.equal(weights["backbone.blocks.1.attn.qkv.weight"],
+                           weights["backbone.blocks.0.attn.qkv.weight"])
+    with pytest.raises(ConfigError, match="maps a tokenizer to weights"):
+        Trainer(tiny_config(init_from=[{"from": str(base), "take": {"tokenizers.text":
+                                                                    "backbone"}}]),
+                out_dir=tmp_path / "b", progress=False)

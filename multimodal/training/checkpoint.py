@@ -265,9 +265,140 @@ def load_tokenizers(path: Path, config: dict) -> dict[str, Any]:
     return loaded
 
 
-def load_weights(model: torch.nn.Module, file: Path, *, strict: bool = True,
+# -- init_from: one checkpoint, or parts of several -----------------------------------------------
+@dataclass(frozen=True)
+class InitSource:
+    """One entry of ``init_from``: a checkpoint and the parts taken from it.
+
+    ``take`` pairs each part of the new model with the part of the checkpoint it starts from:
+    weight prefixes (``backbone``, ``decoders.video``) or tokenizers (``tokenizers.audio``);
+    ``None`` takes everything the checkpoint has, under the same names.
+    """
+
+    path: Path
+    take: tuple[tuple[str, str], ...] | None = None
+
+    def tokenizer_dir(self, name: str) -> Path | None:
+        """Where this entry gives tokenizer ``name`` from, or ``None``."""
+        if self.take is None:
+            found = self.path / "tokenizers" / name
+            return found if found.is_dir() else None
+        for target, source in self.take:
+            if target == f"tokenizers.{name}":
+                return self.path / "tokenizers" / source.split(".", 1)[1]
+        return None
+
+
+def parse_init_from(value: Any) -> list[InitSource]:
+    """Resolve ``init_from``: a checkpoint (or run directory), or a list of entries, each a
+    checkpoint or ``{from: CHECKPOINT, take: PARTS}``. ``PARTS`` is a list of weight prefixes
+    and tokenizers (``[decoders.image, tokenizers.audio]``), or a mapping that renames them,
+    ``{tokenizers.video: tokenizers.image}`` (the new model's part: the checkpoint's part).
+
+    Entries apply in order; a later one replaces what an earlier one gave. This composes a
+    model from parts trained apart, e.g. a backbone and video decoder from one run, the image
+    decoder from another and the audio tokenizer (vocoder) from a third.
+
+    Raises:
+        ConfigError: an entry of the wrong shape, or an empty ``take``.
+        CheckpointError: a checkpoint that is missing or partial (see :func:`find_checkpoint`).
+    """
+    if value is None:
+        return []
+    entries = value if isinstance(value, list) else [value]
+    accepted = ("init_from takes a checkpoint path, or a list of entries each a path or "
+                "{from: PATH, take: [backbone, decoders.NAME, tokenizers.NAME, ...]} (or take: "
+                "{NEW_PART: CHECKPOINT_PART, ...} to rename)")
+    sources = []
+    for i, entry in enumerate(entries):
+        where = f"init_from[{i}]" if isinstance(value, list) else "init_from"
+        if isinstance(entry, str):
+            sources.append(InitSource(find_checkpoint(entry)))
+            continue
+        if not isinstance(entry, dict) or "from" not in entry or set(entry) - {"from", "take"}:
+            raise ConfigError(f"{where}: got {entry!r}; {accepted}")
+        take = entry.get("take")
+        pairs = (list(take.items()) if isinstance(take, dict)
+                 else [(t, t) for t in take] if isinstance(take, list) else [])
+        if not isinstance(entry["from"], str) or not pairs or not all(
+                isinstance(p, str) and p for pair in pairs for p in pair):
+            raise ConfigError(f"{where}: 'from' must be a path and 'take' a non-empty list of "
+                              f"prefixes, got {entry!r}; {accepted}")
+        bad = [f"{t}: {s}" for t, s in pairs
+               if t.startswith("tokenizers.") != s.startswith("tokenizers.")]
+        if bad:
+            raise ConfigError(f"{where}: take maps a tokenizer to weights or back: "
+                              f"{', '.join(bad)}; {accepted}")
+        path = find_checkpoint(entry["from"])
+        for _, part in pairs:
+            if part.startswith("tokenizers.") and not (
+                    path / "tokenizers" / part.split(".", 1)[1]).is_dir():
+                raise CheckpointError(f"init_from {path}: take '{part}': it has no such "
+                                      f"tokenizer; it has: "
+                                      f"{', '.join(_tokenizer_names(path)) or 'none'}")
+        sources.append(InitSource(path, tuple(pairs)))
+    return sources
+
+
+def merge_init_weights(sources: list[InitSource]) -> dict[str, torch.Tensor]:
+    """The weights that ``init_from`` gives, later entries replacing earlier ones.
+
+    Raises:
+        CheckpointError: an unreadable file, or a ``take`` part that names no weight and no
+            tokenizer of its checkpoint.
+    """
+    merged: dict[str, torch.Tensor] = {}
+    for src in sources:
+        weights = _read_weights(src.path / "model.safetensors")
+        if src.take is None:
+            merged.update(weights)
+            continue
+        for target, part in src.take:
+            if part.startswith("tokenizers."):
+                continue  # checked by parse_init_from
+            picked = {target + k[len(part):]: v for k, v in weights.items()
+                      if k == part or k.startswith(part + ".")}
+            if not picked:
+                tops = sorted({".".join(k.split(".")[:2]) if k.startswith("decoders.")
+                               else k.split(".")[0] for k in weights})
+                raise CheckpointError(f"init_from {src.path}: take '{part}' names no weights; "
+                                      f"it has: {', '.join(tops)}")
+            merged.update(picked)
+    return merged
+
+
+def load_init_tokenizers(sources: list[InitSource], config: dict) -> dict[str, Any]:
+    """The tokenizers of ``config`` that ``init_from`` gives (the last entry giving each);
+    the others are left out, for the trainer to fit."""
+    from multimodal.registry import tokenizers as registry
+
+    loaded = {}
+    for name, section in (config.get("tokenizers") or {}).items():
+        given = [d for d in (s.tokenizer_dir(name) for s in sources) if d is not None]
+        if not given:
+            continue
+        cls = registry.get(section["type"])
+        kwargs = {k: v for k, v in section.items() if k != "type"}
+        loaded[name] = cls.load(given[-1], **kwargs)
+    return loaded
+
+
+def _tokenizer_names(path: Path) -> list[str]:
+    root = path / "tokenizers"
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read weights {file}: {exc}") from None
+
+
+def load_weights(model: torch.nn.Module, file: Path | dict, *, strict: bool = True,
                  adapt: bool = False) -> dict[str, list]:
-    """Load safetensors weights into ``model``, cast to the model's dtypes.
+    """Load safetensors weights (a file, or a dict already read) into ``model``, cast to the
+    model's dtypes.
 
     With ``adapt`` (``init_from`` another model), a decoder that has no weights in the file
     builds its own from the others through its ``init_weights_from(weights)`` method when it
@@ -281,10 +412,10 @@ def load_weights(model: torch.nn.Module, file: Path, *, strict: bool = True,
         CheckpointError: unreadable file; with ``strict``, missing or unexpected weights or a
             shape mismatch, each named.
     """
-    try:
-        weights = load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read weights {file}: {exc}") from None
+    if isinstance(file, dict):  # weights already read (merge_init_weights)
+        weights, origin = file, "init_from"
+    else:
+        weights, origin = _read_weights(file), f"init_from {file.parent}"
     fresh: list[str] = []
     if adapt:
         weights = _adapt_weights(model, weights)
@@ -293,7 +424,7 @@ def load_weights(model: torch.nn.Module, file: Path, *, strict: bool = True,
                  if any(k.startswith(f"decoders.{name}.") for k in own)
                  and not any(k.startswith(f"decoders.{name}.") for k in weights)]
         if fresh:
-            warnings.warn(f"init_from {file.parent}: it has no weights for "
+            warnings.warn(f"{origin}: it has no weights for "
                           f"{', '.join('decoders.' + n for n in fresh)}, which start from "
                           "scratch", stacklevel=2)
     expected = model.state_dict()
@@ -311,7 +442,8 @@ def load_weights(model: torch.nn.Module, file: Path, *, strict: bool = True,
     if strict and unexpected:
         problems.append(f"unexpected weights ({len(unexpected)}): {', '.join(unexpected[:10])}")
     if problems:
-        raise CheckpointError(f"weights in {file} do not fit the model built from its config: "
+        where = "the init_from weights" if isinstance(file, dict) else f"weights in {file}"
+        raise CheckpointError(f"{where} do not fit the model built from its config: "
                               + " | ".join(problems))
     weights = {k: v.to(expected[k].dtype) for k, v in weights.items() if k in expected}
     model.load_state_dict(weights, strict=False)

@@ -168,7 +168,9 @@ class Trainer:
     def __init__(self, config: dict, *, out_dir: str | Path | None = None, resume: bool = False,
                  progress: bool = True):
         from multimodal.builders import build_datasets, build_modalities, build_model, build_tokenizers
-        from multimodal.training.checkpoint import find_checkpoint, load_tokenizers, load_weights
+        from multimodal.training.checkpoint import (find_checkpoint, load_init_tokenizers,
+                                                    load_tokenizers, load_weights,
+                                                    merge_init_weights, parse_init_from)
 
         self.config = config
         self.cfg = TrainConfig.from_config(config)
@@ -193,8 +195,7 @@ class Trainer:
             except CheckpointError as exc:
                 raise CheckpointError(f"--resume: {exc}") from None
             self._check_resumable(resume_from)
-        init_from = config.get("init_from")
-        init_path = find_checkpoint(init_from) if init_from else None
+        init_sources = [] if resume_from else parse_init_from(config.get("init_from"))
 
         self.modalities = build_modalities(config)
         train_sets = build_datasets(config, "train", self.modalities)
@@ -203,29 +204,32 @@ class Trainer:
             raise ConfigError([f"decoders.{m} has no dataset: add data.{m}: {{type: ...}}"
                                for m in missing])
 
-        source = resume_from or init_path
-        if source is not None:
-            self.tokenizers = load_tokenizers(source, config)
-        elif not self.dist.enabled:
-            self.tokenizers = build_tokenizers(config)
-            self._fit_tokenizers(train_sets)
-        else:  # rank 0 fits, the others load what it saved
-            shared = self.out_dir / ".tokenizers-shared"
-            if self.dist.is_main:
-                self.tokenizers = build_tokenizers(config)
+        if resume_from is not None:
+            self.tokenizers = load_tokenizers(resume_from, config)
+        else:  # init_from gives some (or all); the others are fitted here
+            given = load_init_tokenizers(init_sources, config)
+            if set(given) == set(config.get("tokenizers") or {}):
+                self.tokenizers = given
+            elif not self.dist.enabled:
+                self.tokenizers = {**build_tokenizers(config), **given}
                 self._fit_tokenizers(train_sets)
-                _save_tokenizers(self.tokenizers, shared)
-            self.dist.barrier()
-            if not self.dist.is_main:
-                self.tokenizers = load_tokenizers(shared, config)
-            self.dist.barrier()
-            if self.dist.is_main:
-                shutil.rmtree(shared, ignore_errors=True)
+            else:  # rank 0 fits, the others load what it saved
+                shared = self.out_dir / ".tokenizers-shared"
+                if self.dist.is_main:
+                    self.tokenizers = {**build_tokenizers(config), **given}
+                    self._fit_tokenizers(train_sets)
+                    _save_tokenizers(self.tokenizers, shared)
+                self.dist.barrier()
+                if not self.dist.is_main:
+                    self.tokenizers = load_tokenizers(shared, config)
+                self.dist.barrier()
+                if self.dist.is_main:
+                    shutil.rmtree(shared, ignore_errors=True)
 
         self.extra_files = _safety_files(config)
         self.model = build_model(config, self.tokenizers, adapters=False).to(self.device)
-        if init_path is not None and resume_from is None:
-            load_weights(self.model, init_path / "model.safetensors", adapt=True)
+        if init_sources and resume_from is None:
+            load_weights(self.model, merge_init_weights(init_sources), adapt=True)
         if self.cfg.freeze:
             freeze(self.model, list(self.cfg.freeze))
         lora = lora_settings(self.cfg.lora)
