@@ -12,6 +12,8 @@ from multimodal.testing import tiny_config
 from multimodal.training.checkpoint import find_checkpoint, load_checkpoint
 from multimodal.training.trainer import Trainer, train
 
+from conftest import requires_fashion_mnist
+
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
@@ -143,3 +145,22 @@ def test_init_from_take_can_rename_a_part(base, tmp_path):
         Trainer(tiny_config(init_from=[{"from": str(base), "take": {"tokenizers.text":
                                                                     "backbone"}}]),
                 out_dir=tmp_path / "b", progress=False)
+
+
+@requires_fashion_mnist
+def test_a_loss_that_reaches_only_frozen_weights_is_logged_not_backpropagated(tmp_path):
+    from multimodal.testing import tiny_image_config
+
+    config = tiny_image_config(
+        decoders={"caption": {"type": "latent_captioner"}},
+        data={"caption": {"type": "fashion_mnist", "max_items": 64}},
+        train={"max_steps": 2, "eval_every": 0, "freeze": ["backbone", "decoders.caption"]})
+    trainer = Trainer(config, out_dir=tmp_path, progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    result = trainer.fit()
+    after = trainer.model.state_dict()
+    assert result["loss_caption"] > 0  # still measured
+    assert all(torch.equal(before[k], after[k]) for k in before
+               if k.startswith(("backbone.", "decoders.caption.")))
+    assert any(not torch.equal(before[k], after[k]) for k in before
+               if k.startswith("decoders.image."))

@@ -363,7 +363,8 @@ class Trainer:
                 if not torch.isfinite(loss):  # stop on every rank together, below
                     bad, metrics["bad_loss"] = f"{name} loss is {loss.item()}", 1.0
                     continue
-                (self.loss_weights[name] * loss / cfg.grad_accum_steps).backward()
+                if loss.requires_grad:  # not when train.freeze covers all this loss reaches
+                    (self.loss_weights[name] * loss / cfg.grad_accum_steps).backward()
                 metrics[f"loss_{name}"] += loss.item() / cfg.grad_accum_steps
                 metrics["loss"] += self.loss_weights[name] * loss.item() / cfg.grad_accum_steps
                 metrics["tokens"] += info.get("tokens", 0.0)
