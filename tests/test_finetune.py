@@ -127,7 +127,7 @@ def test_init_from_entries_that_do_not_fit_say_what_is_accepted(base, tmp_path):
     with pytest.raises(CheckpointError, match="take 'tokenizers.audio': it has no such "
                                               "tokenizer; it has: text"):
         start([{"from": str(base), "take": ["tokenizers.audio"]}])
-    with pytest.raises(CheckpointError, match="checkpoint not found"):
+    with pytest.raises(CheckpointError, match=r"init_from\[1\]: checkpoint not found"):
         start([str(base), str(tmp_path / "nowhere")])
 
 

@@ -313,7 +313,7 @@ def parse_init_from(value: Any) -> list[InitSource]:
     for i, entry in enumerate(entries):
         where = f"init_from[{i}]" if isinstance(value, list) else "init_from"
         if isinstance(entry, str):
-            sources.append(InitSource(find_checkpoint(entry)))
+            sources.append(InitSource(_find_init(where, entry)))
             continue
         if not isinstance(entry, dict) or "from" not in entry or set(entry) - {"from", "take"}:
             raise ConfigError(f"{where}: got {entry!r}; {accepted}")
@@ -329,23 +329,48 @@ def parse_init_from(value: Any) -> list[InitSource]:
         if bad:
             raise ConfigError(f"{where}: take maps a tokenizer to weights or back: "
                               f"{', '.join(bad)}; {accepted}")
-        path = find_checkpoint(entry["from"])
-        for _, part in pairs:
-            if part.startswith("tokenizers.") and not (
-                    path / "tokenizers" / part.split(".", 1)[1]).is_dir():
-                raise CheckpointError(f"init_from {path}: take '{part}': it has no such "
-                                      f"tokenizer; it has: "
-                                      f"{', '.join(_tokenizer_names(path)) or 'none'}")
+        path = _find_init(where, entry["from"])
+        keys = None
+        for _, part in pairs:  # checked here, before any tokenizer is fitted
+            if part.startswith("tokenizers."):
+                if not (path / "tokenizers" / part.split(".", 1)[1]).is_dir():
+                    raise CheckpointError(f"init_from {path}: take '{part}': it has no such "
+                                          f"tokenizer; it has: "
+                                          f"{', '.join(_tokenizer_names(path)) or 'none'}")
+                continue
+            keys = keys if keys is not None else _weight_names(path / "model.safetensors")
+            if not any(k == part or k.startswith(part + ".") for k in keys):
+                tops = sorted({".".join(k.split(".")[:2]) if k.startswith("decoders.")
+                               else k.split(".")[0] for k in keys})
+                raise CheckpointError(f"init_from {path}: take '{part}' names no weights; "
+                                      f"it has: {', '.join(tops)}")
         sources.append(InitSource(path, tuple(pairs)))
     return sources
+
+
+def _find_init(where: str, path: str) -> Path:
+    try:
+        return find_checkpoint(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+
+
+def _weight_names(file: Path) -> list[str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read weights {file}: {exc}") from None
 
 
 def merge_init_weights(sources: list[InitSource]) -> dict[str, torch.Tensor]:
     """The weights that ``init_from`` gives, later entries replacing earlier ones.
 
     Raises:
-        CheckpointError: an unreadable file, or a ``take`` part that names no weight and no
-            tokenizer of its checkpoint.
+        CheckpointError: an unreadable file, or a ``take`` part that names no weight (also
+            checked by :func:`parse_init_from`).
     """
     merged: dict[str, torch.Tensor] = {}
     for src in sources:
