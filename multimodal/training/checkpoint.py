@@ -252,17 +252,21 @@ def read_meta(path: Path) -> dict:
 
 
 def load_tokenizers(path: Path, config: dict) -> dict[str, Any]:
-    from multimodal.registry import tokenizers as registry
-
     loaded = {}
     for name, section in (config.get("tokenizers") or {}).items():
-        cls = registry.get(section["type"])
         directory = path / "tokenizers" / name
         if not directory.is_dir():
             raise CheckpointError(f"checkpoint {path} is partial: missing tokenizers/{name}/")
-        kwargs = {k: v for k, v in section.items() if k != "type"}
-        loaded[name] = cls.load(directory, **kwargs)
+        loaded[name] = _load_tokenizer(section, directory)
     return loaded
+
+
+def _load_tokenizer(section: dict, directory: Path) -> Any:
+    """The tokenizer of config ``section`` (``{type: ..., **kwargs}``), read from ``directory``."""
+    from multimodal.registry import tokenizers as registry
+
+    cls = registry.get(section["type"])
+    return cls.load(directory, **{k: v for k, v in section.items() if k != "type"})
 
 
 # -- init_from: one checkpoint, or parts of several -----------------------------------------------
@@ -339,13 +343,22 @@ def parse_init_from(value: Any) -> list[InitSource]:
                                           f"{', '.join(_tokenizer_names(path)) or 'none'}")
                 continue
             keys = keys if keys is not None else _weight_names(path / "model.safetensors")
-            if not any(k == part or k.startswith(part + ".") for k in keys):
-                tops = sorted({".".join(k.split(".")[:2]) if k.startswith("decoders.")
-                               else k.split(".")[0] for k in keys})
-                raise CheckpointError(f"init_from {path}: take '{part}' names no weights; "
-                                      f"it has: {', '.join(tops)}")
+            _require_part(path, part, keys)
         sources.append(InitSource(path, tuple(pairs)))
     return sources
+
+
+def _in_part(key: str, part: str) -> bool:
+    return key == part or key.startswith(part + ".")
+
+
+def _require_part(path: Path, part: str, keys) -> None:
+    """Raise :class:`CheckpointError` unless weight prefix ``part`` names one of ``keys``."""
+    if not any(_in_part(k, part) for k in keys):
+        tops = sorted({".".join(k.split(".")[:2]) if k.startswith("decoders.")
+                       else k.split(".")[0] for k in keys})
+        raise CheckpointError(f"init_from {path}: take '{part}' names no weights; "
+                              f"it has: {', '.join(tops)}")
 
 
 def _find_init(where: str, path: str) -> Path:
@@ -381,30 +394,20 @@ def merge_init_weights(sources: list[InitSource]) -> dict[str, torch.Tensor]:
         for target, part in src.take:
             if part.startswith("tokenizers."):
                 continue  # checked by parse_init_from
-            picked = {target + k[len(part):]: v for k, v in weights.items()
-                      if k == part or k.startswith(part + ".")}
-            if not picked:
-                tops = sorted({".".join(k.split(".")[:2]) if k.startswith("decoders.")
-                               else k.split(".")[0] for k in weights})
-                raise CheckpointError(f"init_from {src.path}: take '{part}' names no weights; "
-                                      f"it has: {', '.join(tops)}")
-            merged.update(picked)
+            _require_part(src.path, part, weights)
+            merged.update({target + k[len(part):]: v for k, v in weights.items()
+                           if _in_part(k, part)})
     return merged
 
 
 def load_init_tokenizers(sources: list[InitSource], config: dict) -> dict[str, Any]:
     """The tokenizers of ``config`` that ``init_from`` gives (the last entry giving each);
     the others are left out, for the trainer to fit."""
-    from multimodal.registry import tokenizers as registry
-
     loaded = {}
     for name, section in (config.get("tokenizers") or {}).items():
         given = [d for d in (s.tokenizer_dir(name) for s in sources) if d is not None]
-        if not given:
-            continue
-        cls = registry.get(section["type"])
-        kwargs = {k: v for k, v in section.items() if k != "type"}
-        loaded[name] = cls.load(given[-1], **kwargs)
+        if given:
+            loaded[name] = _load_tokenizer(section, given[-1])
     return loaded
 
 
