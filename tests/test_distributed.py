@@ -44,6 +44,32 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     assert not (tmp_path / "ddp" / ".tokenizers-shared").exists()
 
 
+_TEARDOWN = """
+import os, torch
+from multimodal.training.distributed import init_distributed, shutdown
+dist = init_distributed(torch.device("cpu"))
+torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))])  # imports torch._dynamo, as training does
+dist.barrier()
+shutdown(dist)
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print("gloo threads left:", sum(n.startswith("pt_gloo") for n in names))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads threads from /proc")
+def test_the_process_group_and_its_threads_end_with_training(tmp_path):
+    # Gloo worker threads left running into interpreter shutdown abort the process now and
+    # then; they are left when something still holds the process group after it is destroyed.
+    script = tmp_path / "teardown.py"
+    script.write_text(_TEARDOWN)
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(script)], capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("gloo threads left: 0") == 2, run.stdout
+
+
 def _losses(path):
     import csv
 

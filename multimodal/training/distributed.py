@@ -15,6 +15,7 @@ logs, and shows the progress bar.
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +97,12 @@ def init_distributed(device: torch.device) -> Distributed:
                               f"{torch.cuda.device_count()} are visible; lower --nproc_per_node")
         torch.cuda.set_device(local)
     if not torch.distributed.is_initialized():
+        # Imported lazily (by the first optimizer), torch._dynamo keeps references to the
+        # process group that exists then, so destroy_process_group cannot free it and its gloo
+        # worker threads outlive the interpreter: now and then one releases a tensor during
+        # interpreter shutdown and the process aborts ("terminate called without an active
+        # exception"). Imported before the group exists, it keeps none.
+        importlib.import_module("torch._dynamo")
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Distributed(rank=rank, world_size=world, local_rank=local)
 
