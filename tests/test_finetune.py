@@ -131,6 +131,28 @@ def test_init_from_entries_that_do_not_fit_say_what_is_accepted(base, tmp_path):
         start([str(base), str(tmp_path / "nowhere")])
 
 
+def test_init_from_skip_keeps_those_weights_fresh(base, tmp_path):
+    # (what a layer reading a backbone of another width needs; shapes equal here)
+    config = tiny_config(init_from=[{"from": str(base), "skip": ["backbone.blocks.1"]}],
+                         train={"max_steps": 1})
+    state = Trainer(config, out_dir=tmp_path / "run", progress=False).model.state_dict()
+    fresh = Trainer(tiny_config(train={"max_steps": 1}), out_dir=tmp_path / "fresh",
+                    progress=False).model.state_dict()
+    weights = _weights(base)
+    skipped = [k for k in weights if k.startswith("backbone.blocks.1.")]
+    assert skipped and all(torch.equal(state[k], fresh[k]) for k in skipped)
+    assert not all(torch.equal(state[k], weights[k]) for k in skipped)
+    assert all(torch.equal(state[k], weights[k]) for k in weights if k not in skipped)
+    with pytest.raises(CheckpointError, match=r"init_from\[0\]: skip 'decoders.image' names "
+                                              "none of the weights this entry gives"):
+        Trainer(tiny_config(init_from=[{"from": str(base), "take": ["backbone"],
+                                        "skip": ["decoders.image"]}]),
+                out_dir=tmp_path / "bad", progress=False)
+    with pytest.raises(ConfigError, match="'skip' must be a list of weight prefixes"):
+        Trainer(tiny_config(init_from=[{"from": str(base), "skip": "backbone"}]),
+                out_dir=tmp_path / "bad2", progress=False)
+
+
 def test_init_from_take_can_rename_a_part(base, tmp_path):
     config = tiny_config(init_from=[str(base), {"from": str(base), "take": {
         "backbone.blocks.1": "backbone.blocks.0"}}], train={"max_steps": 1})

@@ -276,11 +276,13 @@ class InitSource:
 
     ``take`` pairs each part of the new model with the part of the checkpoint it starts from:
     weight prefixes (``backbone``, ``decoders.video``) or tokenizers (``tokenizers.audio``);
-    ``None`` takes everything the checkpoint has, under the same names.
+    ``None`` takes everything the checkpoint has, under the same names. ``skip`` names weight
+    prefixes of the new model that start fresh instead (layers whose shape changed).
     """
 
     path: Path
     take: tuple[tuple[str, str], ...] | None = None
+    skip: tuple[str, ...] = ()
 
     def tokenizer_dir(self, name: str) -> Path | None:
         """Where this entry gives tokenizer ``name`` from, or ``None``."""
@@ -295,9 +297,12 @@ class InitSource:
 
 def parse_init_from(value: Any) -> list[InitSource]:
     """Resolve ``init_from``: a checkpoint (or run directory), or a list of entries, each a
-    checkpoint or ``{from: CHECKPOINT, take: PARTS}``. ``PARTS`` is a list of weight prefixes
-    and tokenizers (``[decoders.image, tokenizers.audio]``), or a mapping that renames them,
-    ``{tokenizers.video: tokenizers.image}`` (the new model's part: the checkpoint's part).
+    checkpoint or ``{from: CHECKPOINT, take: PARTS, skip: PREFIXES}``. ``PARTS`` is a list of
+    weight prefixes and tokenizers (``[decoders.image, tokenizers.audio]``), or a mapping that
+    renames them, ``{tokenizers.video: tokenizers.image}`` (the new model's part: the
+    checkpoint's part); without it the entry gives everything. ``skip`` lists weight prefixes of
+    the new model that keep their fresh initialisation: the layers that read a backbone of
+    another width, say (``decoders.image.net.caption_projection``).
 
     Entries apply in order; a later one replaces what an earlier one gave. This composes a
     model from parts trained apart, e.g. a backbone and video decoder from one run, the image
@@ -312,30 +317,37 @@ def parse_init_from(value: Any) -> list[InitSource]:
     entries = value if isinstance(value, list) else [value]
     accepted = ("init_from takes a checkpoint path, or a list of entries each a path or "
                 "{from: PATH, take: [backbone, decoders.NAME, tokenizers.NAME, ...]} (or take: "
-                "{NEW_PART: CHECKPOINT_PART, ...} to rename)")
+                "{NEW_PART: CHECKPOINT_PART, ...} to rename; skip: [PREFIX, ...] keeps those "
+                "weights fresh)")
     sources = []
     for i, entry in enumerate(entries):
         where = f"init_from[{i}]" if isinstance(value, list) else "init_from"
         if isinstance(entry, str):
             sources.append(InitSource(_find_init(where, entry)))
             continue
-        if not isinstance(entry, dict) or "from" not in entry or set(entry) - {"from", "take"}:
+        if (not isinstance(entry, dict) or "from" not in entry
+                or set(entry) - {"from", "take", "skip"}):
             raise ConfigError(f"{where}: got {entry!r}; {accepted}")
-        take = entry.get("take")
-        pairs = (list(take.items()) if isinstance(take, dict)
+        take, skip = entry.get("take"), entry.get("skip", [])
+        pairs = (None if take is None and "take" not in entry
+                 else list(take.items()) if isinstance(take, dict)
                  else [(t, t) for t in take] if isinstance(take, list) else [])
-        if not isinstance(entry["from"], str) or not pairs or not all(
-                isinstance(p, str) and p for pair in pairs for p in pair):
+        if not isinstance(entry["from"], str) or pairs == [] or not all(
+                isinstance(p, str) and p for pair in pairs or [] for p in pair):
             raise ConfigError(f"{where}: 'from' must be a path and 'take' a non-empty list of "
                               f"prefixes, got {entry!r}; {accepted}")
-        bad = [f"{t}: {s}" for t, s in pairs
+        if not isinstance(skip, list) or not all(isinstance(p, str) and p and
+                                                 not p.startswith("tokenizers.") for p in skip):
+            raise ConfigError(f"{where}: 'skip' must be a list of weight prefixes, got "
+                              f"{skip!r}; {accepted}")
+        bad = [f"{t}: {s}" for t, s in pairs or []
                if t.startswith("tokenizers.") != s.startswith("tokenizers.")]
         if bad:
             raise ConfigError(f"{where}: take maps a tokenizer to weights or back: "
                               f"{', '.join(bad)}; {accepted}")
         path = _find_init(where, entry["from"])
         keys = None
-        for _, part in pairs:  # checked here, before any tokenizer is fitted
+        for _, part in pairs or []:  # checked here, before any tokenizer is fitted
             if part.startswith("tokenizers."):
                 if not (path / "tokenizers" / part.split(".", 1)[1]).is_dir():
                     raise CheckpointError(f"init_from {path}: take '{part}': it has no such "
@@ -344,8 +356,24 @@ def parse_init_from(value: Any) -> list[InitSource]:
                 continue
             keys = keys if keys is not None else _weight_names(path / "model.safetensors")
             _require_part(path, part, keys)
-        sources.append(InitSource(path, tuple(pairs)))
+        if skip:  # each must name weights that this entry gives
+            keys = keys if keys is not None else _weight_names(path / "model.safetensors")
+            given = [new for new, _ in _renamed(keys, pairs)]
+            for prefix in skip:
+                if not any(_in_part(k, prefix) for k in given):
+                    raise CheckpointError(f"{where}: skip '{prefix}' names none of the weights "
+                                          f"this entry gives")
+        sources.append(InitSource(path, None if pairs is None else tuple(pairs), tuple(skip)))
     return sources
+
+
+def _renamed(keys, pairs) -> list[tuple[str, str]]:
+    """``(new name, checkpoint name)`` of each weight among ``keys`` that an entry taking
+    ``pairs`` gives (``None``: all of them, unrenamed)."""
+    if pairs is None:
+        return [(k, k) for k in keys]
+    return [(target + k[len(part):], k) for target, part in pairs
+            if not part.startswith("tokenizers.") for k in keys if _in_part(k, part)]
 
 
 def _in_part(key: str, part: str) -> bool:
@@ -378,8 +406,11 @@ def _weight_names(file: Path) -> list[str]:
         raise CheckpointError(f"cannot read weights {file}: {exc}") from None
 
 
-def merge_init_weights(sources: list[InitSource]) -> dict[str, torch.Tensor]:
-    """The weights that ``init_from`` gives, later entries replacing earlier ones.
+def merge_init_weights(sources: list[InitSource],
+                       model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The weights that ``init_from`` gives, later entries replacing earlier ones; with
+    ``model``, the weights an entry skips (and no other entry gives) are the model's own
+    fresh ones.
 
     Raises:
         CheckpointError: an unreadable file, or a ``take`` part that names no weight (also
@@ -388,15 +419,15 @@ def merge_init_weights(sources: list[InitSource]) -> dict[str, torch.Tensor]:
     merged: dict[str, torch.Tensor] = {}
     for src in sources:
         weights = _read_weights(src.path / "model.safetensors")
-        if src.take is None:
-            merged.update(weights)
-            continue
-        for target, part in src.take:
-            if part.startswith("tokenizers."):
-                continue  # checked by parse_init_from
-            _require_part(src.path, part, weights)
-            merged.update({target + k[len(part):]: v for k, v in weights.items()
-                           if _in_part(k, part)})
+        for _, part in src.take or []:
+            if not part.startswith("tokenizers."):  # (checked by parse_init_from too)
+                _require_part(src.path, part, weights)
+        merged.update({new: weights[old] for new, old in _renamed(weights, src.take)
+                       if not any(_in_part(new, p) for p in src.skip)})
+    skipped = [p for src in sources for p in src.skip]
+    if model is not None and skipped:
+        merged.update({k: v for k, v in model.state_dict().items()
+                       if k not in merged and any(_in_part(k, p) for p in skipped)})
     return merged
 
 

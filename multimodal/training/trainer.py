@@ -229,7 +229,7 @@ class Trainer:
         self.extra_files = _safety_files(config)
         self.model = build_model(config, self.tokenizers, adapters=False).to(self.device)
         if init_sources:  # (none when resuming)
-            load_weights(self.model, merge_init_weights(init_sources), adapt=True)
+            load_weights(self.model, merge_init_weights(init_sources, self.model), adapt=True)
         if self.cfg.freeze:
             freeze(self.model, list(self.cfg.freeze))
         lora = lora_settings(self.cfg.lora)
