@@ -18,6 +18,7 @@ newest complete checkpoint.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -329,9 +330,12 @@ def parse_init_from(value: Any) -> list[InitSource]:
                 or set(entry) - {"from", "take", "skip"}):
             raise ConfigError(f"{where}: got {entry!r}; {accepted}")
         take, skip = entry.get("take"), entry.get("skip", [])
-        pairs = (None if take is None and "take" not in entry
-                 else list(take.items()) if isinstance(take, dict)
-                 else [(t, t) for t in take] if isinstance(take, list) else [])
+        if "take" not in entry:
+            pairs = None  # everything the checkpoint has
+        elif isinstance(take, dict):
+            pairs = list(take.items())
+        else:
+            pairs = [(t, t) for t in take] if isinstance(take, list) else []
         if not isinstance(entry["from"], str) or pairs == [] or not all(
                 isinstance(p, str) and p for pair in pairs or [] for p in pair):
             raise ConfigError(f"{where}: 'from' must be a path and 'take' a non-empty list of "
@@ -346,19 +350,16 @@ def parse_init_from(value: Any) -> list[InitSource]:
             raise ConfigError(f"{where}: take maps a tokenizer to weights or back: "
                               f"{', '.join(bad)}; {accepted}")
         path = _find_init(where, entry["from"])
-        keys = None
+        keys = functools.cache(lambda: _weight_names(path / "model.safetensors"))  # read once
         for _, part in pairs or []:  # checked here, before any tokenizer is fitted
-            if part.startswith("tokenizers."):
-                if not (path / "tokenizers" / part.split(".", 1)[1]).is_dir():
-                    raise CheckpointError(f"init_from {path}: take '{part}': it has no such "
-                                          f"tokenizer; it has: "
-                                          f"{', '.join(_tokenizer_names(path)) or 'none'}")
-                continue
-            keys = keys if keys is not None else _weight_names(path / "model.safetensors")
-            _require_part(path, part, keys)
+            if not part.startswith("tokenizers."):
+                _require_part(path, part, keys())
+            elif not (path / "tokenizers" / part.split(".", 1)[1]).is_dir():
+                raise CheckpointError(f"init_from {path}: take '{part}': it has no such "
+                                      f"tokenizer; it has: "
+                                      f"{', '.join(_tokenizer_names(path)) or 'none'}")
         if skip:  # each must name weights that this entry gives
-            keys = keys if keys is not None else _weight_names(path / "model.safetensors")
-            given = [new for new, _ in _renamed(keys, pairs)]
+            given = [new for new, _ in _renamed(keys(), pairs)]
             for prefix in skip:
                 if not any(_in_part(k, prefix) for k in given):
                     raise CheckpointError(f"{where}: skip '{prefix}' names none of the weights "
