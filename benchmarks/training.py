@@ -50,9 +50,11 @@ def joint_throughput(config: dict, steps: int, tmp: Path) -> dict:
 
     trainer = Trainer(config, out_dir=tmp / "joint", progress=False)
     trainer.model.train()
-    times: dict[str, list[float]] = {name: [] for name in trainer.modalities}
+    times: dict[str, list[float]] = {name: [] for name in trainer.train_data}  # (none resting)
     for step in range(steps):
         for i, (name, modality) in enumerate(trainer.modalities.items()):
+            if name not in trainer.train_data:
+                continue
             start = time.perf_counter()
             batch = modality.sample(trainer.train_data[name], batch_size=trainer.cfg.batch_size,
                                     generator=step_generator(0, step, 0, i))

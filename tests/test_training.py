@@ -249,11 +249,41 @@ def test_sampling_shares_skip_modalities_by_the_step_seed(tmp_path):
     assert 2 <= sum(trained) <= 10  # about half, from the step seeds
     again = Trainer(config, out_dir=tmp_path / "again", progress=False)
     assert [again.train_step()["loss_caption"] > 0 for _ in range(12)] == trained
-    with pytest.raises(ConfigError, match=r"train.sampling.caption: a share of steps in \(0, 1\]"):
+    with pytest.raises(ConfigError, match=r"train.sampling.caption: a share of steps in \[0, 1\]"):
         Trainer(tiny_image_config(decoders={"caption": {"type": "latent_captioner"}},
                                   data={"caption": {"type": "fashion_mnist", "max_items": 64}},
-                                  train={"sampling": {"caption": 0}}),
+                                  train={"sampling": {"caption": 1.5}}),
                 out_dir=tmp_path / "bad", progress=False)
+
+
+def test_a_modality_with_sampling_0_rests_without_its_data(tmp_path):
+    from multimodal.testing import tiny_image_config
+
+    first = tiny_image_config(decoders={"caption": {"type": "latent_captioner"}},
+                              data={"caption": {"type": "fashion_mnist", "max_items": 64}},
+                              train={"max_steps": 2, "eval_every": 0, "checkpoint_every": 0})
+    made = train(first, out_dir=tmp_path / "first", progress=False)["checkpoint"]
+    # The next stage trains the image decoder alone; the caption decoder rests, and its
+    # dataset is gone from the config: it is neither needed nor read.
+    second = {**first, "data": {"image": first["data"]["image"]}, "init_from": str(made),
+              "train": {**first["train"], "sampling": {"caption": 0}}}
+    trainer = Trainer(second, out_dir=tmp_path / "second", progress=False)
+    assert set(trainer.train_data) == {"image"} and set(trainer.val_data) <= {"image"}
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    steps = [trainer.train_step() for _ in range(2)]
+    assert all(m["loss_caption"] == 0 and m["loss_image"] > 0 for m in steps)
+    after = trainer.model.state_dict()
+    for key in before:
+        if key.startswith("decoders.caption."):
+            torch.testing.assert_close(after[key], before[key], rtol=0, atol=0, msg=key)
+    assert any(not torch.equal(after[k], before[k]) for k in before
+               if k.startswith("decoders.image."))
+    saved = load_checkpoint(trainer.save()).model.state_dict()
+    assert any(k.startswith("decoders.caption.") for k in saved)
+
+    with pytest.raises(ConfigError, match="rests every modality"):
+        Trainer({**second, "train": {**second["train"], "sampling": {"caption": 0, "image": 0}}},
+                out_dir=tmp_path / "none", progress=False)
 
 
 def test_previews_are_written_after_each_checkpoint(tmp_path):

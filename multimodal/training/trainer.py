@@ -46,9 +46,12 @@ class TrainConfig:
         grad_clip: Clip the global gradient norm to this (0 turns clipping off).
         precision: ``"fp32"`` or ``"bf16"`` (autocast; CPU and CUDA).
         loss_weights: Weight of each modality's loss (default 1 each).
-        sampling: Share of steps (micro-batches) in which each modality trains, in (0, 1]
+        sampling: Share of steps (micro-batches) in which each modality trains, in [0, 1]
             (default 1 each): ``{audio: 0.5}`` trains the speech decoder every other step on
-            average, drawn from the step's seed (so resume and torchrun stay exact).
+            average, drawn from the step's seed (so resume and torchrun stay exact). ``0``
+            rests a modality: its decoder stays in the model and its checkpoints, unchanged,
+            and its data is neither read nor encoded (a later stage of a joint model that
+            trains one decoder need not encode the datasets of the others).
         eval_every: Validate every this many steps (0: only at the end).
         eval_batches: Validation batches per evaluation.
         checkpoint_every: Checkpoint every this many steps (0: only at the end).
@@ -198,8 +201,10 @@ class Trainer:
         init_sources = [] if resume_from else parse_init_from(config.get("init_from"))
 
         self.modalities = build_modalities(config)
-        train_sets = build_datasets(config, "train", self.modalities)
-        missing = [m for m in self.modalities if m not in train_sets]
+        self.sampling = self._sampling_shares()
+        active = [m for m in self.modalities if self.sampling[m] > 0]  # the others rest
+        train_sets = build_datasets(config, "train", active)
+        missing = [m for m in active if m not in train_sets]
         if missing:
             raise ConfigError([f"decoders.{m} has no dataset: add data.{m}: {{type: ...}}"
                                for m in missing])
@@ -243,10 +248,11 @@ class Trainer:
         self.dist.broadcast_(list(self.model.state_dict().values()))  # start identical
         if self.cfg.compile:
             self.model.backbone.compile(dynamic=False)  # in place: state_dict keys unchanged
-        self.train_data = {m: mod.prepare(train_sets[m], self.tokenizers, seq_len=self.cfg.seq_len)
-                           for m, mod in self.modalities.items()}
+        self.train_data = {m: self.modalities[m].prepare(train_sets[m], self.tokenizers,
+                                                         seq_len=self.cfg.seq_len)
+                           for m in active}
         self.val_data = {}
-        for m, ds in build_datasets(config, "val", self.modalities).items():
+        for m, ds in build_datasets(config, "val", active).items():
             try:
                 self.val_data[m] = self.modalities[m].prepare(ds, self.tokenizers,
                                                               seq_len=self.cfg.seq_len)
@@ -271,15 +277,6 @@ class Trainer:
             raise ConfigError([f"train.loss_weights.{k}: no such modality; configured: "
                                f"{', '.join(self.modalities)}" for k in unknown])
         self.loss_weights = {m: float(weights.get(m, 1.0)) for m in self.modalities}
-        sampling = self.cfg.sampling or {}
-        bad = [f"train.sampling.{k}: no such modality; configured: {', '.join(self.modalities)}"
-               for k in sampling if k not in self.modalities]
-        bad += [f"train.sampling.{k}: a share of steps in (0, 1], got {v!r}"
-                for k, v in sampling.items() if k in self.modalities
-                and (not isinstance(v, (int, float)) or not 0 < v <= 1)]
-        if bad:
-            raise ConfigError(bad)
-        self.sampling = {m: float(sampling.get(m, 1.0)) for m in self.modalities}
         self.step = 0
         self.last_checkpoint: Path | None = None
         self.history: list[dict] = []
@@ -287,6 +284,25 @@ class Trainer:
             self._resume(resume_from)
 
     # -- set-up helpers ---------------------------------------------------------------------
+    def _sampling_shares(self) -> dict[str, float]:
+        """``train.sampling`` checked, with the default share 1 filled in for each modality."""
+        sampling = self.cfg.sampling or {}
+        if not isinstance(sampling, dict):
+            raise ConfigError(f"train.sampling must map modalities to shares of steps, e.g. "
+                              f"{{audio: 0.5}}; got {sampling!r}")
+        bad = [f"train.sampling.{k}: no such modality; configured: {', '.join(self.modalities)}"
+               for k in sampling if k not in self.modalities]
+        bad += [f"train.sampling.{k}: a share of steps in [0, 1] (0 rests it), got {v!r}"
+                for k, v in sampling.items() if k in self.modalities
+                and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1)]
+        if bad:
+            raise ConfigError(bad)
+        shares = {m: float(sampling.get(m, 1.0)) for m in self.modalities}
+        if not any(shares.values()):
+            raise ConfigError("train.sampling rests every modality (all 0); give at least one a "
+                              "share above 0")
+        return shares
+
     def _fit_tokenizers(self, train_sets: dict) -> None:
         """Fit each untrained tokenizer, before the backbone trains (stage one)."""
         for name, tok in self.tokenizers.items():
@@ -299,6 +315,11 @@ class Trainer:
                     raise DataError(f"tokenizers.{name}: no text to fit the text tokenizer on")
             elif tok.fit_on in train_sets:
                 data = train_sets[tok.fit_on]
+            elif self.sampling.get(tok.fit_on) == 0:
+                raise ConfigError(f"tokenizers.{name} learns from data.{tok.fit_on}, but "
+                                  f"train.sampling.{tok.fit_on} is 0 (the modality rests): "
+                                  f"give a share above 0, or take tokenizers.{name} from "
+                                  "init_from")
             else:
                 raise ConfigError(f"tokenizers.{name} learns from data.{tok.fit_on}, which the "
                                   f"config does not have")
