@@ -231,6 +231,11 @@ def test_ema_weights_follow_the_formula_resume_exactly_and_are_what_pipelines_lo
         torch.testing.assert_close(state[key], a[key], rtol=0, atol=0, msg=key)
     raw_model = load_checkpoint(tmp_path / "full", ema=False).model.state_dict()
     assert any(not torch.equal(raw_model[k], a[k]) for k in a)
+    # so does a run that starts from it (init_from)
+    started = Trainer({**tiny_config(), "init_from": str(tmp_path / "full")},
+                      out_dir=tmp_path / "next", progress=False).model.state_dict()
+    for key in a:
+        torch.testing.assert_close(started[key], a[key], rtol=0, atol=0, msg=key)
     with pytest.raises(ConfigError, match="train.ema_decay must be in"):
         Trainer(tiny_config(train={"ema_decay": 1.5}), out_dir=tmp_path / "bad", progress=False)
 

@@ -51,10 +51,10 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
         CheckpointError: missing, partial or incompatible checkpoint, or one without the
             decoder the task needs.
         ConfigError: the checkpoint's ``safety.blocklist`` cannot be read.
+        InputError: an unknown device, or CUDA asked for where there is none.
 
     The pipeline's prompts are checked by the ``safety:`` policy of the checkpoint's config
     (``pipe.safety``; see :mod:`multimodal.safety`) before anything is generated.
-        InputError: an unknown device, or CUDA asked for where there is none.
     """
     from multimodal.registry import pipelines
 

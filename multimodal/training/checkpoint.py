@@ -411,7 +411,8 @@ def merge_init_weights(sources: list[InitSource],
                        model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
     """The weights that ``init_from`` gives, later entries replacing earlier ones; with
     ``model``, the weights an entry skips (and no other entry gives) are the model's own
-    fresh ones.
+    fresh ones. A checkpoint's EMA weights (``ema.safetensors``) are used where it has them,
+    the weights its pipelines generate with (as :func:`load_checkpoint`).
 
     Raises:
         CheckpointError: an unreadable file, or a ``take`` part that names no weight (also
@@ -419,7 +420,8 @@ def merge_init_weights(sources: list[InitSource],
     """
     merged: dict[str, torch.Tensor] = {}
     for src in sources:
-        weights = _read_weights(src.path / "model.safetensors")
+        ema = src.path / "ema.safetensors"
+        weights = _read_weights(ema if ema.is_file() else src.path / "model.safetensors")
         for _, part in src.take or []:
             if not part.startswith("tokenizers."):  # (checked by parse_init_from too)
                 _require_part(src.path, part, weights)
