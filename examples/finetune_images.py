@@ -32,7 +32,7 @@ NAMES = ("t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--checkpoint", default=None,
-                    help="checkpoint or run directory (default: the embedded text-to-image model)")
+                    help="checkpoint or run directory (default: the embedded joint model)")
 parser.add_argument("--folder", default=None, help="folder with images.jsonl or images.csv "
                     "(default: make an example one)")
 parser.add_argument("--num-images", type=int, default=32, help="images in the example folder")

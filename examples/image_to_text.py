@@ -1,7 +1,8 @@
 """Caption images with the shared backbone: draw one item per class, then caption the drawings.
 
     .venv/bin/python examples/image_to_text.py
-    .venv/bin/python examples/image_to_text.py --checkpoint runs/image_to_text_fashion path/to.png
+    .venv/bin/python examples/image_to_text.py path/to.png another.png   # your own images
+    .venv/bin/python examples/image_to_text.py --checkpoint runs/image_to_text_fashion
 
 Without image paths it first draws "a sneaker", "a bag", ... with text-to-image from the same
 checkpoint, so the round trip prompt -> image -> caption runs through one backbone.
@@ -13,7 +14,7 @@ import multimodal
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("images", nargs="*", help="image files to caption (default: draw some)")
-parser.add_argument("--checkpoint", default=None, help="checkpoint or run directory")
+parser.add_argument("--checkpoint", default=None, help="checkpoint or run directory (default: the embedded joint model)")
 parser.add_argument("--steps", type=int, default=25, help="diffusion steps when drawing")
 args = parser.parse_args()
 

@@ -1,5 +1,5 @@
-"""The embedded defaults (``multimodal/assets``): every built-in generation task loads one
-without a checkpoint, and together they fit the 40 MB budget."""
+"""The embedded default (``multimodal/assets/joint``): every built-in task loads the one joint
+checkpoint without a checkpoint argument, and the assets fit the 40 MB budget."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ import pytest
 
 from multimodal.pipelines import ASSETS, default_checkpoint, load_pipeline
 
+BUILT_IN_TASKS = ("text-generation", "text-to-image", "image-to-image", "inpainting",
+                  "image-to-text", "text-to-audio", "text-to-video")
 
-@pytest.mark.parametrize("task", ("text-generation", "text-to-image", "image-to-image",
-                                  "inpainting", "text-to-audio", "text-to-video"))
-def test_every_generation_task_loads_its_embedded_default(task):
+
+@pytest.mark.parametrize("task", BUILT_IN_TASKS)
+def test_every_built_in_task_loads_the_embedded_joint_model(task):
+    assert default_checkpoint(task) == ASSETS / "joint"
     pipe = load_pipeline(task)
-    meta = json.loads((default_checkpoint(task) / "meta.json").read_text())
+    meta = json.loads((ASSETS / "joint" / "meta.json").read_text())
     assert pipe.checkpoint_id == meta["checkpoint_id"]
 
 

@@ -21,7 +21,7 @@ from conftest import requires_fashion_mnist
 def test_shipped_video_configs_validate():
     config = load_config("configs/text_to_video_moving.yaml")
     assert config["decoders"]["video"]["type"] == "latent_video_dit"
-    assert config["init_from"] == "multimodal/assets/text-to-image"
+    assert config["init_from"] == "runs/text_to_image_fashion_ft"
     tiny = load_config("configs/text_to_video_tiny.yaml")
     assert tiny["data"]["video"]["num_frames"] == 8
     with pytest.raises(ConfigError, match="did you mean 'decoders.video.max_frames'"):

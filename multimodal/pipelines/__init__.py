@@ -7,9 +7,11 @@ from typing import Any
 
 from multimodal.errors import CheckpointError, UnknownComponentError, did_you_mean
 
-# Checkpoints used when none is given, shipped inside the package: one per model family
-# (``assets/<name>``), named by each pipeline's ``default_checkpoint_name``.
+# Checkpoints used when none is given, shipped inside the package (``assets/<name>``): the
+# joint model (configs/joint_tiny*.yaml) serves every built-in task; a plugin's pipeline names
+# its own with a ``default_checkpoint_name`` class attribute.
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_CHECKPOINT_NAME = "joint"
 
 
 def default_checkpoint(task: str = "text-generation") -> Path:
@@ -23,7 +25,7 @@ def default_checkpoint(task: str = "text-generation") -> Path:
     from multimodal.training.checkpoint import is_complete
 
     cls = pipelines.get(task)
-    name = getattr(cls, "default_checkpoint_name", task)
+    name = getattr(cls, "default_checkpoint_name", DEFAULT_CHECKPOINT_NAME)
     path = ASSETS / name
     if not is_complete(path):
         raise CheckpointError(

@@ -102,8 +102,6 @@ class TextToAudioPipeline:
     produces = "audio"  # what its outputs hold (task files check combiner inputs)
 
     task = "text-to-audio"
-    default_checkpoint_name = "text-to-audio"
-
     def __init__(self, *, backbone, decoder, phonemes, audio, checkpoint_id: str = "none"):
         self.backbone, self.decoder = backbone, decoder
         self.phonemes, self.audio = phonemes, audio

@@ -206,8 +206,6 @@ class LatentDiffusionPipeline:
     produces = "image"  # what its outputs hold (task files check combiner inputs)
 
     task = "text-to-image"
-    default_checkpoint_name = "text-to-image"  # multimodal/assets/text-to-image, for all three
-
     def __init__(self, *, backbone, denoiser, vae, tokenizer, checkpoint_id: str = "none"):
         self.backbone, self.denoiser, self.vae, self.tokenizer = backbone, denoiser, vae, tokenizer
         self.checkpoint_id = checkpoint_id

@@ -101,8 +101,6 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
     produces = "video"
 
     task = "text-to-video"
-    default_checkpoint_name = "text-to-video"
-
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> "TextToVideoPipeline":
         """Load from a checkpoint (or a run directory's newest one).
