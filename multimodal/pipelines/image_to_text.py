@@ -45,6 +45,7 @@ class ImageToTextPipeline:
     produces = "text"  # what its outputs hold (task files check combiner inputs)
 
     task = "image-to-text"
+
     def __init__(self, *, backbone, captioner, vae, tokenizer, checkpoint_id: str = "none"):
         self.backbone, self.captioner, self.vae = backbone, captioner, vae
         self.tokenizer, self.checkpoint_id = tokenizer, checkpoint_id

@@ -102,6 +102,7 @@ class TextToAudioPipeline:
     produces = "audio"  # what its outputs hold (task files check combiner inputs)
 
     task = "text-to-audio"
+
     def __init__(self, *, backbone, decoder, phonemes, audio, checkpoint_id: str = "none"):
         self.backbone, self.decoder = backbone, decoder
         self.phonemes, self.audio = phonemes, audio

@@ -206,6 +206,7 @@ class LatentDiffusionPipeline:
     produces = "image"  # what its outputs hold (task files check combiner inputs)
 
     task = "text-to-image"
+
     def __init__(self, *, backbone, denoiser, vae, tokenizer, checkpoint_id: str = "none"):
         self.backbone, self.denoiser, self.vae, self.tokenizer = backbone, denoiser, vae, tokenizer
         self.checkpoint_id = checkpoint_id

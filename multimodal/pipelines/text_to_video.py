@@ -101,6 +101,7 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
     produces = "video"
 
     task = "text-to-video"
+
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> "TextToVideoPipeline":
         """Load from a checkpoint (or a run directory's newest one).

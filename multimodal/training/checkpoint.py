@@ -407,12 +407,19 @@ def _weight_names(file: Path) -> list[str]:
         raise CheckpointError(f"cannot read weights {file}: {exc}") from None
 
 
+def generation_weights(path: Path) -> Path:
+    """The weights file a checkpoint generates with: its EMA weights (``ema.safetensors``,
+    from ``train.ema_decay``) where it has them, else ``model.safetensors``."""
+    ema = path / "ema.safetensors"
+    return ema if ema.is_file() else path / "model.safetensors"
+
+
 def merge_init_weights(sources: list[InitSource],
                        model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
     """The weights that ``init_from`` gives, later entries replacing earlier ones; with
     ``model``, the weights an entry skips (and no other entry gives) are the model's own
-    fresh ones. A checkpoint's EMA weights (``ema.safetensors``) are used where it has them,
-    the weights its pipelines generate with (as :func:`load_checkpoint`).
+    fresh ones. Each checkpoint gives the weights its pipelines generate with
+    (:func:`generation_weights`: the EMA weights where it has them).
 
     Raises:
         CheckpointError: an unreadable file, or a ``take`` part that names no weight (also
@@ -420,8 +427,7 @@ def merge_init_weights(sources: list[InitSource],
     """
     merged: dict[str, torch.Tensor] = {}
     for src in sources:
-        ema = src.path / "ema.safetensors"
-        weights = _read_weights(ema if ema.is_file() else src.path / "model.safetensors")
+        weights = _read_weights(generation_weights(src.path))
         for _, part in src.take or []:
             if not part.startswith("tokenizers."):  # (checked by parse_init_from too)
                 _require_part(src.path, part, weights)
@@ -546,8 +552,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         model = build_model(config, tokenizers)
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path}: cannot build its model: {exc}") from None
-    weights = path / "ema.safetensors"
-    load_weights(model, weights if ema and weights.is_file() else path / "model.safetensors")
+    load_weights(model, generation_weights(path) if ema else path / "model.safetensors")
     model.to(device).eval()
     return LoadedCheckpoint(path=path, config=config, model=model, tokenizers=tokenizers,
                             meta=meta)
