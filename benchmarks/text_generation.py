@@ -121,7 +121,7 @@ def random_model(size: dict, seed: int) -> tuple[TransformerBackbone, LMHead]:
 
 
 def checkpoint_model(path: str) -> tuple[TransformerBackbone, nn.Module]:
-    from multimodal.training.checkpoint import load_checkpoint
+    from multimodal.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
     return ckpt.model.backbone, ckpt.model.decoders["text"]

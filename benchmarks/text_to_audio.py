@@ -66,7 +66,7 @@ def build_vocoders(pipe=None, *, wavenet_args: dict | None = None,
 
 def part_c(pipe, *, repeats: int = 2) -> dict:
     """End-to-end text-to-WAV real-time factor per vocoder (best of ``repeats``)."""
-    from multimodal.pipelines.text_to_audio import wav_bytes
+    from multimodal.modalities.audio.files import wav_bytes
 
     log("(c) end-to-end text -> WAV real-time factor")
     out = {}

@@ -78,7 +78,7 @@ def _log_rows(path: Path) -> list[dict]:
 def data_parallel(config_path: Path, overrides: list[str], steps: int, tmp: Path) -> dict:
     from safetensors.torch import load_file
 
-    from multimodal.training.checkpoint import find_checkpoint
+    from multimodal.checkpoint import find_checkpoint
 
     args = [str(config_path), f"train.max_steps={steps}", f"train.checkpoint_every={steps}",
             "train.eval_every=0", "train.log_every=1", *overrides]

@@ -23,8 +23,8 @@ from multimodal.config import dump_yaml
 from multimodal.data import read_media_list
 from multimodal.data.images import FASHION_MNIST_DIR, FASHION_MNIST_FILES, read_idx
 from multimodal.pipelines import default_checkpoint
-from multimodal.pipelines.text_to_image import image_grid
-from multimodal.training.checkpoint import find_checkpoint, read_config
+from multimodal.modalities.image.files import image_grid
+from multimodal.checkpoint import find_checkpoint, read_config
 from multimodal.training.trainer import train
 
 NAMES = ("t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import multimodal
-from multimodal.pipelines.text_to_audio import wav_bytes
+from multimodal.modalities.audio.files import wav_bytes
 
 parser = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

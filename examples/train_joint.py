@@ -15,7 +15,7 @@ from PIL import Image
 
 import multimodal
 from multimodal.modalities.video import files
-from multimodal.pipelines.text_to_audio import wav_bytes
+from multimodal.modalities.audio.files import wav_bytes
 from multimodal.training.trainer import train
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -12,7 +12,9 @@ from typing import Any, Iterable
 
 from multimodal.config import constructor_params
 from multimodal.errors import ConfigError, MultimodalError
-from multimodal.registry import get_registry
+from multimodal.model import MultimodalModel
+from multimodal.nn.lora import apply_lora, lora_settings
+from multimodal.registry import get_registry, modalities
 
 
 def build_component(kind: str, section: dict, dotted: str, **context: Any) -> Any:
@@ -59,9 +61,6 @@ def build_model(config: dict, tokenizers: dict[str, Any], *, adapters: bool = Tr
     Raises:
         ConfigError: no backbone or decoder is configured, or a decoder has no modality.
     """
-    from multimodal.model import MultimodalModel
-    from multimodal.registry import modalities
-
     if "backbone" not in config:
         raise ConfigError("the config has no 'backbone' section")
     decoders = config.get("decoders") or {}
@@ -80,8 +79,6 @@ def build_model(config: dict, tokenizers: dict[str, Any], *, adapters: bool = Tr
              for name, section in decoders.items()}
     model = MultimodalModel(backbone=backbone, decoders=built)
     if adapters:
-        from multimodal.training.finetune import apply_lora, lora_settings
-
         lora = lora_settings((config.get("train") or {}).get("lora"))
         if lora is not None:
             apply_lora(model, lora)
@@ -90,6 +87,4 @@ def build_model(config: dict, tokenizers: dict[str, Any], *, adapters: bool = Tr
 
 def build_modalities(config: dict) -> dict[str, Any]:
     """One modality objective per configured decoder."""
-    from multimodal.registry import modalities
-
     return {name: modalities.get(name)() for name in (config.get("decoders") or {})}

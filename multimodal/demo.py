@@ -72,7 +72,7 @@ def run_demo(out_dir: str | Path, *, checkpoint=None, seed: int = 0) -> Iterator
 
 
 def _image(image_pipe, out: Path, seed: int) -> str:
-    from multimodal.pipelines.text_to_image import image_grid, png_bytes
+    from multimodal.modalities.image.files import image_grid, png_bytes
 
     samples, settings = [], None
     for prompt in IMAGE_PROMPTS:
@@ -85,7 +85,7 @@ def _image(image_pipe, out: Path, seed: int) -> str:
 
 
 def _audio(audio_pipe, out: Path, seed: int) -> str:
-    from multimodal.pipelines.text_to_audio import wav_bytes
+    from multimodal.modalities.audio.files import wav_bytes
 
     result = audio_pipe(AUDIO_PROMPT, seed=seed, progress=False)
     atomic_write_bytes(out / "audio.wav", wav_bytes(result.audios[0], result.sample_rate))
@@ -99,7 +99,7 @@ def _video(video_pipe, out: Path, seed: int) -> str:
     import numpy as np
 
     from multimodal.modalities.video import files
-    from multimodal.pipelines.text_to_image import png_bytes
+    from multimodal.modalities.image.files import png_bytes
 
     clips, settings = [], None
     for prompt in VIDEO_PROMPTS:

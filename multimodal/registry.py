@@ -65,11 +65,11 @@ _BUILTIN_MODULES = (
     "multimodal.data.audio",
     "multimodal.pipelines.text_to_audio",
     # Each modality's ModalitySpec, once its components are registered.
-    "multimodal.modalities.text.spec",
-    "multimodal.modalities.image.spec",
-    "multimodal.modalities.image.caption_spec",
-    "multimodal.modalities.video.spec",
-    "multimodal.modalities.audio.spec",
+    "multimodal.specs.text",
+    "multimodal.specs.image",
+    "multimodal.specs.caption",
+    "multimodal.specs.video",
+    "multimodal.specs.audio",
     "multimodal.pipelines.composed",  # task files, once every pipeline they name is there
 )
 

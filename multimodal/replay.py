@@ -33,7 +33,7 @@ def read_settings(path: str | Path) -> dict[str, Any]:
         raise InputError(f"replay: no such file: {path}")
     suffix = path.suffix.lower()
     if suffix == ".png":
-        from multimodal.pipelines.text_to_image import read_png_metadata
+        from multimodal.modalities.image.files import read_png_metadata
 
         return read_png_metadata(path)
     sidecar = path if suffix == ".json" else path.with_suffix(".json")

@@ -198,7 +198,7 @@ def tiny_image_checkpoint(path, denoiser: str = "latent_unet"):
     import torch
 
     from multimodal.model import MultimodalModel
-    from multimodal.training.checkpoint import save_checkpoint
+    from multimodal.checkpoint import save_checkpoint
 
     pipe = tiny_image_pipeline(denoiser=denoiser)
     generator = torch.Generator().manual_seed(0)
@@ -256,7 +256,7 @@ def tiny_video_checkpoint(path):
     import torch
 
     from multimodal.model import MultimodalModel
-    from multimodal.training.checkpoint import save_checkpoint
+    from multimodal.checkpoint import save_checkpoint
 
     pipe = tiny_video_pipeline()
     generator = torch.Generator().manual_seed(0)
@@ -381,7 +381,7 @@ def check_modality(spec, tmp_path, *, prompt: str = "a small test", overfit_step
     from multimodal.config import validate_config
     from multimodal.pipelines import load_pipeline
     from multimodal.plugins import shape_matches, shape_of, spec_problems
-    from multimodal.training.checkpoint import find_checkpoint, load_checkpoint
+    from multimodal.checkpoint import find_checkpoint, load_checkpoint
     from multimodal.training.trainer import Trainer, step_generator
 
     def fail(step: str, message: str) -> None:

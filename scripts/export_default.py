@@ -12,7 +12,7 @@ import argparse
 import torch
 
 from multimodal.pipelines import ASSETS
-from multimodal.training.checkpoint import export_checkpoint
+from multimodal.checkpoint import export_checkpoint
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("checkpoint", help="checkpoint or run directory")

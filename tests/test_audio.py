@@ -140,7 +140,7 @@ def _espeak():
 
 
 def test_tiny_config_trains_and_saves_vocoders(tiny_run):
-    from multimodal.training.checkpoint import find_checkpoint
+    from multimodal.checkpoint import find_checkpoint
 
     run, result = tiny_run
     assert np.isfinite(result["loss"]) and result["val_audio_mel_l1"] > 0
@@ -214,7 +214,7 @@ def test_long_text_is_spoken_sentence_by_sentence(tiny_run):
 
 
 def test_log_mel_tokenizer_round_trips_through_a_checkpoint(tiny_run):
-    from multimodal.training.checkpoint import load_checkpoint
+    from multimodal.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(tiny_run[0])
     audio = ckpt.tokenizers["audio"]

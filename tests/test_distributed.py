@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from multimodal.config import dump_yaml
 from multimodal.errors import ConfigError
 from multimodal.testing import tiny_config
-from multimodal.training.checkpoint import find_checkpoint
+from multimodal.checkpoint import find_checkpoint
 from multimodal.training.distributed import Distributed, check_shardable
 from multimodal.training.trainer import train
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from multimodal.errors import CheckpointError, ConfigError
 from multimodal.pipelines import load_pipeline
 from multimodal.testing import tiny_config
-from multimodal.training.checkpoint import find_checkpoint, load_checkpoint
+from multimodal.checkpoint import find_checkpoint, load_checkpoint
 from multimodal.training.trainer import Trainer, train
 
 from conftest import requires_fashion_mnist

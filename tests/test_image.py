@@ -14,7 +14,7 @@ from multimodal.errors import CheckpointError, InputError, UnknownComponentError
 from multimodal.modalities.image import (ImageVAETokenizer, LatentPatchEmbed, patchify,
                                          unpatchify)
 from multimodal.pipelines import load_pipeline
-from multimodal.pipelines.text_to_image import (image_grid, png_bytes, read_png_metadata)
+from multimodal.modalities.image.files import image_grid, png_bytes, read_png_metadata
 from multimodal.registry import decoders, schedulers
 from multimodal.testing import TINY, tiny_backbone, tiny_image_checkpoint, tiny_image_pipeline
 
@@ -399,7 +399,7 @@ def test_oversized_images_are_refused_clearly(tmp_path, monkeypatch):
     from PIL import Image
 
     from multimodal.errors import InputError
-    from multimodal.pipelines.text_to_image import load_image_array
+    from multimodal.modalities.image.files import load_image_array
 
     Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels is a "bomb" now
@@ -411,7 +411,7 @@ def test_export_casts_model_and_tokenizer_weights_to_fp16_and_loads_back(tmp_pat
     from safetensors.torch import load_file
 
     from multimodal.pipelines import load_pipeline
-    from multimodal.training.checkpoint import export_checkpoint
+    from multimodal.checkpoint import export_checkpoint
 
     source = tiny_image_checkpoint(tmp_path / "src")
     shipped = export_checkpoint(source, tmp_path / "shipped")

@@ -10,7 +10,7 @@ from multimodal.config import load_config
 from multimodal.errors import ConfigError
 from multimodal.pipelines import load_pipeline
 from multimodal.testing import tiny_image_config, tiny_image_folder
-from multimodal.training.checkpoint import find_checkpoint, load_checkpoint
+from multimodal.checkpoint import find_checkpoint, load_checkpoint
 from multimodal.training.trainer import Trainer
 
 from conftest import requires_fashion_mnist
@@ -55,7 +55,7 @@ def test_tiny_image_config_trains_and_loads_into_pipelines(tmp_path):
 @requires_fashion_mnist
 def test_cli_trains_the_tiny_config_and_generates(tmp_path, capsys):
     from multimodal.cli import main
-    from multimodal.pipelines.text_to_image import read_png_metadata
+    from multimodal.modalities.image.files import read_png_metadata
 
     run = tmp_path / "run"
     assert main(["train", "configs/text_to_image_tiny.yaml", "train.max_steps=2",

@@ -13,7 +13,7 @@ import pytest
 
 from multimodal.config import load_config
 from multimodal.pipelines import load_pipeline
-from multimodal.training.checkpoint import find_checkpoint
+from multimodal.checkpoint import find_checkpoint
 from multimodal.training.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ def test_demo_writes_every_output_from_one_checkpoint(joint, tmp_path):
 
     from multimodal.demo import VIDEO_PROMPTS, run_demo
     from multimodal.modalities.video.files import ffmpeg_available, read_video_info
-    from multimodal.pipelines.text_to_image import read_png_metadata
+    from multimodal.modalities.image.files import read_png_metadata
 
     root, _ = joint
     lines = list(run_demo(tmp_path / "demo", checkpoint=root / "run"))

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from multimodal.errors import CheckpointError, ConfigError, DataError, TrainingError
 from multimodal.pipelines import load_pipeline
 from multimodal.testing import tiny_config
-from multimodal.training.checkpoint import find_checkpoint, load_checkpoint
+from multimodal.checkpoint import find_checkpoint, load_checkpoint
 from multimodal.training.trainer import Trainer, lr_at, TrainConfig, train
 
 from conftest import requires_fortunes

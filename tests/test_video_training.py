@@ -12,7 +12,7 @@ from multimodal.config import load_config
 from multimodal.errors import ConfigError
 from multimodal.modalities.video import files
 from multimodal.testing import TINY, tiny_image_checkpoint, tiny_video_config
-from multimodal.training.checkpoint import find_checkpoint, load_checkpoint
+from multimodal.checkpoint import find_checkpoint, load_checkpoint
 from multimodal.training.trainer import Trainer
 
 from conftest import requires_fashion_mnist

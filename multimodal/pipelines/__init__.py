@@ -22,7 +22,7 @@ def default_checkpoint(task: str = "text-generation") -> Path:
         CheckpointError: it is not there (a source checkout without the asset).
     """
     from multimodal.registry import pipelines
-    from multimodal.training.checkpoint import is_complete
+    from multimodal.checkpoint import is_complete
 
     cls = pipelines.get(task)
     name = getattr(cls, "default_checkpoint_name", DEFAULT_CHECKPOINT_NAME)
@@ -71,7 +71,7 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
     if getattr(cls, "composed", False):  # each step resolves its own checkpoint
         return cls.from_checkpoint(checkpoint, device=device, **kwargs)
     from multimodal.safety import SafetyPolicy
-    from multimodal.training.checkpoint import find_checkpoint, read_config
+    from multimodal.checkpoint import find_checkpoint, read_config
 
     path = default_checkpoint(task) if checkpoint is None else checkpoint
     pipe = cls.from_checkpoint(path, device=device, **kwargs)

@@ -58,7 +58,7 @@ class ImageToTextPipeline:
             CheckpointError: unusable checkpoint, or one without a captioner, image VAE or
                 text tokenizer.
         """
-        from multimodal.training.checkpoint import load_checkpoint
+        from multimodal.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path, device=device)
         require_parts(ckpt, cls.task, {"decoders.caption": "caption" in ckpt.model.decoders,
@@ -83,7 +83,7 @@ class ImageToTextPipeline:
         from PIL import Image
 
         from multimodal.data.images import pil_to_array
-        from multimodal.pipelines.text_to_image import load_image_array
+        from multimodal.modalities.image.files import load_image_array
 
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         if not items:

@@ -91,7 +91,7 @@ class TextGenerationPipeline:
         Raises:
             CheckpointError: unusable checkpoint, or one without a text decoder.
         """
-        from multimodal.training.checkpoint import load_checkpoint
+        from multimodal.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path, device=device)
         if "text" not in ckpt.model.decoders or "text" not in ckpt.tokenizers:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from multimodal.errors import InputError
+from multimodal.modalities.audio.files import wav_bytes
 from multimodal.pipelines import require_parts
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
@@ -69,16 +70,6 @@ class AudioGenerationOutput:
                 "phonemes": self.phonemes, "checkpoint": self.checkpoint_id}
 
 
-def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
-    """A mono 16-bit PCM WAV file of ``audio`` (float in [-1, 1])."""
-    import soundfile as sf
-
-    buffer = io.BytesIO()
-    sf.write(buffer, np.asarray(audio, dtype=np.float32), sample_rate, subtype="PCM_16",
-             format="WAV")
-    return buffer.getvalue()
-
-
 def split_sentences(text: str) -> list[str]:
     """``text`` cut after ``. ! ? ; :`` (keeping the punctuation), blank pieces dropped."""
     return [s.strip() for s in re.split(r"(?<=[.!?;:])\s+", text.strip()) if s.strip()]
@@ -116,7 +107,7 @@ class TextToAudioPipeline:
             CheckpointError: unusable checkpoint, or one without an audio decoder and the
                 ``phonemes`` and ``audio`` tokenizers.
         """
-        from multimodal.training.checkpoint import load_checkpoint
+        from multimodal.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path, device=device)
         require_parts(ckpt, cls.task, {"decoders.audio": "audio" in ckpt.model.decoders,

@@ -111,7 +111,7 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
                 tokenizer and a text tokenizer.
         """
         from multimodal.modalities.video.vae import frame_tokenizer
-        from multimodal.training.checkpoint import load_checkpoint
+        from multimodal.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path, device=device)
         vae = frame_tokenizer(ckpt.tokenizers)

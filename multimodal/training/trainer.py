@@ -22,10 +22,16 @@ from typing import Any, Literal
 
 import torch
 
+from multimodal.builders import build_datasets, build_modalities, build_model, build_tokenizers
+from multimodal.checkpoint import (find_checkpoint, load_optimizer_state, load_tokenizers,
+                                   load_weights, prune_checkpoints, read_config, save_checkpoint)
 from multimodal.errors import CheckpointError, ConfigError, DataError, TrainingError
+from multimodal.nn.lora import apply_lora, freeze, lora_settings
+from multimodal.safety import CHECKPOINT_BLOCKLIST, SafetyPolicy
 from multimodal.training.distributed import (check_shardable, init_distributed, metric_tensor,
                                              shutdown)
-from multimodal.training.finetune import apply_lora, freeze, lora_settings
+from multimodal.training.init_from import (load_init_tokenizers, merge_init_weights,
+                                          parse_init_from)
 
 
 @dataclass
@@ -69,7 +75,7 @@ class TrainConfig:
         freeze: Module prefixes whose weights do not train, e.g. ``[backbone]`` (fine-tuning a
             decoder on the ``init_from`` model).
         lora: Low-rank adapters, e.g. ``{rank: 8, alpha: 16}`` (see
-            :class:`multimodal.training.finetune.LoRASettings`; default off).
+            :class:`multimodal.nn.lora.LoRASettings`; default off).
         preview_prompts: After every checkpoint, generate from these prompts with the config's
             task (seed 0) into ``<run>/previews/step_N/``, to watch a run as it learns
             (default none; a preview that fails is a warning, not a stop).
@@ -170,11 +176,6 @@ class Trainer:
 
     def __init__(self, config: dict, *, out_dir: str | Path | None = None, resume: bool = False,
                  progress: bool = True):
-        from multimodal.builders import build_datasets, build_modalities, build_model, build_tokenizers
-        from multimodal.training.checkpoint import (find_checkpoint, load_init_tokenizers,
-                                                    load_tokenizers, load_weights,
-                                                    merge_init_weights, parse_init_from)
-
         self.config = config
         self.cfg = TrainConfig.from_config(config)
         self.seed = int(config.get("seed", 0))
@@ -326,8 +327,6 @@ class Trainer:
             tok.fit(data, seed=self.seed, device=self.device, progress=self.progress)
 
     def _check_resumable(self, path: Path) -> None:
-        from multimodal.training.checkpoint import read_config
-
         saved = read_config(path)
         diffs = [k for k in ("tokenizers", "backbone", "decoders", "seed")
                  if saved.get(k) != self.config.get(k)]
@@ -338,8 +337,6 @@ class Trainer:
                 "start a new run in another out_dir")
 
     def _resume(self, path: Path) -> None:
-        from multimodal.training.checkpoint import load_optimizer_state, load_weights
-
         load_weights(self.model, path / "model.safetensors")
         state = load_optimizer_state(path, self.optimizer)
         self.step = int(state["step"])
@@ -429,8 +426,6 @@ class Trainer:
         return out
 
     def save(self) -> Path:
-        from multimodal.training.checkpoint import prune_checkpoints, save_checkpoint
-
         if not self.dist.is_main:  # rank 0 writes; the weights are the same everywhere
             self.last_checkpoint = self.out_dir / "checkpoints" / f"step_{self.step:06d}"
             return self.last_checkpoint
@@ -558,8 +553,6 @@ def _safety_files(config: dict) -> dict[str, bytes]:
     Raises:
         ConfigError: the blocklist cannot be read.
     """
-    from multimodal.safety import CHECKPOINT_BLOCKLIST, SafetyPolicy
-
     SafetyPolicy.from_config(config)
     blocklist = (config.get("safety") or {}).get("blocklist")
     return {CHECKPOINT_BLOCKLIST: Path(blocklist).read_bytes()} if blocklist else {}

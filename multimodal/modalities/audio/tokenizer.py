@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 
+from multimodal.checkpoint import load_weights
 from multimodal.errors import CheckpointError, ConfigError, DataError, InputError
 from multimodal.registry import tokenizers
 
@@ -233,8 +234,6 @@ class LogMelTokenizer:
         Raises:
             CheckpointError: a missing or unreadable file, or weights of another shape.
         """
-        from multimodal.training.checkpoint import load_weights
-
         directory = Path(directory)
         try:
             meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from multimodal.checkpoint import load_weights
 from multimodal.errors import CheckpointError, DataError
 from multimodal.registry import tokenizers
 
@@ -223,8 +224,6 @@ class ImageVAETokenizer:
         Raises:
             CheckpointError: files missing or unreadable, or weights that do not fit ``config``.
         """
-        from multimodal.training.checkpoint import load_weights
-
         directory = Path(directory)
         missing = [f for f in (WEIGHTS_FILE, META_FILE) if not (directory / f).is_file()]
         if missing:

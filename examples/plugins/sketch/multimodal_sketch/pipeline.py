@@ -149,7 +149,7 @@ class TextToSketchPipeline:
             CheckpointError: unusable checkpoint, or one without the sketch decoder and the
                 text and stroke tokenizers.
         """
-        from multimodal.training.checkpoint import load_checkpoint
+        from multimodal.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path, device=device)
         require_parts(ckpt, TASK, {"decoders.sketch": "sketch" in ckpt.model.decoders,
@@ -296,7 +296,7 @@ class TextToSketchPipeline:
         ``000.json`` (settings and strokes) per sample, atomically; on any failure (a blocked
         prompt included) no file of this run is left behind."""
         from multimodal.io import OutputFiles
-        from multimodal.pipelines.text_to_image import png_bytes
+        from multimodal.modalities.image.files import png_bytes
 
         if not 8 <= args.size <= MAX_SIZE:
             raise InputError(f"--size must be from 8 to {MAX_SIZE} pixels, got {args.size}")

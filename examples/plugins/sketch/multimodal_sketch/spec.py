@@ -28,7 +28,7 @@ def _generate(pipeline, prompt: str, seed: int) -> np.ndarray:
 
 def write_png(image: np.ndarray, path: Path) -> None:
     """Write a rendered (h, w) uint8 sketch as PNG."""
-    from multimodal.pipelines.text_to_image import png_bytes
+    from multimodal.modalities.image.files import png_bytes
 
     atomic_write_bytes(Path(path), png_bytes(image, {}))
 

@@ -363,7 +363,7 @@ def test_pipeline_grid_mismatch(tiny_parts):
 
 
 def test_run_cli_writes_png_and_json(pipe, tmp_path):
-    from multimodal.pipelines.text_to_image import read_png_metadata
+    from multimodal.modalities.image.files import read_png_metadata
 
     args = Namespace(prompt="a spiral", num_samples=2, temperature=1.0, top_k=None, seed=3,
                      max_tokens=16, size=48, out=str(tmp_path / "out"))
@@ -402,7 +402,7 @@ def tiny_checkpoint(tmp_path_factory):
     """A checkpoint of the spec's tiny model, untrained (built and saved in milliseconds)."""
     from multimodal.builders import build_model
     from multimodal.testing import tiny_tokenizer
-    from multimodal.training.checkpoint import save_checkpoint
+    from multimodal.checkpoint import save_checkpoint
 
     config = multimodal_sketch.SPEC.tiny_config()
     tokenizers = {"text": tiny_tokenizer(), "sketch": StrokeTokenizer(grid_size=16)}

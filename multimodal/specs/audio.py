@@ -7,31 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from multimodal.io import atomic_write_bytes
+from multimodal.modalities.audio.files import SAMPLE_RATE, read_wav, write_wav
 from multimodal.modalities.audio.modality import AudioModality
 from multimodal.plugins import ModalitySpec, register_modality
 from multimodal.registry import REGISTRIES
-
-SAMPLE_RATE = 16_000
+from multimodal.testing import tiny_audio_config
 
 
 def _generate(pipeline, prompt: str, seed: int) -> np.ndarray:
     return pipeline(prompt, seed=seed, progress=False).audios[0]
-
-
-def write_wav(audio: np.ndarray, path: Path) -> None:
-    from multimodal.pipelines.text_to_audio import wav_bytes
-
-    atomic_write_bytes(Path(path), wav_bytes(audio, SAMPLE_RATE))
-
-
-def read_wav(path: Path) -> np.ndarray:
-    import soundfile
-
-    audio, rate = soundfile.read(str(path), dtype="float32")
-    if rate != SAMPLE_RATE:
-        raise ValueError(f"{path}: {rate} Hz, expected {SAMPLE_RATE}")
-    return audio
 
 
 def _example():
@@ -44,8 +28,6 @@ def _example():
 
 
 def _tiny_config() -> dict:
-    from multimodal.testing import tiny_audio_config
-
     return tiny_audio_config()
 
 

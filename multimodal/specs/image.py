@@ -7,27 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from multimodal.io import atomic_write_bytes
+from multimodal.modalities.image.files import read_png, write_png
 from multimodal.modalities.image.modality import ImageModality
 from multimodal.plugins import ModalitySpec, register_modality
 from multimodal.registry import REGISTRIES
+from multimodal.testing import TINY, tiny_image_config
 
 
 def _generate(pipeline, prompt: str, seed: int) -> np.ndarray:
     return pipeline(prompt, num_inference_steps=2, seed=seed, progress=False).images[0]
-
-
-def write_png(image: np.ndarray, path: Path) -> None:
-    from multimodal.pipelines.text_to_image import png_bytes
-
-    atomic_write_bytes(Path(path), png_bytes(image, {}))
-
-
-def read_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image)
 
 
 def _example():
@@ -38,8 +26,6 @@ def _example():
 
 
 def _tiny_config() -> dict:
-    from multimodal.testing import TINY, tiny_image_config
-
     return tiny_image_config(decoders={"image": {"type": "latent_dit",
                                                  **TINY["decoders"]["latent_dit"]}})
 

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from multimodal.io import atomic_write_bytes
+from multimodal.modalities.video.files import gif_bytes, read_video_frames
 from multimodal.modalities.video.modality import VideoModality
 from multimodal.plugins import ModalitySpec, register_modality
 from multimodal.registry import REGISTRIES
+from multimodal.testing import tiny_video_config
 
 FPS = 8
 
@@ -20,15 +22,11 @@ def _generate(pipeline, prompt: str, seed: int) -> np.ndarray:
 
 
 def write_gif(frames: np.ndarray, path: Path) -> None:
-    from multimodal.modalities.video.files import gif_bytes
-
     atomic_write_bytes(Path(path), gif_bytes(frames, FPS))
 
 
 def read_gif(path: Path) -> np.ndarray:
     """(t, h, w) uint8 frames of a grayscale GIF."""
-    from multimodal.modalities.video.files import read_video_frames
-
     return read_video_frames(path)[..., 0]
 
 
@@ -40,8 +38,6 @@ def _example():
 
 
 def _tiny_config() -> dict:
-    from multimodal.testing import tiny_video_config
-
     return tiny_video_config()
 
 

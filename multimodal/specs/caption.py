@@ -9,9 +9,10 @@ import numpy as np
 
 from multimodal.io import atomic_write_text
 from multimodal.modalities.image.caption import CaptionModality
-from multimodal.modalities.image.spec import SPEC as IMAGE
+from multimodal.specs.image import SPEC as IMAGE
 from multimodal.plugins import ModalitySpec, register_modality
 from multimodal.registry import REGISTRIES
+from multimodal.testing import tiny_image_config
 
 
 def _generate(pipeline, prompt: str, seed: int) -> str:
@@ -23,8 +24,6 @@ def _generate(pipeline, prompt: str, seed: int) -> str:
 
 
 def _tiny_config() -> dict:
-    from multimodal.testing import tiny_image_config
-
     config = tiny_image_config(train={"lr": 1e-2})
     config["decoders"] = {"caption": {"type": "latent_captioner"}}
     config["data"] = {"caption": config["data"].pop("image")}

@@ -9,6 +9,7 @@ from multimodal.io import atomic_write_text
 from multimodal.modalities.text.modality import TextModality
 from multimodal.plugins import ModalitySpec, register_modality
 from multimodal.registry import REGISTRIES
+from multimodal.testing import tiny_config
 
 
 def _generate(pipeline, prompt: str, seed: int) -> str:
@@ -26,8 +27,6 @@ def _decode(tokenizer, ids) -> str:
 
 
 def _tiny_config() -> dict:
-    from multimodal.testing import tiny_config
-
     return tiny_config(train={"max_steps": 4, "checkpoint_every": 4})
 
 

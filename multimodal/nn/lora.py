@@ -1,4 +1,4 @@
-"""Fine-tuning: frozen modules and low-rank adapters (LoRA, Hu et al. 2021,
+"""Fine-tuning helpers for the builder and the trainer: frozen modules and low-rank adapters (LoRA, Hu et al. 2021,
 https://arxiv.org/abs/2106.09685, through Hugging Face ``peft``).
 
 ``train.freeze`` lists module prefixes whose weights stay as ``init_from`` gave them (e.g.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from multimodal.errors import ConfigError
+from multimodal.errors import ConfigError, did_you_mean
 
 # Every linear layer of the backbone's blocks: attention q/k/v + output, the SwiGLU MLP.
 DEFAULT_LORA_MODULES = r"backbone\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(w13|w2))"
@@ -56,8 +56,6 @@ def lora_settings(section: dict | None) -> LoRASettings | None:
     try:
         settings = LoRASettings(**section)
     except TypeError:
-        from multimodal.errors import did_you_mean
-
         accepted = ("rank", "alpha", "dropout", "modules")
         unknown = [k for k in section if k not in accepted]
         raise ConfigError([f"train.lora.{k}: unknown key{did_you_mean(k, accepted)}; accepted: "
@@ -84,6 +82,7 @@ def apply_lora(model: torch.nn.Module, settings: LoRASettings) -> list[str]:
     Raises:
         ConfigError: no linear layer matches ``settings.modules``.
     """
+    # Deferred: peft imports transformers (seconds), needed only when a config has train.lora.
     from peft import LoraConfig, inject_adapter_in_model
 
     pattern = re.compile(settings.modules)
