@@ -29,9 +29,11 @@ from typing import Literal, Sequence
 import numpy as np
 
 from multimodal.data import check_split, in_split
+from multimodal.data.images import DICTIONARY, SYNONYMS
+from multimodal.data.text import FortunesDataset
 from multimodal.errors import DataError
-from multimodal.io import cache_root
-from multimodal.modalities.audio.phonemes import DEFAULT_VOICES
+from multimodal.io import atomic_write_bytes, cache_root
+from multimodal.modalities.audio.phonemes import DEFAULT_VOICES, phonemize
 from multimodal.registry import datasets
 
 SAMPLE_RATE = 16_000
@@ -136,8 +138,6 @@ def number_texts() -> list[str]:
 
 def garment_texts() -> list[str]:
     """Every Fashion-MNIST item name and synonym, singular and plural."""
-    from multimodal.data.images import SYNONYMS
-
     return sorted({phrase for pairs in SYNONYMS for pair in pairs for phrase in pair if phrase})
 
 
@@ -146,8 +146,6 @@ _WORD = re.compile(r"[A-Za-z][a-z']*[a-z]|[A-Za-z]")
 
 def fortune_sentences(root: str) -> list[str]:
     """Sentences of 3-14 plain words from the fortunes corpus, in corpus order."""
-    from multimodal.data.text import FortunesDataset
-
     docs = list(FortunesDataset(split="train", root=root)) + \
         list(FortunesDataset(split="val", root=root))
     sentences = []
@@ -163,8 +161,6 @@ def fortune_sentences(root: str) -> list[str]:
 def common_words(sentences: Sequence[str], count: int) -> list[str]:
     """The ``count`` most frequent lower-case words of ``sentences`` that are in
     ``/usr/share/dict/words`` (all frequent words when no dictionary is installed)."""
-    from multimodal.data.images import DICTIONARY
-
     counts = Counter(w.lower() for s in sentences for w in _WORD.findall(s))
     vocabulary = None
     if DICTIONARY.is_file():
@@ -278,8 +274,8 @@ class EspeakSpeechDataset(_SpeechItems):
         self._load(path, split, val_fraction)
 
     def _load(self, path: Path, split: str, val_fraction: float) -> None:
-        from safetensors.numpy import load_file
         from safetensors import safe_open
+        from safetensors.numpy import load_file
 
         with safe_open(str(path), "np") as fh:
             meta = json.loads(fh.metadata()["items"])
@@ -303,8 +299,6 @@ def render_to(path: Path, jobs: list[tuple[str, str]], *, num_workers: int,
     concatenated, ``offsets``, and the items as JSON metadata), written atomically."""
     from safetensors.numpy import save
     from tqdm.auto import tqdm
-
-    from multimodal.io import atomic_write_bytes
 
     voices = sorted({v for _, v in jobs})
     for voice in voices:  # fail fast, with the voice's name, before rendering thousands
@@ -356,8 +350,6 @@ class AudioFolderDataset(_SpeechItems):
         import soundfile as sf
         import torch
         import torchaudio
-
-        from multimodal.modalities.audio.phonemes import phonemize
 
         check_split(split)
         root = Path(path)

@@ -32,6 +32,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from multimodal.data import check_split, read_media_split
+from multimodal.data.images import FASHION_MNIST_DIR, SYNONYMS, FashionMNISTDataset, uint8_to_float
 from multimodal.errors import DataError
 from multimodal.registry import datasets
 
@@ -63,8 +64,6 @@ VIDEO_TEMPLATES = (
 def item_phrase(label: int, rng: random.Random) -> tuple[str, str]:
     """``(with article, bare noun)`` for class ``label``: the canonical name half the time,
     else a synonym ("a sneaker", "a pair of jeans")."""
-    from multimodal.data.images import SYNONYMS
-
     synonyms = SYNONYMS[label]
     singular, plural = synonyms[0] if rng.random() < 0.5 else rng.choice(synonyms)
     if singular:
@@ -107,8 +106,6 @@ def render_clip(sprite: np.ndarray, xs: np.ndarray, ys: np.ndarray, canvas: int)
 
 def _frames_to_float(pixels: np.ndarray):
     """(k, t, c, h, w) or (k, c, h, w) uint8 -> float tensor in [-1, 1]."""
-    from multimodal.data.images import uint8_to_float
-
     return uint8_to_float(pixels)
 
 
@@ -195,8 +192,6 @@ class MovingFashionMNISTDataset(_VideoItems):
                  max_speed: float | None = None,
                  directions: tuple[str, ...] = DIRECTIONS, centred: bool = False,
                  seed: int = 0, caption_seed: int = 0):
-        from multimodal.data.images import FASHION_MNIST_DIR, FashionMNISTDataset
-
         check_split(split)
         if num_frames < MIN_FRAMES:
             raise DataError(f"num_frames must be >= {MIN_FRAMES}, got {num_frames}")

@@ -34,7 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from multimodal.data.audio import SAMPLE_RATE, common_words, fortune_sentences, speak
-from multimodal.io import cache_root
+from multimodal.errors import InputError
+from multimodal.io import atomic_write_bytes, cache_root
+from multimodal.modalities.audio.features import LogMel
+from multimodal.pipelines import load_pipeline
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ITEMS = ("t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
@@ -91,8 +94,6 @@ class WordRecogniser(nn.Module):
 
 @lru_cache(maxsize=1)
 def _features():
-    from multimodal.modalities.audio.features import LogMel
-
     return LogMel()
 
 
@@ -120,7 +121,6 @@ def load_recogniser(*, progress: bool = True, settings: dict | None = None
     """
     from safetensors.torch import load_file, save
 
-    from multimodal.io import atomic_write_bytes
 
     settings = dict(RECOGNISER_SETTINGS, **(settings or {}))
     groups = recogniser_words(settings)
@@ -262,9 +262,6 @@ def evaluate_text_to_audio(*, checkpoint=None, num_samples: int = 32, seed: int 
         CheckpointError: the checkpoint is missing or has no audio decoder.
         DataError: espeak-ng or the fortunes corpus is missing.
     """
-    from multimodal.errors import InputError
-    from multimodal.pipelines import load_pipeline
-
     if num_samples < 4:
         raise InputError(f"num_samples must be >= 4 (one word per group), got {num_samples}")
     pipe = load_pipeline("text-to-audio", checkpoint, device=device)

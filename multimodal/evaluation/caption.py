@@ -15,7 +15,10 @@ from typing import Any
 
 import torch
 
-from multimodal.data.images import CLASS_NAMES, FASHION_MNIST_DIR, SYNONYMS
+from multimodal.data.images import CLASS_NAMES, FASHION_MNIST_DIR, SYNONYMS, FashionMNISTDataset
+from multimodal.errors import InputError
+from multimodal.evaluation.image import pick_per_class
+from multimodal.pipelines import load_pipeline
 
 
 def _phrases() -> list[tuple[str, int]]:
@@ -59,11 +62,6 @@ def evaluate_image_to_text(*, checkpoint=None, num_samples: int = 32, seed: int 
         CheckpointError: the checkpoint has no captioner.
         DataError: Fashion-MNIST is not installed.
     """
-    from multimodal.data.images import FashionMNISTDataset
-    from multimodal.errors import InputError
-    from multimodal.evaluation.image import pick_per_class
-    from multimodal.pipelines import load_pipeline
-
     if num_samples < 1:
         raise InputError(f"num_samples (per class) must be >= 1, got {num_samples}")
     pipe = load_pipeline("image-to-text", checkpoint, device=device)

@@ -30,7 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multimodal.data.images import CLASS_NAMES, FASHION_MNIST_DIR, SYNONYMS
+from multimodal.data.images import CLASS_NAMES, FASHION_MNIST_DIR, SYNONYMS, FashionMNISTDataset
+from multimodal.errors import InputError
+from multimodal.io import atomic_write_bytes, cache_root
+from multimodal.pipelines import load_pipeline
 
 # Prompt phrasings the training captions never use (a test checks this), filled with each
 # class's canonical name: {a} with its article, {p} plural.
@@ -89,8 +92,6 @@ def load_classifier(*, root: str = FASHION_MNIST_DIR, progress: bool = True,
     """
     from safetensors.torch import load_file, save
 
-    from multimodal.data.images import FashionMNISTDataset
-    from multimodal.io import atomic_write_bytes, cache_root
 
     settings = dict(CLASSIFIER_SETTINGS, **(settings or {}))
     train_set = FashionMNISTDataset(split="train", root=root, max_items=settings["max_items"])
@@ -239,10 +240,6 @@ def evaluate_text_to_image(*, checkpoint=None, num_samples: int = 32, seed: int 
         CheckpointError: the checkpoint is missing or has no image decoder.
         DataError: Fashion-MNIST is not installed.
     """
-    from multimodal.data.images import FashionMNISTDataset
-    from multimodal.errors import InputError
-    from multimodal.pipelines import load_pipeline
-
     if num_samples < 2:
         raise InputError(f"num_samples (per class) must be >= 2 to judge variety, got {num_samples}")
     pipe = load_pipeline("text-to-image", checkpoint, device=device)

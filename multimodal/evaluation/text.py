@@ -16,6 +16,10 @@ from pathlib import Path
 
 import torch
 
+from multimodal.builders import build_datasets
+from multimodal.modalities.text.modality import TextModality
+from multimodal.pipelines import load_pipeline
+
 WORD_RE = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
 DICTIONARY = Path("/usr/share/dict/words")
 PROMPTS = ("", "The", "A man", "Life is", "I think", "When the", "Love", "The computer")
@@ -54,10 +58,6 @@ def repeated_4gram_rate(texts) -> float:
 def evaluate_text_generation(*, checkpoint=None, num_samples: int = 32, seed: int = 0,
                              max_new_tokens: int = 80, eval_batches: int = 50) -> dict:
     """Evaluate a text checkpoint (default: the embedded one); see the module docstring."""
-    from multimodal.builders import build_datasets
-    from multimodal.modalities.text.modality import TextModality
-    from multimodal.pipelines import load_pipeline
-
     pipe = load_pipeline("text-generation", checkpoint)
     config = {"data": {"text": {"type": "fortunes"}}}
     train_docs = build_datasets(config, "train")["text"]

@@ -31,7 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from multimodal.data.images import CLASS_NAMES, FASHION_MNIST_DIR, SYNONYMS
-from multimodal.data.video import DIRECTIONS, SPRITE
+from multimodal.data.video import DIRECTIONS, SPRITE, MovingFashionMNISTDataset
+from multimodal.errors import InputError
+from multimodal.evaluation.image import classify, load_classifier
+from multimodal.pipelines import load_pipeline
 
 # Prompt phrasings the training captions never use (a test checks this): {a} the item with its
 # article, {d} the direction word.
@@ -106,8 +109,6 @@ def clip_figures(classifier, clips: torch.Tensor, labels: list[int],
     """Figures of clips (k, t, h, w) in [-1, 1] prompted (or labelled) with ``labels`` and
     ``directions``: per-class item accuracy, direction accuracy, identity stability, feature
     similarity."""
-    from multimodal.evaluation.image import classify
-
     k, t, h, w = clips.shape
     centres = centre_of_mass((clips + 1) / 2)  # (k, t, 2)
     crops = crop_items(clips.reshape(k * t, h, w), centres.reshape(k * t, 2))
@@ -215,11 +216,6 @@ def evaluate_text_to_video(*, checkpoint=None, num_samples: int = 32, seed: int 
         CheckpointError: a checkpoint is missing or lacks the needed decoder.
         DataError: Fashion-MNIST is not installed.
     """
-    from multimodal.data.video import MovingFashionMNISTDataset
-    from multimodal.errors import InputError
-    from multimodal.evaluation.image import load_classifier
-    from multimodal.pipelines import load_pipeline
-
     if num_samples < 1:
         raise InputError(f"num_samples (clips per class) must be >= 1, got {num_samples}")
     pipe = load_pipeline("text-to-video", checkpoint, device=device)
