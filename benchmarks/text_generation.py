@@ -23,7 +23,7 @@ Three parts, in one run:
     config (default ``configs/text_fortunes.yaml``), against a Hugging Face ``GPT2LMHeadModel``
     of the same width, depth, heads, context and vocabulary, trained on the same batches
     (``TextModality.sample`` with ``step_generator(seed, step)``), same tokenizer, learning-rate
-    schedule (``lr_at``), AdamW settings, clipping and precision, and evaluated on the same
+    schedule (``cosine_with_warmup``), AdamW settings, clipping and precision, and evaluated on the same
     validation windows by the same ``TextModality.evaluate``.
 
 Human-readable lines are printed as the parts run; the last line is one JSON object with
@@ -75,8 +75,10 @@ from multimodal.config import load_config  # noqa: E402
 from multimodal.modalities.text.head import LMHead  # noqa: E402
 from multimodal.modalities.text.modality import TextModality  # noqa: E402
 from multimodal.pipelines.text_generation import TextGenerationPipeline  # noqa: E402
+from multimodal.nn.schedules import cosine_with_warmup  # noqa: E402
+from multimodal.train_config import TrainConfig  # noqa: E402
 from multimodal.training.trainer import (  # noqa: E402
-    TrainConfig, autocast_for, lr_at, param_groups, step_generator)
+    autocast_for, param_groups, step_generator)
 
 TEXT = MODALITY_IDS["text"]
 
@@ -436,7 +438,8 @@ def train_gpt2(trainer, steps: int) -> dict:
 
     tokens, start = 0.0, time.perf_counter()
     for step in range(steps):
-        lr = lr_at(step, cfg)
+        lr = cfg.lr * cosine_with_warmup(step, warmup_steps=cfg.warmup_steps,
+                                         total_steps=cfg.max_steps, min_lr_ratio=cfg.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
         gpt2.train()

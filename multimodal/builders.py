@@ -8,36 +8,60 @@ other components (a backbone's ``vocab_size`` from the text tokenizer, a decoder
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, Iterable
 
 from multimodal.config import constructor_params
 from multimodal.errors import ConfigError, MultimodalError
 from multimodal.model import MultimodalModel
-from multimodal.nn.lora import apply_lora, lora_settings
+from multimodal.nn.lora import apply_lora
 from multimodal.registry import get_registry, modalities
+from multimodal.train_config import TrainConfig
 
 
 def build_component(kind: str, section: dict, dotted: str, **context: Any) -> Any:
     """Build one ``{type: name, **kwargs}`` section of ``kind``.
 
     ``context`` holds values the builder can inject; only those the constructor lists in
-    ``injected_args`` are passed.
+    ``injected_args`` are passed. The components nested in an argument of
+    ``component_args`` are built first (see :func:`component_kwargs`).
 
     Raises:
-        ConfigError: the constructor rejected its arguments (the message names ``dotted``).
+        ConfigError: the constructor rejected its arguments (a ``ConfigError``, ``ValueError``
+            or ``TypeError``), as ``'<dotted>' (<type>): <message>``.
+    """
+    target, kwargs = component_kwargs(kind, section, dotted, **context)
+    try:
+        return target(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError([f"'{dotted}' ({section['type']}): {p}" for p in exc.problems]) from exc
+    except MultimodalError:  # a DataError or CheckpointError says what it is about
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"'{dotted}' ({section['type']}): {exc}") from exc
+
+
+def component_kwargs(kind: str, section: dict, dotted: str, **context: Any
+                     ) -> tuple[Any, dict[str, Any]]:
+    """The registered class of a ``{type: name, **kwargs}`` section and the keyword arguments
+    to call it (or its ``load``) with: the section's own, the injected ones from ``context``,
+    and for each argument of ``target.component_args`` (``{"vocoders": "vocoders"}``) the
+    built components ``{name: object}`` of its ``{name: {type: ..., **kwargs}}`` mapping, each
+    built from the registry of that kind with the same ``context``. An argument annotated with
+    a dataclass is passed as the plain mapping it was checked as.
     """
     target = get_registry(kind).get(section["type"])
     _, _, injected = constructor_params(target)
     kwargs = {k: v for k, v in section.items() if k != "type"}
+    for name, nested_kind in getattr(target, "component_args", {}).items():
+        if kwargs.get(name) is not None:
+            kwargs[name] = {sub: build_component(nested_kind, nested, f"{dotted}.{name}.{sub}",
+                                                 **context)
+                            for sub, nested in kwargs[name].items()}
     for name in injected:
         if name in context:
             kwargs[name] = context[name]
-    try:
-        return target(**kwargs)
-    except MultimodalError:
-        raise
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"'{dotted}' ({section['type']}): {exc}") from exc
+    return target, kwargs
 
 
 def build_tokenizers(config: dict) -> dict[str, Any]:
@@ -54,34 +78,20 @@ def build_datasets(config: dict, split: str, names: Iterable[str] | None = None)
 
 
 def build_model(config: dict, tokenizers: dict[str, Any], *, adapters: bool = True):
-    """The backbone and decoders of ``config``, with injected sizes from ``tokenizers``, and
-    the LoRA adapters of ``train.lora`` unless ``adapters`` is false (the trainer adds them
-    after loading ``init_from``).
-
-    Raises:
-        ConfigError: no backbone or decoder is configured, or a decoder has no modality.
+    """The backbone and decoders of a validated ``config``, with injected sizes from
+    ``tokenizers``, and the LoRA adapters of ``train.lora`` unless ``adapters`` is false (the
+    trainer adds them after loading ``init_from``).
     """
-    if "backbone" not in config:
-        raise ConfigError("the config has no 'backbone' section")
-    decoders = config.get("decoders") or {}
-    if not decoders:
-        raise ConfigError("the config has no 'decoders' section: name at least one, e.g. "
-                          "decoders: {text: {type: lm_head}}")
-    unknown = [f"decoders.{n}" for n in decoders if n not in modalities]
-    if unknown:
-        raise ConfigError([f"'{k}' is not a registered modality; registered: "
-                           f"{', '.join(modalities.names())}" for k in unknown])
     text = tokenizers.get("text")
     context = {"vocab_size": text.vocab_size if text is not None else 1}
     backbone = build_component("backbones", config["backbone"], "backbone", **context)
     built = {name: build_component("decoders", section, f"decoders.{name}",
                                    backbone=backbone, tokenizers=tokenizers, **context)
-             for name, section in decoders.items()}
+             for name, section in config["decoders"].items()}
     model = MultimodalModel(backbone=backbone, decoders=built)
-    if adapters:
-        lora = lora_settings((config.get("train") or {}).get("lora"))
-        if lora is not None:
-            apply_lora(model, lora)
+    lora = TrainConfig.from_config(config).lora
+    if adapters and lora is not None:
+        apply_lora(model, **asdict(lora))
     return model
 
 

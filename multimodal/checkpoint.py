@@ -32,11 +32,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from multimodal.builders import build_model
+from multimodal.builders import build_model, component_kwargs
 from multimodal.config import dump_yaml, parse_yaml, validate_config
 from multimodal.errors import CheckpointError, ConfigError
 from multimodal.io import default_mode
-from multimodal.registry import tokenizers as tokenizer_registry
 from multimodal.safety import CHECKPOINT_BLOCKLIST
 
 FORMAT = "multimodal-checkpoint/1"
@@ -260,14 +259,17 @@ def load_tokenizers(path: Path, config: dict) -> dict[str, Any]:
         directory = path / "tokenizers" / name
         if not directory.is_dir():
             raise CheckpointError(f"checkpoint {path} is partial: missing tokenizers/{name}/")
-        loaded[name] = load_tokenizer(section, directory)
+        loaded[name] = load_tokenizer(section, directory, dotted=f"tokenizers.{name}")
     return loaded
 
 
-def load_tokenizer(section: dict, directory: Path) -> Any:
-    """The tokenizer of config ``section`` (``{type: ..., **kwargs}``), read from ``directory``."""
-    cls = tokenizer_registry.get(section["type"])
-    return cls.load(directory, **{k: v for k, v in section.items() if k != "type"})
+def load_tokenizer(section: dict, directory: Path, *, dotted: str = "tokenizers") -> Any:
+    """The tokenizer of config ``section`` (``{type: ..., **kwargs}``) at ``dotted``, read
+    from ``directory``: ``cls.load(directory, **kwargs)`` with the keyword arguments the
+    builder would construct it with (nested components built; see
+    :func:`multimodal.builders.component_kwargs`)."""
+    cls, kwargs = component_kwargs("tokenizers", section, dotted)
+    return cls.load(directory, **kwargs)
 
 
 def tokenizer_names(path: Path) -> list[str]:

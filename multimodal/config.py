@@ -12,8 +12,12 @@ A config is a YAML mapping of sections::
     train: {max_steps: 3000, batch_size: 32}
 
 Every field is checked against the constructor it feeds (its keyword arguments and their type
-annotations) before anything is built, and every problem in the file is reported at once, each
-with its dotted key and a did-you-mean. Overrides from the command line use the same dotted keys:
+annotations) or the dataclass that describes it (``train:``: :mod:`multimodal.train_config`),
+then what types cannot say (shares of steps in [0, 1], loss weights of modalities the config
+has, a dataset for every decoder that trains, data for every tokenizer to fit, the shape of
+``init_from``), before anything is built; every problem in the file is reported at once, each
+with its dotted key and a did-you-mean. This module reads no file but YAML: the checks that
+open ``init_from`` checkpoints are passed in by the trainer (``checks``). Overrides from the command line use the same dotted keys:
 ``train.max_steps=100 backbone.depth=4``; their values are parsed as YAML.
 
 Only :mod:`multimodal.builders` turns a validated config into objects.
@@ -28,11 +32,15 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable, Literal, Union
+from typing import Any, Callable, Iterable, Literal, Union
 
 import yaml
 
 from multimodal.errors import ConfigError, UnknownComponentError, did_you_mean
+from multimodal.registry import get_registry, modalities, pipelines, tokenizers
+from multimodal.safety import SafetyConfig
+from multimodal.train_config import (TrainConfig, init_from_entries, sampling_shares,
+                                     tokenizers_taken, train_problems)
 
 
 # -- YAML --------------------------------------------------------------------------------------
@@ -75,14 +83,18 @@ def dump_yaml(config: dict) -> str:
 
 # -- loading -----------------------------------------------------------------------------------
 def load_config(
-    path: str | Path, overrides: Iterable[str] = (), *, validate: bool = True
+    path: str | Path, overrides: Iterable[str] = (), *, validate: bool = True,
+    checks: Iterable[Check] = (),
 ) -> dict:
     """Load a config file, resolve ``base:`` files, apply dotted overrides and validate.
 
     Args:
         path: The YAML file.
         overrides: ``"dotted.key=value"`` strings; values are parsed as YAML.
-        validate: Check every section against its constructor (default ``True``).
+        validate: Check every section against its constructor, and the semantic checks
+            (default ``True``; see :func:`validate_config`).
+        checks: Further checks reported with the others (see :func:`validate_config`), e.g.
+            ``[init_from_problems]`` to open the ``init_from`` checkpoints as training will.
 
     Returns:
         The resolved config as plain dicts, lists and scalars (``base`` removed).
@@ -94,7 +106,8 @@ def load_config(
     config = _load_with_bases(Path(path), chain=())
     override_keys = apply_overrides(config, overrides)
     if validate:
-        validate_config(config, source=str(path), override_keys=override_keys)
+        validate_config(config, source=str(path), override_keys=override_keys,
+                        checks=checks)
     return config
 
 
@@ -201,45 +214,43 @@ TOP_LEVEL: dict[str, Any] = {
     "task": ("pipeline", None),
     "seed": ("value", int),
     "out_dir": ("value", str),
-    "init_from": ("value", Union[str, list, None]),  # see checkpoint.parse_init_from
+    "init_from": ("init_from", None),  # train_config.init_from_entries
     "tokenizers": ("components", "tokenizers"),
     "backbone": ("component", "backbones"),
     "decoders": ("components", "decoders"),
     "data": ("components", "datasets"),
-    "train": ("dataclass", "multimodal.training.trainer:TrainConfig"),
-    "safety": ("dataclass", "multimodal.safety:SafetyConfig"),
+    "train": ("dataclass", TrainConfig),
+    "safety": ("dataclass", SafetyConfig),
 }
+
+Problem = tuple[str, str]  # (dotted key, message)
+Check = Callable[[dict], list[Problem]]
 
 
 def validate_config(
-    config: dict, *, source: str | None = None, override_keys: Iterable[str] = ()
+    config: dict, *, source: str | None = None, override_keys: Iterable[str] = (),
+    checks: Iterable[Check] = (),
 ) -> None:
-    """Check a resolved config against the registered constructors.
+    """Check a resolved config: every section against its constructor or dataclass, then what
+    types cannot say (see :func:`semantic_problems`). Reads no file but the config.
+
+    Args:
+        config: The resolved config.
+        source: Where it came from, for the message.
+        override_keys: Dotted keys set by command-line overrides (their problems say so).
+        checks: Further checks, each ``check(config) -> [(dotted key, message), ...]``, whose
+            problems are reported with the others: the trainer passes
+            :func:`multimodal.training.init_from.init_from_problems`, which opens the
+            ``init_from`` checkpoints (a checkpoint's saved config is read without it, so a
+            model trained from other checkpoints loads after they are gone).
 
     Raises:
         ConfigError: listing every problem, each with its dotted key.
     """
-    problems: list[tuple[str, str]] = []
-    for key, value in config.items():
-        if key not in TOP_LEVEL:
-            problems.append((key, f"unknown section '{key}'{did_you_mean(key, TOP_LEVEL)}; "
-                                  f"accepted: {', '.join(TOP_LEVEL)}"))
-            continue
-        what, arg = TOP_LEVEL[key]
-        if what == "value":
-            problems += _check_value(key, value, arg)
-        elif what == "pipeline":
-            problems += _check_task(key, value)
-        elif what == "component":
-            problems += check_component(key, value, arg)
-        elif what == "components":
-            if not isinstance(value, dict):
-                problems.append((key, f"'{key}' must be a mapping of name -> {{type: ...}}"))
-                continue
-            for name, section in value.items():
-                problems += check_component(f"{key}.{name}", section, arg)
-        elif what == "dataclass":
-            problems += check_dataclass(key, value, _import(arg))
+    problems = structure_problems(config)
+    problems += semantic_problems(config)
+    for check in checks:
+        problems += check(config)
     if problems:
         overrides = set(override_keys)
         messages = []
@@ -250,16 +261,97 @@ def validate_config(
         raise ConfigError(messages, source=source)
 
 
-def _import(spec: str) -> Any:
-    import importlib
+def structure_problems(config: dict) -> list[Problem]:
+    """Each section against its constructor's arguments and annotations, or its dataclass."""
+    problems: list[Problem] = []
+    for key, value in config.items():
+        if key not in TOP_LEVEL:
+            problems.append((key, f"unknown section '{key}'{did_you_mean(key, TOP_LEVEL)}; "
+                                  f"accepted: {', '.join(TOP_LEVEL)}"))
+            continue
+        what, arg = TOP_LEVEL[key]
+        if what == "value":
+            problems += _check_value(key, value, arg)
+        elif what == "pipeline":
+            problems += _check_task(key, value)
+        elif what == "init_from":
+            problems += init_from_entries(value)[1]
+        elif what == "component":
+            problems += check_component(key, value, arg)
+        elif what == "components":
+            if not isinstance(value, dict):
+                problems.append((key, f"'{key}' must be a mapping of name -> {{type: ...}}"))
+                continue
+            for name, section in value.items():
+                problems += check_component(f"{key}.{name}", section, arg)
+        elif what == "dataclass":
+            problems += check_dataclass(key, value, arg)
+    for key, example in (("backbone", "backbone: {type: transformer}"),
+                         ("decoders", "decoders: {text: {type: lm_head}}")):
+        if not config.get(key):
+            problems.append((key, f"the config has no '{key}' section: add one, e.g. {example}"))
+    return problems
 
-    module, name = spec.split(":")
-    return getattr(importlib.import_module(module), name)
+
+def semantic_problems(config: dict) -> list[Problem]:
+    """What a type annotation cannot say: the ``train:`` values (:func:`train_problems`), a
+    decoder for every registered modality, a dataset for every modality that trains, and data
+    for every tokenizer that must be fitted (where ``init_from`` says, without opening its
+    checkpoints, which tokenizers it gives)."""
+    problems = train_problems(config)
+    decoders = config.get("decoders")
+    if not isinstance(decoders, dict):
+        return problems
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    registered = modalities.names()
+    for name in decoders:
+        if name not in registered:
+            problems.append((f"decoders.{name}", f"'decoders.{name}' is not a registered "
+                                                 f"modality{did_you_mean(name, registered)}; "
+                                                 f"registered: {', '.join(registered)}"))
+    if any(p[0].startswith("train.sampling") for p in problems):
+        return problems  # the shares below would be guesses
+    shares = sampling_shares(config)
+    for name in decoders:
+        if shares[name] > 0 and name not in data:
+            problems.append((f"data.{name}", f"decoders.{name} has no dataset: add data.{name}: "
+                                             "{type: ...}, or rest it with "
+                                             f"train.sampling.{name}: 0"))
+    given = tokenizers_taken(init_from_entries(config.get("init_from"))[0])
+    if given is not None:  # else init_from_problems knows, from the checkpoints
+        problems += fit_on_problems(config, given)
+    return problems
 
 
-def _check_task(key: str, value: Any) -> list[tuple[str, str]]:
-    from multimodal.registry import pipelines
+def fit_on_problems(config: dict, given: set[str]) -> list[Problem]:
+    """A problem for each tokenizer of ``config`` that must be fitted (``init_from`` does not
+    give it: not in ``given``) on a modality that has no data to fit it on, or rests."""
+    sections = config.get("tokenizers")
+    if not isinstance(sections, dict):
+        return []
+    decoders, data = config.get("decoders") or {}, config.get("data") or {}
+    shares = sampling_shares(config)
+    problems = []
+    for name, section in sections.items():
+        if name in given or not isinstance(section, dict) or section.get("type") not in tokenizers:
+            continue
+        fit_on = section.get("fit_on", getattr(tokenizers.get(section["type"]), "fit_on", None))
+        if not isinstance(fit_on, str) or fit_on == "text":  # "text": every modality's texts
+            continue
+        if fit_on in decoders and fit_on in data and shares.get(fit_on, 0) > 0:
+            continue
+        if shares.get(fit_on) == 0:
+            why = (f"train.sampling.{fit_on} is 0 (the modality rests): give a share above 0, "
+                   f"or take tokenizers.{name} from init_from")
+        else:
+            why = (f"the config has no {'data' if fit_on in decoders else 'decoders'}.{fit_on} "
+                   f"to train on; add it, or take tokenizers.{name} from init_from")
+        problems.append((f"tokenizers.{name}", f"tokenizers.{name} learns from data.{fit_on}, "
+                                               f"but {why}"))
+    return problems
 
+
+def _check_task(key: str, value: Any) -> list[Problem]:
     if not isinstance(value, str):
         return [(key, f"'{key}' must be a task name, got {value!r}")]
     try:
@@ -269,10 +361,8 @@ def _check_task(key: str, value: Any) -> list[tuple[str, str]]:
     return []
 
 
-def check_component(dotted: str, section: Any, kind: str) -> list[tuple[str, str]]:
+def check_component(dotted: str, section: Any, kind: str) -> list[Problem]:
     """Check one ``{type: name, **kwargs}`` section against the registered constructor."""
-    from multimodal.registry import get_registry
-
     if not isinstance(section, dict):
         return [(dotted, f"'{dotted}' must be a mapping with a 'type' key, got {section!r}")]
     registry = get_registry(kind)
@@ -307,18 +397,32 @@ def constructor_params(target: Any) -> tuple[dict[str, inspect.Parameter], dict[
     return params, hints, injected
 
 
-def check_kwargs(dotted: str, fields: dict, target: Any) -> list[tuple[str, str]]:
+def check_kwargs(dotted: str, fields: dict, target: Any) -> list[Problem]:
+    """Check a component's configured keyword arguments against its constructor.
+
+    An argument listed in ``target.component_args`` (``{"vocoders": "vocoders"}``) holds a
+    mapping ``{name: {type: ..., **kwargs}}`` of components of that registry kind, each checked
+    like a section of its own; an argument annotated with a dataclass (or ``dict[str,
+    SomeDataclass]``) is checked field by field. A key of ``target.moved_args`` (``{old key:
+    where it went}``, for configs of an older layout) is reported with its message.
+    """
     params, hints, injected = constructor_params(target)
+    nested = getattr(target, "component_args", {})
+    moved = {k: v for k, v in getattr(target, "moved_args", {}).items() if k not in params}
     accepted = [n for n in params if n not in injected]
     problems = []
     for name, value in fields.items():
         key = f"{dotted}.{name}"
         if name in injected:
             problems.append((key, f"'{key}' is set by the builder and cannot be configured"))
+        elif name in moved:  # a key of an older layout: say where it went
+            problems.append((key, f"unknown key '{key}': {moved[name]}"))
         elif name not in params:
             close = did_you_mean(name, accepted).replace(" '", f" '{dotted}.")
             problems.append((key, f"unknown key '{key}'{close}; "
                                   f"accepted: {', '.join(accepted) or '(none)'}"))
+        elif name in nested:
+            problems += _check_components(key, value, nested[name])
         elif name in hints:
             problems += _check_value(key, value, hints[name])
     for name, p in params.items():
@@ -327,7 +431,21 @@ def check_kwargs(dotted: str, fields: dict, target: Any) -> list[tuple[str, str]
     return problems
 
 
-def check_dataclass(dotted: str, section: Any, cls: type) -> list[tuple[str, str]]:
+def _check_components(dotted: str, value: Any, kind: str) -> list[Problem]:
+    """A ``{name: {type: ..., **kwargs}}`` mapping of components of ``kind`` (or null)."""
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        return [(dotted, f"'{dotted}' must be a mapping of name -> {{type: ...}} ({kind}), "
+                         f"got {value!r}")]
+    problems = []
+    for name, section in value.items():
+        problems += check_component(f"{dotted}.{name}", section, kind)
+    return problems
+
+
+def check_dataclass(dotted: str, section: Any, cls: type) -> list[Problem]:
+    """Check a mapping against the fields of dataclass ``cls`` (``None`` passes)."""
     if section is None:
         return []
     if not isinstance(section, dict):
@@ -343,14 +461,44 @@ def check_dataclass(dotted: str, section: Any, cls: type) -> list[tuple[str, str
                                   f"accepted: {', '.join(fields)}"))
         else:
             problems += _check_value(key, value, hints[name])
+    for name, f in fields.items():
+        if (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                and name not in section):
+            problems.append((f"{dotted}.{name}", f"missing required key '{dotted}.{name}'"))
     return problems
 
 
-def _check_value(key: str, value: Any, annotation: Any) -> list[tuple[str, str]]:
+def _check_value(key: str, value: Any, annotation: Any) -> list[Problem]:
+    nested = _nested_dataclass(annotation)
+    if nested is not None and value is not None:
+        cls, per_name = nested
+        if not per_name:
+            return check_dataclass(key, value, cls)
+        if not isinstance(value, dict):
+            return [(key, f"'{key}' must be a mapping of name -> {cls.__name__} fields, got "
+                          f"{value!r}")]
+        return [p for name, v in value.items() for p in check_dataclass(f"{key}.{name}", v, cls)]
     if type_matches(value, annotation):
         return []
     return [(key, f"'{key}' must be {describe_type(annotation)}, got {value!r} "
                   f"({type(value).__name__})")]
+
+
+def _nested_dataclass(annotation: Any) -> tuple[type, bool] | None:
+    """``(cls, False)`` for an annotation ``cls`` or ``cls | None`` with ``cls`` a dataclass,
+    ``(cls, True)`` for ``dict[str, cls]`` (or ``| None``), else ``None``."""
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(inner) != 1:
+            return None
+        annotation = inner[0]
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        return annotation, False
+    args = typing.get_args(annotation)
+    if (typing.get_origin(annotation) is dict and len(args) == 2
+            and dataclasses.is_dataclass(args[1]) and isinstance(args[1], type)):
+        return args[1], True
+    return None
 
 
 def type_matches(value: Any, annotation: Any) -> bool:

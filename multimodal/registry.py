@@ -2,8 +2,9 @@
 
 One :class:`Registry` per kind of component (``backbones``, ``tokenizers``, ``decoders``,
 ``schedulers``, ``datasets``, ``pipelines``, ``modalities``, ``losses``, ``specs``: each
-modality's :class:`multimodal.plugins.ModalitySpec`, and ``combiners``, which compose
-pipelines' outputs in task files). A component registers
+modality's :class:`multimodal.plugins.ModalitySpec`, ``combiners``, which compose
+pipelines' outputs in task files, and ``vocoders``, the audio tokenizer's mel-to-waveform
+models). A component registers
 itself with a decorator and a short snake_case name::
 
     from multimodal.registry import decoders
@@ -15,8 +16,10 @@ Configs then name it as ``type: lm_head`` inside the slot of that kind; a config
 a free import path, so a YAML file cannot run arbitrary code.
 
 Built-in components live in the modules listed in ``_BUILTIN_MODULES`` and are imported on the
-first lookup, which keeps ``import multimodal`` cheap. Third-party plugins are found through the
-entry-point group ``multimodal.plugins``; each entry point names a ``register(registries)``
+first lookup, which keeps ``import multimodal`` cheap. A built-in module that fails to import
+is a broken installation: its error is raised again (naming the module) on every later lookup,
+never reported as an unknown component of a half-filled registry. Third-party plugins are
+found through the entry-point group ``multimodal.plugins``; each entry point names a ``register(registries)``
 function that receives the mapping ``{kind: Registry}``. A plugin that fails to import gives one
 warning naming it (or an error when ``MULTIMODAL_STRICT_PLUGINS=1``); the core keeps working.
 """
@@ -31,6 +34,7 @@ import re
 import threading
 import warnings
 from dataclasses import dataclass
+from importlib.metadata import entry_points as installed_entry_points
 from typing import Any, Callable, Iterator
 
 from multimodal.errors import DuplicateRegistrationError, UnknownComponentError, did_you_mean
@@ -46,6 +50,7 @@ KINDS = (
     "losses",
     "specs",
     "combiners",
+    "vocoders",
 )
 
 # Modules that register the built-in components; imported on first lookup.
@@ -212,6 +217,7 @@ modalities = REGISTRIES["modalities"]
 losses = REGISTRIES["losses"]
 specs = REGISTRIES["specs"]
 combiners = REGISTRIES["combiners"]
+vocoders = REGISTRIES["vocoders"]
 
 
 def get_registry(kind: str) -> Registry:
@@ -246,21 +252,39 @@ def restored_registries() -> Iterator[dict[str, Registry]]:
 # -- built-ins and plugins ------------------------------------------------------------------
 _loaded = False
 _loading = threading.RLock()
+_builtin_failure: tuple[str, BaseException] | None = None  # (module, error) of a failed import
 plugin_failures: dict[str, str] = {}
 
 
+class BuiltinImportError(ImportError):
+    """A module of built-in components failed to import (the installation is broken)."""
+
+
 def load_builtins() -> None:
-    """Import the built-in component modules and the installed plugins, once."""
-    global _loaded
-    if _loaded:
-        return
-    with _loading:
-        if _loaded:
-            return
-        _loaded = True  # set first: the modules below call register(), which calls us back
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
-        load_plugins()
+    """Import the built-in component modules and the installed plugins, once.
+
+    Raises:
+        BuiltinImportError: a built-in module failed to import, now or at an earlier lookup;
+            it names the module and is chained to the original error.
+    """
+    global _loaded, _builtin_failure
+    if not _loaded:
+        with _loading:
+            if not _loaded:
+                _loaded = True  # set first: the modules below look components up, calling us back
+                for module in _BUILTIN_MODULES:
+                    try:
+                        importlib.import_module(module)
+                    except Exception as exc:  # recorded, raised below and at every lookup
+                        _builtin_failure = (module, exc)
+                        break
+                else:
+                    load_plugins()
+    if _builtin_failure is not None:
+        module, exc = _builtin_failure
+        raise BuiltinImportError(f"the built-in components of {module} failed to import, so "
+                                 f"the registries are incomplete: {type(exc).__name__}: "
+                                 f"{exc}") from exc
 
 
 def load_plugins(entry_points: list | None = None) -> None:
@@ -273,9 +297,7 @@ def load_plugins(entry_points: list | None = None) -> None:
         entry_points: The entry points to load (for tests); default: the installed ones.
     """
     if entry_points is None:
-        from importlib.metadata import entry_points as _eps
-
-        entry_points = list(_eps(group=PLUGIN_GROUP))
+        entry_points = list(installed_entry_points(group=PLUGIN_GROUP))
     strict = os.environ.get("MULTIMODAL_STRICT_PLUGINS", "") not in ("", "0")
     for ep in entry_points:
         try:

@@ -1,8 +1,9 @@
 import textwrap
+from dataclasses import dataclass
 
 import pytest
 
-from multimodal.config import load_config, merge
+from multimodal.config import check_component, load_config, merge, validate_config
 from multimodal.errors import ConfigError
 
 GOOD = """
@@ -125,3 +126,140 @@ def test_shipped_configs_are_valid():
 
     for path in sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml")):
         load_config(path)
+
+
+# -- semantic checks: every problem at once, before any work -----------------------------------
+def test_semantic_problems_are_reported_with_every_other_problem(tmp_path):
+    bad = GOOD.replace("train: {max_steps: 10, lr: 1e-3}", """train:
+  max_steps: 10
+  batch_size: 0
+  device: gpu
+  ema_decay: 1.5
+  loss_weights: {txet: 1.0}
+  sampling: {text: 2}
+  lora: {rank: 0, alpha: 16, modules: "(", dropuot: 0.1}
+""").replace("dim: 64", "dim: 64, dpth: 2")
+    bad += "init_from: [{path: elsewhere}]\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, bad))
+    message = str(info.value)
+    for expected in ("unknown key 'backbone.dpth'",
+                     "'train.batch_size' must be at least 1, got 0",
+                     "'train.device' is 'gpu'; accepted: 'auto', 'cpu', 'cuda'",
+                     "'train.ema_decay' must be in (0, 1)",
+                     "'train.loss_weights.txet': no such modality (did you mean 'text'?)",
+                     "'train.sampling.text' must be a share of steps in [0, 1]",
+                     "'train.lora.rank' must be an integer >= 1",
+                     "'train.lora.modules' is not a regular expression",
+                     "unknown key 'train.lora.dropuot' (did you mean 'train.lora.dropout'?)",
+                     "init_from[0]: got {'path': 'elsewhere'}"):
+        assert expected in message, expected
+    assert "10 config errors" in message
+
+
+def test_a_loss_weights_typo_is_reported_by_load_config_from_the_override():
+    with pytest.raises(ConfigError) as info:
+        load_config("configs/text_to_image_fashion.yaml", ["train.loss_weights.imgae=1"])
+    message = str(info.value)
+    assert "'train.loss_weights.imgae': no such modality (did you mean 'image'?)" in message
+    assert "from a command-line override" in message
+
+
+def test_datasets_and_tokenizer_data_are_checked_before_anything_is_built(tmp_path):
+    image = {"type": "image_vae"}
+    config = {"task": "text-to-image", "tokenizers": {"text": {"type": "byte_bpe"},
+                                                      "image": image},
+              "backbone": {"type": "transformer"},
+              "decoders": {"text": {"type": "lm_head"}, "image": {"type": "latent_dit"}},
+              "data": {"text": {"type": "fortunes"}}}
+    with pytest.raises(ConfigError) as info:
+        validate_config(config)
+    message = str(info.value)
+    assert "decoders.image has no dataset" in message
+    assert "tokenizers.image learns from data.image, but the config has no data.image" in message
+    # resting the image decoder needs no dataset, but the VAE then has nothing to fit on ...
+    config["train"] = {"sampling": {"image": 0}}
+    with pytest.raises(ConfigError, match="train.sampling.image is 0 .* or take "
+                                          "tokenizers.image from init_from") as info:
+        validate_config(config)
+    assert "has no dataset" not in str(info.value)
+    # ... unless init_from gives it (known without opening the checkpoint)
+    config["init_from"] = [{"from": "runs/elsewhere", "take": ["tokenizers.image"]}]
+    validate_config(config)
+
+
+def test_validate_config_does_not_open_init_from_checkpoints_unless_asked(tmp_path):
+    config = load_config(write(tmp_path, GOOD + f"init_from: {tmp_path / 'gone'}\n"))
+    calls = []
+
+    def check(cfg):
+        calls.append(cfg)
+        return [("init_from", "init_from: checkpoint not found")]
+
+    with pytest.raises(ConfigError) as info:
+        validate_config({**config, "seed": "x"}, checks=[check])
+    assert "checkpoint not found" in str(info.value) and "'seed' must be an integer" in str(info.value)
+    assert calls
+
+
+# -- the builder: nested components and dataclass arguments ------------------------------------
+@dataclass
+class _Stage:
+    steps: int
+    lr: float = 1e-3
+
+
+class _Vocoder:
+    def __init__(self, *, channels: int = 8):
+        if channels < 1:
+            raise ConfigError("channels must be >= 1")
+        self.channels = channels
+
+
+class _Tokenizer:
+    component_args = {"vocoders": "vocoders"}
+
+    def __init__(self, *, vocoders: dict | None = None, stages: dict[str, _Stage] | None = None,
+                 schedule: _Stage | None = None):
+        self.vocoders, self.stages, self.schedule = vocoders, stages, schedule
+
+    @classmethod
+    def load(cls, directory, **kwargs):
+        return cls(**kwargs)
+
+
+def test_nested_components_and_dataclass_arguments_are_checked_and_built(tmp_path):
+    from multimodal.builders import build_component
+    from multimodal.checkpoint import load_tokenizer
+    from multimodal.registry import restored_registries
+
+    with restored_registries() as registries:
+        registries["vocoders"].register("test_vocoder", _Vocoder)
+        registries["tokenizers"].register("test_mel", _Tokenizer)
+        section = {"type": "test_mel",
+                   "vocoders": {"fast": {"type": "test_vocoder", "chanels": 4},
+                                "slow": {"type": "test_vocodr"}},
+                   "stages": {"a": {"step": 3}}, "schedule": {"steps": "many"}}
+        problems = check_component("tokenizers.audio", section, "tokenizers")
+        messages = " | ".join(m for _, m in problems)
+        assert ("unknown key 'tokenizers.audio.vocoders.fast.chanels' (did you mean "
+                "'tokenizers.audio.vocoders.fast.channels'?)") in messages
+        assert "'tokenizers.audio.vocoders.slow.type'" in messages and \
+            "did you mean 'test_vocoder'" in messages
+        assert ("unknown key 'tokenizers.audio.stages.a.step' (did you mean "
+                "'tokenizers.audio.stages.a.steps'?)") in messages
+        assert "missing required key 'tokenizers.audio.stages.a.steps'" in messages
+        assert "'tokenizers.audio.schedule.steps' must be an integer" in messages
+
+        good = {"type": "test_mel", "vocoders": {"fast": {"type": "test_vocoder", "channels": 4}},
+                "stages": {"a": {"steps": 3}}}
+        assert check_component("tokenizers.audio", good, "tokenizers") == []
+        for tok in (build_component("tokenizers", good, "tokenizers.audio"),
+                    load_tokenizer(good, tmp_path, dotted="tokenizers.audio")):
+            assert isinstance(tok.vocoders["fast"], _Vocoder) and tok.vocoders["fast"].channels == 4
+            assert tok.stages == {"a": {"steps": 3}}  # the plain mapping it was checked as
+        # a ConfigError raised by a constructor gets the dotted key of what it builds
+        broken = {**good, "vocoders": {"fast": {"type": "test_vocoder", "channels": 0}}}
+        with pytest.raises(ConfigError, match=r"'tokenizers.audio.vocoders.fast' "
+                                              r"\(test_vocoder\): channels must be >= 1"):
+            build_component("tokenizers", broken, "tokenizers.audio")

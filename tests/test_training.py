@@ -1,4 +1,4 @@
-import json
+import math
 import shutil
 
 import pytest
@@ -9,7 +9,7 @@ from multimodal.errors import CheckpointError, ConfigError, DataError, TrainingE
 from multimodal.pipelines import load_pipeline
 from multimodal.testing import tiny_config
 from multimodal.checkpoint import find_checkpoint, load_checkpoint
-from multimodal.training.trainer import Trainer, lr_at, TrainConfig, train
+from multimodal.training.trainer import Trainer, train
 
 from conftest import requires_fortunes
 
@@ -156,12 +156,15 @@ def test_fortunes_split_is_deterministic_and_disjoint():
     assert all("\n%\n" not in doc for doc in train_docs)
 
 
-def test_learning_rate_schedule():
-    cfg = TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
-    assert lr_at(0, cfg) == pytest.approx(0.1)
-    assert lr_at(9, cfg) == pytest.approx(1.0)
-    assert lr_at(100, cfg) == pytest.approx(0.1)
-    assert lr_at(55, cfg) == pytest.approx(0.55)
+def test_learning_rate_follows_the_shared_schedule(tmp_path):
+    # warm-up to lr over 2 steps, then cosine decay to lr * 0.1 at max_steps (8)
+    trainer = Trainer(tiny_config(train={"lr": 1.0, "min_lr_ratio": 0.1, "eval_every": 0,
+                                         "checkpoint_every": 0}),
+                      out_dir=tmp_path, progress=False)
+    lrs = [trainer.train_step()["lr"] for _ in range(8)]
+    assert lrs[:2] == pytest.approx([0.5, 1.0])
+    assert lrs[5] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 6)))
+    assert lrs[2] > lrs[3] > lrs[7] > 0.1
 
 
 def test_generation_pipeline_is_seeded_and_validates_input(tmp_path):
@@ -236,7 +239,7 @@ def test_ema_weights_follow_the_formula_resume_exactly_and_are_what_pipelines_lo
                       out_dir=tmp_path / "next", progress=False).model.state_dict()
     for key in a:
         torch.testing.assert_close(started[key], a[key], rtol=0, atol=0, msg=key)
-    with pytest.raises(ConfigError, match="train.ema_decay must be in"):
+    with pytest.raises(ConfigError, match="'train.ema_decay' must be in"):
         Trainer(tiny_config(train={"ema_decay": 1.5}), out_dir=tmp_path / "bad", progress=False)
 
 
@@ -254,7 +257,8 @@ def test_sampling_shares_skip_modalities_by_the_step_seed(tmp_path):
     assert 2 <= sum(trained) <= 10  # about half, from the step seeds
     again = Trainer(config, out_dir=tmp_path / "again", progress=False)
     assert [again.train_step()["loss_caption"] > 0 for _ in range(12)] == trained
-    with pytest.raises(ConfigError, match=r"train.sampling.caption: a share of steps in \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"'train.sampling.caption' must be a share of steps "
+                                          r"in \[0, 1\]"):
         Trainer(tiny_image_config(decoders={"caption": {"type": "latent_captioner"}},
                                   data={"caption": {"type": "fashion_mnist", "max_items": 64}},
                                   train={"sampling": {"caption": 1.5}}),
@@ -299,3 +303,24 @@ def test_previews_are_written_after_each_checkpoint(tmp_path):
         for k in ("00", "01"):
             text = (tmp_path / "previews" / step / k / "000.txt").read_text()
             assert text.startswith("The" if k == "00" else "A")
+
+
+def test_config_problems_stop_the_trainer_before_any_work(tmp_path, monkeypatch):
+    import multimodal.training.trainer as trainer_module
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the config was validated")
+
+    monkeypatch.setattr(trainer_module, "build_datasets", no_work)
+    monkeypatch.setattr(trainer_module, "build_tokenizers", no_work)
+    config = tiny_config(init_from=[str(tmp_path / "gone"), {"from": str(tmp_path),
+                                                             "take": []}],
+                         train={"loss_weights": {"txet": 2.0}, "ema_decay": 1.5})
+    with pytest.raises(ConfigError) as info:
+        Trainer(config, out_dir=tmp_path / "run", progress=False)
+    message = str(info.value)
+    assert "4 config errors" in message
+    assert "'train.loss_weights.txet': no such modality (did you mean 'text'?)" in message
+    assert "'train.ema_decay' must be in (0, 1)" in message
+    assert "init_from[0]: checkpoint not found" in message  # read from disk, with the others
+    assert "init_from[1]: 'from' must be a path and 'take' a non-empty list" in message

@@ -2,7 +2,8 @@
 https://arxiv.org/abs/2106.09685, through Hugging Face ``peft``).
 
 ``train.freeze`` lists module prefixes whose weights stay as ``init_from`` gave them (e.g.
-``[backbone]`` to train only a decoder). ``train.lora`` wraps every ``nn.Linear`` whose full
+``[backbone]`` to train only a decoder). ``train.lora`` (checked as
+:class:`multimodal.train_config.LoRASettings`) wraps every ``nn.Linear`` whose full
 name matches ``modules`` (a regular expression) in a LoRA layer: the base weight is frozen and
 two low-rank matrices ``B A`` (``B`` starting at zero, so training starts from the given model)
 learn the update ``W + (alpha / rank) B A``. Everything else keeps training unless frozen.
@@ -16,86 +17,47 @@ checkpoint is loaded and pipelines run the adapted model as it was trained.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import torch
 
-from multimodal.errors import ConfigError, did_you_mean
+from multimodal.errors import ConfigError
 
 # Every linear layer of the backbone's blocks: attention q/k/v + output, the SwiGLU MLP.
 DEFAULT_LORA_MODULES = r"backbone\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(w13|w2))"
 
 
-@dataclass
-class LoRASettings:
-    """The ``train.lora`` section.
+def apply_lora(model: torch.nn.Module, *, rank: int = 8, alpha: float = 16.0,
+               dropout: float = 0.0, modules: str = DEFAULT_LORA_MODULES) -> list[str]:
+    """Wrap the matching linear layers of ``model`` in LoRA layers, in place.
 
-    Attributes:
-        rank: Rank ``r`` of the update (default 8).
+    Args:
+        model: The model to adapt; its other parameters keep their ``requires_grad``.
+        rank: Rank ``r`` of the update, >= 1 (default 8).
         alpha: Scale numerator: the update is ``alpha / r * B A`` (default 16).
-        dropout: Dropout on the adapter's input (default 0).
+        dropout: Dropout on the adapter's input, in [0, 1) (default 0).
         modules: Regular expression over full module names (``backbone.blocks.0.attn.qkv``,
             ``decoders.image.net.transformer_blocks.0.attn1.to_q``, ...) of the linear layers
             to adapt (default: every linear layer of the backbone's blocks).
-    """
-
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    modules: str = DEFAULT_LORA_MODULES
-
-
-def lora_settings(section: dict | None) -> LoRASettings | None:
-    """Parse ``train.lora`` (``None`` or ``{}`` with no keys means off).
-
-    Raises:
-        ConfigError: unknown keys, a rank below 1, or an invalid regular expression.
-    """
-    if section is None:
-        return None
-    try:
-        settings = LoRASettings(**section)
-    except TypeError:
-        accepted = ("rank", "alpha", "dropout", "modules")
-        unknown = [k for k in section if k not in accepted]
-        raise ConfigError([f"train.lora.{k}: unknown key{did_you_mean(k, accepted)}; accepted: "
-                           f"{', '.join(accepted)}" for k in unknown]) from None
-    if not isinstance(settings.rank, int) or settings.rank < 1:
-        raise ConfigError(f"train.lora.rank must be an integer >= 1, got {settings.rank!r}")
-    if not isinstance(settings.dropout, (int, float)) or not 0 <= settings.dropout < 1:
-        raise ConfigError(f"train.lora.dropout must be in [0, 1), got {settings.dropout!r}")
-    if not isinstance(settings.alpha, (int, float)) or settings.alpha <= 0:
-        raise ConfigError(f"train.lora.alpha must be a positive number, got {settings.alpha!r}")
-    try:
-        re.compile(settings.modules)
-    except re.error as exc:
-        raise ConfigError(f"train.lora.modules is not a regular expression: {exc}") from None
-    return settings
-
-
-def apply_lora(model: torch.nn.Module, settings: LoRASettings) -> list[str]:
-    """Wrap the matching linear layers of ``model`` in LoRA layers, in place.
 
     Returns:
         The names of the adapted layers.
 
     Raises:
-        ConfigError: no linear layer matches ``settings.modules``.
+        ConfigError: no linear layer matches ``modules``.
     """
     # Deferred: peft imports transformers (seconds), needed only when a config has train.lora.
     from peft import LoraConfig, inject_adapter_in_model
 
-    pattern = re.compile(settings.modules)
+    pattern = re.compile(modules)
     targets = [name for name, module in model.named_modules()
                if isinstance(module, torch.nn.Linear) and pattern.fullmatch(name)]
     if not targets:
         linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-        raise ConfigError(f"train.lora.modules {settings.modules!r} matches no linear layer; "
+        raise ConfigError(f"train.lora.modules {modules!r} matches no linear layer; "
                           f"linear layers: {', '.join(linear[:8])}"
                           + (f" and {len(linear) - 8} more" if len(linear) > 8 else ""))
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
-                        lora_dropout=settings.dropout, target_modules=targets)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
     inject_adapter_in_model(config, model)
     # peft freezes everything but the adapters; only the adapted base weights should be.
     for name, param in model.named_parameters():

@@ -1,8 +1,13 @@
 """``init_from``: start a model from one checkpoint, or compose it from parts of several.
 
 The language (``init_from`` as a path, or a list of ``{from, take, skip}`` entries) is parsed
-and checked here, before any tokenizer is fitted; :func:`merge_init_weights` then gathers the
-weights the entries give, for :func:`multimodal.checkpoint.load_weights` with ``adapt=True``.
+without opening a file by :func:`multimodal.train_config.init_from_entries`, as part of every
+config's validation. Here the entries meet their checkpoints: :func:`init_from_problems` is the
+check the trainer adds to :func:`multimodal.config.validate_config` (each checkpoint exists,
+each ``take`` names something in it, each ``skip`` names weights the entry gives, and every
+tokenizer that no entry gives can be fitted), so these problems are reported with all the
+others, before any tokenizer is fitted; :func:`merge_init_weights` then gathers the weights
+the entries give, for :func:`multimodal.checkpoint.load_weights` with ``adapt=True``.
 """
 
 from __future__ import annotations
@@ -13,22 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 
 from multimodal.checkpoint import (find_checkpoint, generation_weights, load_tokenizer,
                                    read_weights, tokenizer_names)
+from multimodal.config import fit_on_problems
 from multimodal.errors import CheckpointError, ConfigError
+from multimodal.train_config import InitEntry, init_from_entries, tokenizers_taken
+
+Problem = tuple[str, str]  # (dotted key, message)
 
 
 @dataclass(frozen=True)
 class InitSource:
-    """One entry of ``init_from``: a checkpoint and the parts taken from it.
-
-    ``take`` pairs each part of the new model with the part of the checkpoint it starts from:
-    weight prefixes (``backbone``, ``decoders.video``) or tokenizers (``tokenizers.audio``);
-    ``None`` takes everything the checkpoint has, under the same names. ``skip`` names weight
-    prefixes of the new model that start fresh instead (layers whose shape changed).
-    """
+    """One entry of ``init_from`` with its checkpoint found: see
+    :class:`multimodal.train_config.InitEntry` for ``take`` and ``skip``."""
 
     path: Path
     take: tuple[tuple[str, str], ...] | None = None
@@ -45,76 +49,64 @@ class InitSource:
         return None
 
 
-def parse_init_from(value: Any) -> list[InitSource]:
-    """Resolve ``init_from``: a checkpoint (or run directory), or a list of entries, each a
-    checkpoint or ``{from: CHECKPOINT, take: PARTS, skip: PREFIXES}``. ``PARTS`` is a list of
-    weight prefixes and tokenizers (``[decoders.image, tokenizers.audio]``), or a mapping that
-    renames them, ``{tokenizers.video: tokenizers.image}`` (the new model's part: the
-    checkpoint's part); without it the entry gives everything. ``skip`` lists weight prefixes of
-    the new model that keep their fresh initialisation: the layers that read a backbone of
-    another width, say (``decoders.image.net.caption_projection``).
+def init_from_problems(config: dict) -> list[Problem]:
+    """The problems of ``config["init_from"]`` found by opening its checkpoints, and the
+    tokenizers that must be fitted but have nothing to fit on once the checkpoints say which
+    tokenizers they give (a check for :func:`multimodal.config.validate_config`)."""
+    entries, _ = init_from_entries(config.get("init_from"))  # (malformed: reported already)
+    sources, problems = _resolve(entries)
+    if tokenizers_taken(entries) is None and len(sources) == len(entries):  # else known
+        given = {name for name in config.get("tokenizers") or {}
+                 if any(s.tokenizer_dir(name) for s in sources)}
+        problems += fit_on_problems(config, given)
+    return problems
 
-    Entries apply in order; a later one replaces what an earlier one gave. This composes a
-    model from parts trained apart, e.g. a backbone and video decoder from one run, the image
-    decoder from another and the audio tokenizer (vocoder) from a third.
+
+def parse_init_from(value: Any) -> list[InitSource]:
+    """The checkpoints and parts that ``init_from`` gives, in order (a later entry replaces
+    what an earlier one gave). See :func:`multimodal.train_config.init_from_entries` for the
+    language.
 
     Raises:
-        ConfigError: an entry of the wrong shape, or an empty ``take``.
-        CheckpointError: a checkpoint that is missing or partial (see :func:`find_checkpoint`).
+        ConfigError: every problem of every entry, its shape or what its checkpoint lacks
+            (also reported by :func:`init_from_problems` when the config is validated).
     """
-    if value is None:
-        return []
-    entries = value if isinstance(value, list) else [value]
-    accepted = ("init_from takes a checkpoint path, or a list of entries each a path or "
-                "{from: PATH, take: [backbone, decoders.NAME, tokenizers.NAME, ...]} (or take: "
-                "{NEW_PART: CHECKPOINT_PART, ...} to rename; skip: [PREFIX, ...] keeps those "
-                "weights fresh)")
-    sources = []
-    for i, entry in enumerate(entries):
-        where = f"init_from[{i}]" if isinstance(value, list) else "init_from"
-        if isinstance(entry, str):
-            sources.append(InitSource(_find_init(where, entry)))
-            continue
-        if (not isinstance(entry, dict) or "from" not in entry
-                or set(entry) - {"from", "take", "skip"}):
-            raise ConfigError(f"{where}: got {entry!r}; {accepted}")
-        take, skip = entry.get("take"), entry.get("skip", [])
-        if "take" not in entry:
-            pairs = None  # everything the checkpoint has
-        elif isinstance(take, dict):
-            pairs = list(take.items())
-        else:
-            pairs = [(t, t) for t in take] if isinstance(take, list) else []
-        if not isinstance(entry["from"], str) or pairs == [] or not all(
-                isinstance(p, str) and p for pair in pairs or [] for p in pair):
-            raise ConfigError(f"{where}: 'from' must be a path and 'take' a non-empty list of "
-                              f"prefixes, got {entry!r}; {accepted}")
-        if not isinstance(skip, list) or not all(isinstance(p, str) and p and
-                                                 not p.startswith("tokenizers.") for p in skip):
-            raise ConfigError(f"{where}: 'skip' must be a list of weight prefixes, got "
-                              f"{skip!r}; {accepted}")
-        bad = [f"{t}: {s}" for t, s in pairs or []
-               if t.startswith("tokenizers.") != s.startswith("tokenizers.")]
-        if bad:
-            raise ConfigError(f"{where}: take maps a tokenizer to weights or back: "
-                              f"{', '.join(bad)}; {accepted}")
-        path = _find_init(where, entry["from"])
-        keys = functools.cache(lambda: _weight_names(path / "model.safetensors"))  # read once
-        for _, part in pairs or []:  # checked here, before any tokenizer is fitted
-            if not part.startswith("tokenizers."):
-                _require_part(path, part, keys())
-            elif not (path / "tokenizers" / part.split(".", 1)[1]).is_dir():
-                raise CheckpointError(f"init_from {path}: take '{part}': it has no such "
-                                      f"tokenizer; it has: "
-                                      f"{', '.join(tokenizer_names(path)) or 'none'}")
-        if skip:  # each must name weights that this entry gives
-            given = [new for new, _ in _renamed(keys(), pairs)]
-            for prefix in skip:
-                if not any(_in_part(k, prefix) for k in given):
-                    raise CheckpointError(f"{where}: skip '{prefix}' names none of the weights "
-                                          f"this entry gives")
-        sources.append(InitSource(path, None if pairs is None else tuple(pairs), tuple(skip)))
+    entries, problems = init_from_entries(value)
+    sources, found = _resolve(entries)
+    problems += found
+    if problems:
+        raise ConfigError([message for _, message in problems])
     return sources
+
+
+def _resolve(entries: list[InitEntry]) -> tuple[list[InitSource], list[Problem]]:
+    """Find each entry's checkpoint and check its ``take`` and ``skip`` against it."""
+    sources, problems = [], []
+    for entry in entries:
+        where = entry.where
+        try:
+            path = find_checkpoint(entry.checkpoint)
+        except CheckpointError as exc:
+            problems.append((where, f"{where}: {exc}"))
+            continue
+        keys = functools.cache(lambda: _weight_names(path / "model.safetensors"))  # read once
+        found = []
+        try:
+            for _, part in entry.take or []:
+                if not part.startswith("tokenizers."):
+                    _require_part(path, part, keys())
+                elif not (path / "tokenizers" / part.split(".", 1)[1]).is_dir():
+                    found.append(f"{where}: init_from {path}: take '{part}': it has no such "
+                                 f"tokenizer; it has: {', '.join(tokenizer_names(path)) or 'none'}")
+            given = [new for new, _ in _renamed(keys(), entry.take)] if entry.skip else []
+            found += [f"{where}: skip '{prefix}' names none of the weights this entry gives"
+                      for prefix in entry.skip if not any(_in_part(k, prefix) for k in given)]
+        except CheckpointError as exc:
+            found.append(f"{where}: {exc}")
+        problems += [(where, message) for message in found]
+        if not found:
+            sources.append(InitSource(path, entry.take, entry.skip))
+    return sources, problems
 
 
 def _renamed(keys, pairs) -> list[tuple[str, str]]:
@@ -139,16 +131,7 @@ def _require_part(path: Path, part: str, keys) -> None:
                               f"it has: {', '.join(tops)}")
 
 
-def _find_init(where: str, path: str) -> Path:
-    try:
-        return find_checkpoint(path)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{where}: {exc}") from None
-
-
 def _weight_names(file: Path) -> list[str]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(file), framework="pt") as f:
             return list(f.keys())
@@ -165,13 +148,13 @@ def merge_init_weights(sources: list[InitSource],
 
     Raises:
         CheckpointError: an unreadable file, or a ``take`` part that names no weight (also
-            checked by :func:`parse_init_from`).
+            checked by :func:`init_from_problems`).
     """
     merged: dict[str, torch.Tensor] = {}
     for src in sources:
         weights = read_weights(generation_weights(src.path))
         for _, part in src.take or []:
-            if not part.startswith("tokenizers."):  # (checked by parse_init_from too)
+            if not part.startswith("tokenizers."):  # (checked by init_from_problems too)
                 _require_part(src.path, part, weights)
         merged.update({new: weights[old] for new, old in _renamed(weights, src.take)
                        if not any(_in_part(new, p) for p in src.skip)})
@@ -189,7 +172,7 @@ def load_init_tokenizers(sources: list[InitSource], config: dict) -> dict[str, A
     for name, section in (config.get("tokenizers") or {}).items():
         given = [d for d in (s.tokenizer_dir(name) for s in sources) if d is not None]
         if given:
-            loaded[name] = load_tokenizer(section, given[-1])
+            loaded[name] = load_tokenizer(section, given[-1], dotted=f"tokenizers.{name}")
     return loaded
 
 

@@ -1,8 +1,11 @@
 """One training loop for every modality.
 
-``train(config)`` builds tokenizers, data, the shared backbone and the decoders from a resolved
-config, then runs AdamW with linear warm-up and cosine decay (Loshchilov & Hutter 2017), gradient
-accumulation and clipping, optional bf16 autocast, periodic validation and atomic checkpoints.
+``train(config)`` validates a resolved config (every problem at once, the ``init_from``
+checkpoints opened), then sets up in named steps: the device, where the run starts (``--resume``
+or ``init_from``), the tokenizers (fitted first), the model, the data, the optimizer and the EMA.
+It runs AdamW with linear warm-up and cosine decay (Loshchilov & Hutter 2017,
+:func:`multimodal.nn.schedules.cosine_with_warmup`), gradient accumulation and clipping,
+optional bf16 autocast, periodic validation and atomic checkpoints.
 
 Every random draw of step ``s`` comes from generators seeded with ``(seed, s)``, and the learning
 rate is a function of ``s`` alone, so a run resumed from a checkpoint continues exactly as the
@@ -13,127 +16,47 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import math
+import inspect
 import shutil
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
 from multimodal.builders import build_datasets, build_modalities, build_model, build_tokenizers
 from multimodal.checkpoint import (find_checkpoint, load_optimizer_state, load_tokenizers,
                                    load_weights, prune_checkpoints, read_config, save_checkpoint)
+from multimodal.config import validate_config
 from multimodal.errors import CheckpointError, ConfigError, DataError, TrainingError
-from multimodal.nn.lora import apply_lora, freeze, lora_settings
+from multimodal.nn.lora import apply_lora, freeze
+from multimodal.nn.schedules import cosine_with_warmup
+from multimodal.outputs import write_outputs
+from multimodal.registry import pipelines
 from multimodal.safety import CHECKPOINT_BLOCKLIST, SafetyPolicy
+from multimodal.train_config import TrainConfig, sampling_shares
 from multimodal.training.distributed import (check_shardable, init_distributed, metric_tensor,
                                              shutdown)
-from multimodal.training.init_from import (load_init_tokenizers, merge_init_weights,
-                                          parse_init_from)
-
-
-@dataclass
-class TrainConfig:
-    """The ``train:`` section of a config.
-
-    Attributes:
-        max_steps: Optimizer steps in all.
-        batch_size: Sequences per micro-batch, per modality: the global micro-batch, split
-            evenly over the processes of a ``torchrun`` job.
-        seq_len: Tokens per training window (text).
-        grad_accum_steps: Micro-batches per optimizer step.
-        lr: Peak learning rate.
-        min_lr_ratio: Final learning rate as a share of ``lr`` (cosine decay).
-        warmup_steps: Linear warm-up steps.
-        weight_decay: AdamW decay on matrices (not on norms and biases).
-        betas: AdamW betas.
-        grad_clip: Clip the global gradient norm to this (0 turns clipping off).
-        precision: ``"fp32"`` or ``"bf16"`` (autocast; CPU and CUDA).
-        loss_weights: Weight of each modality's loss (default 1 each).
-        sampling: Share of steps (micro-batches) in which each modality trains, in [0, 1]
-            (default 1 each): ``{audio: 0.5}`` trains the speech decoder every other step on
-            average, drawn from the step's seed (so resume and torchrun stay exact). ``0``
-            rests a modality: its decoder stays in the model and its checkpoints, unchanged,
-            and its data is neither read nor encoded (a later stage of a joint model that
-            trains one decoder need not encode the datasets of the others).
-        eval_every: Validate every this many steps (0: only at the end).
-        eval_batches: Validation batches per evaluation.
-        checkpoint_every: Checkpoint every this many steps (0: only at the end).
-        keep_checkpoints: Newest checkpoints kept.
-        log_every: Steps between log lines in ``log.csv``.
-        num_threads: CPU threads for torch (default: torch's choice; 1 per process under
-            ``torchrun``).
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        compile: Compile the backbone with ``torch.compile`` (inductor). Measured on 2 CPU
-            cores for ``text_fortunes``: 1.06x faster steps after a ~25 s compile.
-        ema_decay: Keep an exponential moving average of the weights with this decay (e.g.
-            0.999; diffusers' ``EMAModel``, warm-up ``(1 + s) / (10 + s)``), saved as
-            ``ema.safetensors`` beside the weights and used by pipelines and exports
-            (default ``None``: off). Usual for diffusion decoders (Ho et al. 2020).
-        freeze: Module prefixes whose weights do not train, e.g. ``[backbone]`` (fine-tuning a
-            decoder on the ``init_from`` model).
-        lora: Low-rank adapters, e.g. ``{rank: 8, alpha: 16}`` (see
-            :class:`multimodal.nn.lora.LoRASettings`; default off).
-        preview_prompts: After every checkpoint, generate from these prompts with the config's
-            task (seed 0) into ``<run>/previews/step_N/``, to watch a run as it learns
-            (default none; a preview that fails is a warning, not a stop).
-    """
-
-    max_steps: int = 1000
-    batch_size: int = 32
-    seq_len: int = 128
-    grad_accum_steps: int = 1
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    precision: Literal["fp32", "bf16"] = "fp32"
-    loss_weights: dict | None = None
-    sampling: dict | None = None
-    eval_every: int = 200
-    eval_batches: int = 20
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    num_threads: int | None = None
-    device: str = "auto"
-    compile: bool = False
-    ema_decay: float | None = None
-    freeze: list | None = None
-    lora: dict | None = None
-    preview_prompts: list | None = None
-
-    @classmethod
-    def from_config(cls, config: dict) -> "TrainConfig":
-        section = dict(config.get("train") or {})
-        if "betas" in section:
-            section["betas"] = tuple(section["betas"])
-        return cls(**section)
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate at ``step``: linear warm-up to ``lr``, cosine decay to ``lr*min_lr_ratio``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.max_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+from multimodal.training.init_from import (init_from_problems, load_init_tokenizers,
+                                          merge_init_weights, parse_init_from)
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device of ``train.device`` (a validated name) on this machine.
+
+    Raises:
+        ConfigError: CUDA is asked for but not available.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device is {name!r} but CUDA is not available; use 'cpu' or 'auto'")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device {name!r} is not a device; use 'auto', 'cpu' or 'cuda'") from None
+    return torch.device(name)
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -164,7 +87,8 @@ class Trainer:
     """Trains the model of a resolved config.
 
     Args:
-        config: The resolved, validated config (see :func:`multimodal.config.load_config`).
+        config: The resolved config (see :func:`multimodal.config.load_config`); validated
+            here, with the ``init_from`` checkpoints opened, before any work.
         out_dir: Run directory (default ``config["out_dir"]`` or ``runs/<task>``); holds
             ``checkpoints/step_*`` and ``log.csv``.
         resume: Continue from the newest checkpoint in ``out_dir``.
@@ -176,11 +100,32 @@ class Trainer:
 
     def __init__(self, config: dict, *, out_dir: str | Path | None = None, resume: bool = False,
                  progress: bool = True):
+        # Every problem of the config at once, before any work (the init_from checkpoints are
+        # opened unless resuming, which does not read them).
+        validate_config(config, checks=() if resume else (init_from_problems,))
         self.config = config
         self.cfg = TrainConfig.from_config(config)
         self.seed = int(config.get("seed", 0))
         self.out_dir = Path(out_dir or config.get("out_dir") or f"runs/{config.get('task', 'run')}")
         self.progress = progress
+        self.extra_files = _safety_files(config)
+        self._setup_device()
+        resume_from, init_sources = self._resolve_start(resume)
+        train_sets = self._setup_datasets()
+        self._setup_tokenizers(resume_from, init_sources, train_sets)
+        self._setup_model(init_sources)
+        self._setup_data(train_sets)
+        self._setup_optimizer()
+        self._setup_ema()
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+        self.history: list[dict] = []
+        if resume_from is not None:
+            self._resume(resume_from)
+
+    # -- set-up steps -----------------------------------------------------------------------
+    def _setup_device(self) -> None:
+        """The device, this process's place in a ``torchrun`` job, and torch's threads."""
         self.device = resolve_device(self.cfg.device)
         self.dist = init_distributed(self.device)
         check_shardable(self.dist, self.cfg.batch_size)
@@ -192,120 +137,101 @@ class Trainer:
             torch.set_num_threads(1)  # one thread per rank: ranks must not oversubscribe
         torch.manual_seed(self.seed)
 
-        resume_from = None
-        if resume:
-            try:
-                resume_from = find_checkpoint(self.out_dir)
-            except CheckpointError as exc:
-                raise CheckpointError(f"--resume: {exc}") from None
-            self._check_resumable(resume_from)
-        init_sources = [] if resume_from else parse_init_from(config.get("init_from"))
+    def _resolve_start(self, resume: bool) -> tuple[Path | None, list]:
+        """``(checkpoint to resume from, init_from sources)``: at most one is set."""
+        if not resume:
+            return None, parse_init_from(self.config.get("init_from"))
+        try:
+            resume_from = find_checkpoint(self.out_dir)
+        except CheckpointError as exc:
+            raise CheckpointError(f"--resume: {exc}") from None
+        self._check_resumable(resume_from)
+        return resume_from, []
 
-        self.modalities = build_modalities(config)
-        self.sampling = self._sampling_shares()
-        active = [m for m in self.modalities if self.sampling[m] > 0]  # the others rest
-        train_sets = build_datasets(config, "train", active)
-        missing = [m for m in active if m not in train_sets]
-        if missing:
-            raise ConfigError([f"decoders.{m} has no dataset: add data.{m}: {{type: ...}}"
-                               for m in missing])
+    def _setup_datasets(self) -> dict[str, Any]:
+        """Each modality's objective and share of steps; the training datasets of those that
+        train (the others rest: their data is not read)."""
+        self.modalities = build_modalities(self.config)
+        self.sampling = sampling_shares(self.config)
+        self.active = [m for m in self.modalities if self.sampling[m] > 0]
+        return build_datasets(self.config, "train", self.active)
 
+    def _setup_tokenizers(self, resume_from: Path | None, init_sources: list,
+                          train_sets: dict) -> None:
+        """Load the tokenizers a checkpoint gives; fit the others (rank 0 under torchrun)."""
         if resume_from is not None:
-            self.tokenizers = load_tokenizers(resume_from, config)
-        else:  # init_from gives some (or all); the others are fitted here
-            given = load_init_tokenizers(init_sources, config)
-            if set(given) == set(config.get("tokenizers") or {}):
-                self.tokenizers = given
-            elif not self.dist.enabled:
-                self.tokenizers = {**build_tokenizers(config), **given}
+            self.tokenizers = load_tokenizers(resume_from, self.config)
+            return
+        given = load_init_tokenizers(init_sources, self.config)
+        if set(given) == set(self.config.get("tokenizers") or {}):
+            self.tokenizers = given
+        elif not self.dist.enabled:
+            self.tokenizers = {**build_tokenizers(self.config), **given}
+            self._fit_tokenizers(train_sets)
+        else:  # rank 0 fits, the others load what it saved
+            shared = self.out_dir / ".tokenizers-shared"
+            if self.dist.is_main:
+                self.tokenizers = {**build_tokenizers(self.config), **given}
                 self._fit_tokenizers(train_sets)
-            else:  # rank 0 fits, the others load what it saved
-                shared = self.out_dir / ".tokenizers-shared"
-                if self.dist.is_main:
-                    self.tokenizers = {**build_tokenizers(config), **given}
-                    self._fit_tokenizers(train_sets)
-                    _save_tokenizers(self.tokenizers, shared)
-                self.dist.barrier()
-                if not self.dist.is_main:
-                    self.tokenizers = load_tokenizers(shared, config)
-                self.dist.barrier()
-                if self.dist.is_main:
-                    shutil.rmtree(shared, ignore_errors=True)
+                _save_tokenizers(self.tokenizers, shared)
+            self.dist.barrier()
+            if not self.dist.is_main:
+                self.tokenizers = load_tokenizers(shared, self.config)
+            self.dist.barrier()
+            if self.dist.is_main:
+                shutil.rmtree(shared, ignore_errors=True)
 
-        self.extra_files = _safety_files(config)
-        self.model = build_model(config, self.tokenizers, adapters=False).to(self.device)
-        if init_sources:  # (none when resuming)
+    def _setup_model(self, init_sources: list) -> None:
+        """Build the model, load ``init_from``, freeze, add LoRA adapters, start every rank
+        from the same weights."""
+        self.model = build_model(self.config, self.tokenizers, adapters=False).to(self.device)
+        if init_sources:
             load_weights(self.model, merge_init_weights(init_sources, self.model), adapt=True)
         if self.cfg.freeze:
             freeze(self.model, list(self.cfg.freeze))
-        lora = lora_settings(self.cfg.lora)
-        if lora is not None:  # after init_from: the adapters start from the given model
-            apply_lora(self.model, lora)  # (frozen modules stay frozen; adapters train)
+        if self.cfg.lora is not None:  # after init_from: the adapters start from the given model
+            apply_lora(self.model, **asdict(self.cfg.lora))  # (frozen modules stay frozen)
             self.model.to(self.device)
         if not any(p.requires_grad for p in self.model.parameters()):
             raise ConfigError("train.freeze leaves nothing to train; freeze less, or add "
                               "train.lora adapters")
-
         self.dist.broadcast_(list(self.model.state_dict().values()))  # start identical
         if self.cfg.compile:
             self.model.backbone.compile(dynamic=False)  # in place: state_dict keys unchanged
+
+    def _setup_data(self, train_sets: dict) -> None:
+        """Each training modality's prepared data, and its validation data where it has
+        enough."""
+        seq_len = self.cfg.seq_len
         self.train_data = {m: self.modalities[m].prepare(train_sets[m], self.tokenizers,
-                                                         seq_len=self.cfg.seq_len)
-                           for m in active}
+                                                         seq_len=seq_len)
+                           for m in self.active}
         self.val_data = {}
-        for m, ds in build_datasets(config, "val", active).items():
+        for m, ds in build_datasets(self.config, "val", self.active).items():
             try:
                 self.val_data[m] = self.modalities[m].prepare(ds, self.tokenizers,
-                                                              seq_len=self.cfg.seq_len)
+                                                              seq_len=seq_len)
             except DataError:
                 pass  # too little validation data: training goes on without it
 
+    def _setup_optimizer(self) -> None:
+        """AdamW over the trainable weights, autocast, and the weight of each loss."""
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.lr,
             betas=self.cfg.betas)
         self.autocast = autocast_for(self.device, self.cfg.precision)
+        weights = self.cfg.loss_weights or {}
+        self.loss_weights = {m: float(weights.get(m, 1.0)) for m in self.modalities}
+
+    def _setup_ema(self) -> None:
+        """diffusers' ``EMAModel`` of all weights when ``train.ema_decay`` is set."""
         self.ema = None
         if self.cfg.ema_decay is not None:
-            if not 0.0 < self.cfg.ema_decay < 1.0:
-                raise ConfigError(f"train.ema_decay must be in (0, 1), e.g. 0.999; got "
-                                  f"{self.cfg.ema_decay}")
-            from diffusers.training_utils import EMAModel
-
             self.ema = EMAModel(self.model.parameters(), decay=self.cfg.ema_decay, foreach=True)
-        weights = self.cfg.loss_weights or {}
-        unknown = [k for k in weights if k not in self.modalities]
-        if unknown:
-            raise ConfigError([f"train.loss_weights.{k}: no such modality; configured: "
-                               f"{', '.join(self.modalities)}" for k in unknown])
-        self.loss_weights = {m: float(weights.get(m, 1.0)) for m in self.modalities}
-        self.step = 0
-        self.last_checkpoint: Path | None = None
-        self.history: list[dict] = []
-        if resume_from is not None:
-            self._resume(resume_from)
-
-    # -- set-up helpers ---------------------------------------------------------------------
-    def _sampling_shares(self) -> dict[str, float]:
-        """``train.sampling`` checked, with the default share 1 filled in for each modality."""
-        sampling = self.cfg.sampling or {}
-        if not isinstance(sampling, dict):
-            raise ConfigError(f"train.sampling must map modalities to shares of steps, e.g. "
-                              f"{{audio: 0.5}}; got {sampling!r}")
-        bad = [f"train.sampling.{k}: no such modality; configured: {', '.join(self.modalities)}"
-               for k in sampling if k not in self.modalities]
-        bad += [f"train.sampling.{k}: a share of steps in [0, 1] (0 rests it), got {v!r}"
-                for k, v in sampling.items() if k in self.modalities
-                and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1)]
-        if bad:
-            raise ConfigError(bad)
-        shares = {m: float(sampling.get(m, 1.0)) for m in self.modalities}
-        if not any(shares.values()):
-            raise ConfigError("train.sampling rests every modality (all 0); give at least one a "
-                              "share above 0")
-        return shares
 
     def _fit_tokenizers(self, train_sets: dict) -> None:
-        """Fit each untrained tokenizer, before the backbone trains (stage one)."""
+        """Fit each untrained tokenizer, before the backbone trains (stage one). Its data is
+        there: :func:`multimodal.config.fit_on_problems` checked that."""
         for name, tok in self.tokenizers.items():
             if tok.is_trained:
                 continue
@@ -314,16 +240,8 @@ class Trainer:
                              for t in self.modalities[m].text_corpus(ds)]
                 if not data:
                     raise DataError(f"tokenizers.{name}: no text to fit the text tokenizer on")
-            elif tok.fit_on in train_sets:
-                data = train_sets[tok.fit_on]
-            elif self.sampling.get(tok.fit_on) == 0:
-                raise ConfigError(f"tokenizers.{name} learns from data.{tok.fit_on}, but "
-                                  f"train.sampling.{tok.fit_on} is 0 (the modality rests): "
-                                  f"give a share above 0, or take tokenizers.{name} from "
-                                  "init_from")
             else:
-                raise ConfigError(f"tokenizers.{name} learns from data.{tok.fit_on}, which the "
-                                  f"config does not have")
+                data = train_sets[tok.fit_on]
             tok.fit(data, seed=self.seed, device=self.device, progress=self.progress)
 
     def _check_resumable(self, path: Path) -> None:
@@ -341,8 +259,6 @@ class Trainer:
         state = load_optimizer_state(path, self.optimizer)
         self.step = int(state["step"])
         if self.ema is not None:
-            from safetensors.torch import load_file
-
             file = path / "ema.safetensors"
             if not file.is_file():
                 raise CheckpointError(f"--resume: {path} has no ema.safetensors, but "
@@ -357,7 +273,9 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimizer step over ``grad_accum_steps`` micro-batches of every modality."""
         cfg = self.cfg
-        lr = lr_at(self.step, cfg)
+        lr = cfg.lr * cosine_with_warmup(self.step, warmup_steps=cfg.warmup_steps,
+                                         total_steps=cfg.max_steps,
+                                         min_lr_ratio=cfg.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -443,29 +361,17 @@ class Trainer:
 
     def preview(self, checkpoint: Path) -> None:
         """Generate from ``train.preview_prompts`` with the checkpoint just written, through the
-        task's own command line, into ``<run>/previews/step_N/<k>/``."""
-        import argparse
-        import contextlib
-        import io
-        import warnings
-
-        from multimodal.pipelines import load_pipeline
-        from multimodal.registry import pipelines
-
+        task's pipeline (seed 0), into ``<run>/previews/step_N/<k>/``; a preview that fails is
+        a warning, not a stop."""
         task = self.config.get("task", "")
         out = self.out_dir / "previews" / f"step_{self.step:06d}"
         try:
-            cls = pipelines.get(task)
-            parser = argparse.ArgumentParser()
-            cls.add_cli_arguments(parser)
-            pipe = load_pipeline(task, checkpoint, device=str(self.device))
+            pipe = pipelines.get(task).from_checkpoint(checkpoint, device=str(self.device))
+            quiet = {"progress": False} if "progress" in inspect.signature(pipe).parameters else {}
             for k, prompt in enumerate(self.cfg.preview_prompts):
-                argv = ["--prompt", str(prompt), "--seed", "0", "--out", str(out / f"{k:02d}")]
-                if any(a.dest == "no_progress" for a in parser._actions):
-                    argv.append("--no-progress")
-                with contextlib.redirect_stdout(io.StringIO()):
-                    pipe.run_cli(parser.parse_args(argv))
-        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a preview never stops training
+                output = pipe(prompt, seed=0, **quiet)
+                write_outputs(output, out / f"{k:02d}", produces=pipe.produces)
+        except Exception as exc:  # noqa: BLE001 - a preview never stops training
             warnings.warn(f"preview at step {self.step} failed: {type(exc).__name__}: {exc}",
                           stacklevel=2)
         finally:
@@ -482,8 +388,6 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train to ``max_steps``; return the final metrics and the last checkpoint path."""
-        from tqdm.auto import tqdm
-
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log = _CsvLog(self.out_dir / "log.csv") if self.dist.is_main else None
