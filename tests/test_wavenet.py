@@ -204,3 +204,28 @@ def test_parallel_mel_loss_adds_the_log_mel_distance():
     assert all(p.grad is not None for p in with_mel.parameters())
     with pytest.raises(ValueError, match="mel_loss_weight"):
         tiny_parallel(mel_loss_weight=-1.0)
+
+
+@pytest.mark.parametrize("make", [tiny_wavenet, tiny_parallel])
+def test_vocoder_records_every_constructor_argument(make):
+    import inspect
+
+    from multimodal.registry import vocoders
+
+    model = make()
+    assert set(model.init_args) == set(inspect.signature(type(model)).parameters)
+    rebuilt = type(model)(**model.init_args)  # what a checkpoint rebuilds
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == \
+        {k: v.shape for k, v in model.state_dict().items()}
+    assert type(model) in {vocoders.get("wavenet"), vocoders.get("parallel_wavegan")}
+
+
+def test_train_vocoder_follows_the_shared_warm_up_cosine_schedule():
+    from multimodal.nn.schedules import cosine_with_warmup
+
+    records = train_vocoder(tiny_parallel(), sine_batch(64, 32), steps=6, lr=1e-2,
+                            warmup_steps=2, progress=False)
+    assert [r["lr"] for r in records] == pytest.approx(
+        [1e-2 * cosine_with_warmup(s, warmup_steps=2, total_steps=6, min_lr_ratio=0.1)
+         for s in range(6)], rel=1e-12)
+    assert records[1]["lr"] == pytest.approx(1e-2) and records[-1]["lr"] > 1e-3

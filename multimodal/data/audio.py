@@ -29,11 +29,11 @@ from typing import Literal, Sequence
 import numpy as np
 
 from multimodal.data import check_split, in_split
+from multimodal.data.espeak import DEFAULT_VOICES, phonemize
 from multimodal.data.images import DICTIONARY, SYNONYMS
 from multimodal.data.text import FortunesDataset
 from multimodal.errors import DataError
 from multimodal.io import atomic_write_bytes, cache_root
-from multimodal.modalities.audio.phonemes import DEFAULT_VOICES, phonemize
 from multimodal.registry import datasets
 
 SAMPLE_RATE = 16_000

@@ -160,11 +160,11 @@ class MelDecoder(nn.Module):
         super().__init__()
         missing = [k for k in ("phonemes", "audio") if k not in (tokenizers or {})]
         if missing:
-            raise ConfigError([f"decoders.audio (mel_decoder) needs tokenizers.{k}"
-                               f" ({'espeak_phonemes' if k == 'phonemes' else 'log_mel'})"
+            raise ConfigError([f"the mel decoder needs tokenizers[{k!r}] "
+                               f"({'espeak_phonemes' if k == 'phonemes' else 'log_mel'})"
                                for k in missing])
         if kernel_size % 2 == 0:
-            raise ConfigError(f"decoders.audio.kernel_size must be odd, got {kernel_size}")
+            raise ConfigError(f"kernel_size must be odd, got {kernel_size}")
         phonemes, audio = tokenizers["phonemes"], tokenizers["audio"]
         d = backbone.dim
         self.n_mels = audio.n_mels

@@ -18,6 +18,7 @@ Axes: b batch, t samples, m mel bins, f frames.
 from __future__ import annotations
 
 import torch
+import torchaudio
 from torch import nn
 
 SAMPLE_RATE = 16_000
@@ -39,8 +40,6 @@ class LogMel(nn.Module):
                  hop_length: int = 256, n_mels: int = 80, f_min: float = 0.0,
                  f_max: float = 8000.0):
         super().__init__()
-        import torchaudio
-
         if f_max > sample_rate / 2:
             raise ValueError(f"f_max {f_max} Hz is above the Nyquist frequency "
                              f"{sample_rate / 2} Hz of sample_rate {sample_rate}")
@@ -74,8 +73,6 @@ class LogMel(nn.Module):
         Returns:
             (b, (f - 1) * hop_length) waveform.
         """
-        import torchaudio
-
         inverse = torchaudio.transforms.InverseMelScale(
             n_stft=self.n_fft // 2 + 1, n_mels=self.n_mels, sample_rate=self.sample_rate,
             f_min=self.f_min, f_max=self.f_max, norm="slaney", mel_scale="slaney")

@@ -89,8 +89,8 @@ class AudioModality:
         """
         missing = [k for k in ("phonemes", "audio") if k not in tokenizers]
         if missing:
-            raise DataError("the audio modality needs tokenizers."
-                            + " and tokenizers.".join(missing)
+            raise DataError("the audio modality needs "
+                            + " and ".join(f"tokenizers[{k!r}]" for k in missing)
                             + " (an espeak_phonemes and a log_mel)")
         if len(dataset) == 0:
             raise DataError("the audio dataset is empty")
@@ -103,7 +103,7 @@ class AudioModality:
                 voice = front.voice_id(item["voice"])
             except InputError:
                 raise DataError(f"clip {i} ({item['text']!r}) has voice {item['voice']!r}, "
-                                f"which tokenizers.phonemes.voices does not list: "
+                                f"which the phoneme tokenizer's voices do not list: "
                                 f"{', '.join(front.voices)}") from None
             ids = torch.tensor(front.ids_from_ipa(item["phonemes"]), dtype=torch.long)
             if len(ids) > seq_len or mel.shape[-1] < len(ids):

@@ -1,22 +1,16 @@
-"""The text front end of speech: espeak-ng turns text into IPA phonemes (as Piper and VITS do),
-and a fixed symbol table turns IPA characters into ids.
-
-``phonemize("Hello there, seven", "en-us")`` -> ``"həlˈoʊ ðˈɛɹ , sˈɛvən"``: one line of IPA per
-clause from ``espeak-ng -q --ipa``, joined by ``" , "`` so a clause break is a token (a pause).
-Only the language part of a voice (``en-us`` of ``en-us+f3``) changes the phonemes.
+"""The phoneme tokenizer of speech: a fixed symbol table turns the IPA that espeak-ng prints
+(:func:`multimodal.data.espeak.phonemize`, the text front end Piper and VITS use) into ids.
 """
 
 from __future__ import annotations
 
-import subprocess
 import warnings
 from pathlib import Path
 from typing import Any
 
-from multimodal.errors import DataError, InputError
+from multimodal.data.espeak import DEFAULT_VOICES, phonemize
+from multimodal.errors import InputError
 from multimodal.registry import tokenizers
-
-DEFAULT_VOICES = ("en-us", "en-us+f3", "en-gb+m3", "en-us+m7")
 
 # Padding, start and end, then every symbol espeak-ng's English voices print with --ipa
 # (and the rest of its IPA inventory, so other languages map too).
@@ -28,30 +22,6 @@ SYMBOLS = (
     + list("ˈˌːˑ̩̃ʰʲʷ̪ᵻ̝̞")
     + ["θ"]  # appended later: tables saved in older checkpoints keep their ids
 )
-
-
-def language_of(voice: str) -> str:
-    """``"en-us+f3"`` -> ``"en-us"``."""
-    return voice.split("+", 1)[0]
-
-
-def phonemize(text: str, voice: str = "en-us") -> str:
-    """IPA phonemes of ``text`` from espeak-ng in the language of ``voice``.
-
-    Raises:
-        DataError: espeak-ng is missing or does not know the voice.
-    """
-    try:
-        out = subprocess.run(["espeak-ng", "-q", "--ipa", "-v", language_of(voice), "--", text],
-                             capture_output=True, check=True, timeout=60)
-    except OSError:
-        raise DataError("espeak-ng is not installed; install it with "
-                        "`apt-get install espeak-ng`") from None
-    except subprocess.SubprocessError as exc:
-        detail = (getattr(exc, "stderr", b"") or b"").decode(errors="replace").strip()
-        raise DataError(f"espeak-ng failed for voice {voice!r}: {detail or exc}") from None
-    lines = out.stdout.decode("utf-8", "replace").splitlines()
-    return " , ".join(line.strip() for line in lines if line.strip())
 
 
 @tokenizers.register("espeak_phonemes")

@@ -3,80 +3,104 @@ vocoder.
 
 ``encode`` computes the log-mel of :mod:`~multimodal.modalities.audio.features` and normalises
 each bin with the mean and standard deviation measured on the training audio (saved in the
-checkpoint). ``decode`` turns normalised frames back into 16 kHz audio with one of:
+checkpoint). ``decode`` turns normalised frames back into 16 kHz audio with one of its
+vocoders, by name:
 
 * ``"parallel"``: a Parallel WaveGAN generator (one forward pass over noise);
 * ``"autoregressive"``: a WaveNet with cached (Fast WaveNet) sample-by-sample generation;
 * ``"griffin-lim"``: the un-learned baseline (inverse mel filter bank + Griffin-Lim).
 
+The learned ones are registered ``vocoders`` components, built by the config builder from
+their own sections; how each is fitted sits beside them::
+
+    tokenizers:
+      audio:
+        type: log_mel
+        vocoders:
+          parallel: {type: parallel_wavegan, residual_channels: 64}
+          autoregressive: {type: wavenet}
+        vocoder_fit:
+          parallel: {steps: 2000, batch_size: 8, segment_frames: 32, lr: 3.0e-3}
+          autoregressive: {steps: 1000, batch_size: 4, segment_frames: 16, lr: 2.0e-3}
+
 Like the image VAE, the tokenizer is fitted before the backbone trains (``fit_on = "audio"``):
-first the statistics, then each configured vocoder on random aligned segments of the training
-audio (see :func:`multimodal.modalities.audio.wavenet.train_vocoder`).
+first the statistics, then each vocoder on random aligned segments of the training audio
+(see :func:`multimodal.modalities.audio.wavenet.train_vocoder`).
 
 Axes: b batch, t samples, m mel bins, f frames.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
+from safetensors.torch import save_file
+from torch import nn
 
 from multimodal.checkpoint import load_weights
 from multimodal.errors import CheckpointError, ConfigError, DataError, InputError
-from multimodal.registry import tokenizers
+from multimodal.modalities.audio.features import LogMel
+from multimodal.modalities.audio.wavenet import VocoderFitSettings, train_vocoder
+from multimodal.registry import tokenizers, vocoders as vocoder_registry
 
-VOCODERS = ("parallel", "autoregressive", "griffin-lim")
+GRIFFIN_LIM = "griffin-lim"  # the un-learned vocoder every tokenizer has
 META_FILE = "mel.json"
 FORMAT = "multimodal-log-mel/1"
 STATS_ITEMS = 2000  # utterances the normalisation statistics are measured on
-_TRAINING_KEYS = ("steps", "batch_size", "segment_frames", "lr", "warmup_steps", "lambda_adv",
-                  "adversarial_start")
-
-
-def _split_vocoder_config(name: str, section: dict | None) -> tuple[dict, dict]:
-    """``{"steps": .., "batch_size": .., ..., <model args>}`` -> (model args, training args)."""
-    section = dict(section or {})
-    training = {k: section.pop(k) for k in _TRAINING_KEYS if k in section}
-    return section, training
+# the registered type of each vocoder name in checkpoints saved before vocoders had types
+_UNTYPED_VOCODERS = {"parallel": "parallel_wavegan", "autoregressive": "wavenet"}
 
 
 @tokenizers.register("log_mel")
 class LogMelTokenizer:
     """16 kHz audio <-> per-bin normalised log-mel frames (b, m, f), with vocoders.
 
+    Built in Python with modules, as the config builder does::
+
+        LogMelTokenizer(vocoders={"parallel": ParallelWaveGANGenerator(num_layers=12)},
+                        vocoder_fit={"parallel": VocoderFitSettings(steps=2000, lr=3e-3)})
+
     Args:
         n_fft: FFT size and window in samples (default 1024).
         hop_length: Samples per frame (default 256: 62.5 frames per second).
         n_mels: Mel bins ``m`` (default 80).
         f_min, f_max: Filter bank range in Hz (default 0 and 8,000).
-        parallel: The Parallel WaveGAN vocoder: constructor arguments of
-            :class:`~multimodal.modalities.audio.wavenet.ParallelWaveGANGenerator` plus its
-            training settings ``steps``, ``batch_size``, ``segment_frames``, ``lr``,
-            ``lambda_adv``, ``adversarial_start``; ``None`` leaves it out.
-        autoregressive: The same for
-            :class:`~multimodal.modalities.audio.wavenet.WaveNetVocoder`; ``None`` leaves it
-            out.
-        default_vocoder: What :meth:`decode` uses unless told (default ``"parallel"``).
+        vocoders: The learned vocoders by the name users pick them with (``"parallel"``,
+            ``"autoregressive"``): registered ``vocoders`` such as
+            :class:`~multimodal.modalities.audio.wavenet.ParallelWaveGANGenerator`
+            (``parallel_wavegan``) and
+            :class:`~multimodal.modalities.audio.wavenet.WaveNetVocoder` (``wavenet``), each
+            with this tokenizer's ``n_mels`` and ``hop_length`` (default: none, Griffin-Lim
+            only). In a config: ``vocoders: {parallel: {type: parallel_wavegan, ...}}``.
+        vocoder_fit: How :meth:`fit` trains each vocoder, by the same names:
+            :class:`~multimodal.modalities.audio.wavenet.VocoderFitSettings` or a mapping of
+            its fields (needed for every vocoder :meth:`fit` trains).
+        default_vocoder: What :meth:`decode` uses unless told: a name of ``vocoders`` or
+            ``"griffin-lim"`` (default ``"parallel"``).
         num_threads: CPU threads while fitting (default: torch's setting).
 
     Raises:
-        ConfigError: an unknown vocoder argument, or a default vocoder that is not configured.
+        ValueError: a vocoder for other mel bins or hop, fit settings for a vocoder that is not
+            there, or a default vocoder that is not configured.
     """
 
     fit_on = "audio"
+    component_args = {"vocoders": "vocoders"}  # the builder builds each vocoder of the mapping
+    # keys of the layout before vocoders were registered components: where they went
+    moved_args = {
+        name: f"the vocoder sections moved: write vocoders: {{{name}: {{type: {kind}, "
+              f"<its constructor arguments>}}}} and vocoder_fit: {{{name}: {{steps: ..., "
+              "batch_size: ..., segment_frames: ..., lr: ...}}"
+        for name, kind in _UNTYPED_VOCODERS.items()}
 
     def __init__(self, *, n_fft: int = 1024, hop_length: int = 256, n_mels: int = 80,
-                 f_min: float = 0.0, f_max: float = 8000.0, parallel: dict | None = None,
-                 autoregressive: dict | None = None,
-                 default_vocoder: Literal["parallel", "autoregressive", "griffin-lim"] = "parallel",
-                 num_threads: int | None = None):
-        from multimodal.modalities.audio.features import LogMel
-        from multimodal.modalities.audio.wavenet import ParallelWaveGANGenerator, WaveNetVocoder
-
+                 f_min: float = 0.0, f_max: float = 8000.0,
+                 vocoders: dict[str, nn.Module] | None = None,
+                 vocoder_fit: dict[str, VocoderFitSettings] | None = None,
+                 default_vocoder: str = "parallel", num_threads: int | None = None):
         self.features = LogMel(n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min,
                                f_max=f_max)
         self.n_mels, self.hop_length = n_mels, hop_length
@@ -84,28 +108,29 @@ class LogMelTokenizer:
         self.num_threads = num_threads
         self.mean = torch.zeros(n_mels)
         self.std = torch.ones(n_mels)
-        self.vocoders: dict[str, torch.nn.Module] = {}
-        self.training: dict[str, dict] = {}
-        self.vocoder_args: dict[str, dict] = {}  # every constructor argument, defaults included
-        for name, cls, section in (("parallel", ParallelWaveGANGenerator, parallel),
-                                   ("autoregressive", WaveNetVocoder, autoregressive)):
-            if section is None:
-                continue
-            model_args, self.training[name] = _split_vocoder_config(name, section)
-            try:
-                self.vocoders[name] = cls(mel_channels=n_mels, hop_length=hop_length,
-                                          **model_args).eval()
-            except TypeError as exc:
-                raise ConfigError(f"tokenizers.audio.{name}: {exc}; accepted: the arguments of "
-                                  f"{cls.__name__} and {', '.join(_TRAINING_KEYS)}") from None
-            defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()
-                        if p.default is not inspect.Parameter.empty}
-            self.vocoder_args[name] = {**defaults, **model_args, "mel_channels": n_mels,
-                                       "hop_length": hop_length}
-        if default_vocoder != "griffin-lim" and default_vocoder not in self.vocoders:
-            raise ConfigError(f"tokenizers.audio.default_vocoder is {default_vocoder!r} but "
-                              f"that vocoder is not configured; configured: "
-                              f"{', '.join(self.vocoders) or 'none'} (or 'griffin-lim')")
+        self.vocoders: dict[str, nn.Module] = {}
+        for name, vocoder in (vocoders or {}).items():
+            if name == GRIFFIN_LIM:
+                raise ValueError(f"vocoders: {GRIFFIN_LIM!r} is built in; name the vocoder "
+                                 "otherwise, e.g. 'parallel' or 'autoregressive'")
+            sizes = (getattr(vocoder, "mel_channels", None), getattr(vocoder, "hop_length", None))
+            if sizes != (n_mels, hop_length):
+                raise ValueError(f"vocoders[{name!r}] has mel_channels={sizes[0]} and "
+                                 f"hop_length={sizes[1]}, but this tokenizer makes frames of "
+                                 f"n_mels={n_mels} and hop_length={hop_length}; give the "
+                                 "vocoder the same")
+            self.vocoders[name] = vocoder.eval()
+        self.fit_settings: dict[str, VocoderFitSettings] = {}
+        for name, settings in (vocoder_fit or {}).items():
+            if name not in self.vocoders:
+                raise ValueError(f"vocoder_fit names {name!r}, which vocoders does not have; "
+                                 f"vocoders: {', '.join(self.vocoders) or 'none'}")
+            self.fit_settings[name] = (VocoderFitSettings(**settings)
+                                       if isinstance(settings, dict) else settings)
+        if default_vocoder not in self.available_vocoders:
+            raise ValueError(f"default_vocoder is {default_vocoder!r} but that vocoder is not "
+                             f"configured; configured: {', '.join(self.vocoders) or 'none'} "
+                             f"(or {GRIFFIN_LIM!r})")
         self.default_vocoder = default_vocoder
         self._trained = False
 
@@ -152,8 +177,8 @@ class LogMelTokenizer:
         """Normalised log-mel (b, m, f) -> waveform (b, f * hop_length) at 16 kHz.
 
         Args:
-            vocoder: ``"parallel"``, ``"autoregressive"`` or ``"griffin-lim"`` (default
-                ``default_vocoder``).
+            vocoder: A name of ``vocoders`` (``"parallel"``, ``"autoregressive"``) or
+                ``"griffin-lim"`` (default ``default_vocoder``).
             generator: Source of the vocoder's noise (parallel) or sampling (autoregressive).
             progress: Show a progress bar (autoregressive generation is sample by sample).
 
@@ -167,7 +192,7 @@ class LogMelTokenizer:
         if mel.dim() != 3 or mel.shape[1] != self.n_mels:
             raise InputError(f"mel must be (batch, {self.n_mels}, frames), got "
                              f"{tuple(mel.shape)}")
-        if name == "griffin-lim":
+        if name == GRIFFIN_LIM:
             seed = 0 if generator is None else int(torch.randint(0, 2**31 - 1, (1,),
                                                                  generator=generator))
             wave = self.features.griffin_lim(self.denormalise(mel.float().cpu()),
@@ -176,7 +201,7 @@ class LogMelTokenizer:
                                                   - wave.shape[-1]))
         model = self.vocoders[name]
         mel = mel.to(next(model.parameters()).device, torch.float32)
-        if name == "autoregressive":
+        if hasattr(model, "generate"):  # autoregressive (WaveNet): sample by sample
             return model.generate(mel, generator=generator, progress=progress).float().cpu()
         return model(mel, generator=generator).float().cpu()
 
@@ -187,9 +212,12 @@ class LogMelTokenizer:
 
         Raises:
             DataError: the dataset is empty or has no clip as long as a training segment.
+            ConfigError: a vocoder has no ``vocoder_fit`` settings.
         """
-        from multimodal.modalities.audio.wavenet import train_vocoder
-
+        unset = [name for name in self.vocoders if name not in self.fit_settings]
+        if unset:
+            raise ConfigError([f"vocoder_fit has no settings for vocoder {name!r}: give at "
+                               f"least vocoder_fit: {{{name}: {{steps: ...}}}}" for name in unset])
         if len(data) == 0:
             raise DataError("the audio dataset is empty: nothing to fit the audio tokenizer on")
         previous = torch.get_num_threads()
@@ -202,13 +230,15 @@ class LogMelTokenizer:
             self.mean, self.std = every.mean(-1), every.std(-1).clamp(min=1e-3)
             mels = [(m - self.mean[:, None]) / self.std[:, None] for m in raw]
             for name, vocoder in self.vocoders.items():
-                settings = dict(self.training[name])
-                segment_frames = int(settings.pop("segment_frames", 32))
-                batch_size = int(settings.pop("batch_size", 8))
+                fit = self.fit_settings[name]
                 sampler = SegmentSampler(waves, mels, hop_length=self.hop_length,
-                                         segment_frames=segment_frames, batch_size=batch_size)
+                                         segment_frames=fit.segment_frames,
+                                         batch_size=fit.batch_size)
                 vocoder.to(device).train()
-                train_vocoder(vocoder, sampler, seed=seed, progress=progress, **settings)
+                train_vocoder(vocoder, sampler, steps=fit.steps, lr=fit.lr,
+                              warmup_steps=fit.warmup_steps, lambda_adv=fit.lambda_adv,
+                              adversarial_start=fit.adversarial_start, seed=seed,
+                              progress=progress)
                 vocoder.eval()
         finally:
             torch.set_num_threads(previous)
@@ -217,22 +247,33 @@ class LogMelTokenizer:
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
-
+        """Write ``mel.json`` (statistics, and each vocoder's type and constructor arguments)
+        and ``<name>.safetensors`` per vocoder into ``directory``."""
         directory = Path(directory)
         for name, vocoder in self.vocoders.items():
             save_file({k: v.detach().contiguous().cpu() for k, v in
                        vocoder.state_dict().items()}, str(directory / f"{name}.safetensors"))
+        vocoder_args = {name: {"type": _registered_name(vocoder), **vocoder.init_args}
+                        for name, vocoder in self.vocoders.items()}
         meta = {"format": FORMAT, "mean": self.mean.tolist(), "std": self.std.tolist(),
-                "trained": self._trained, "vocoder_args": self.vocoder_args}
+                "trained": self._trained, "vocoder_args": vocoder_args}
         (directory / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
 
     @classmethod
-    def load(cls, directory: str | Path, **config: Any) -> "LogMelTokenizer":
+    def load(cls, directory: str | Path, *, vocoders: dict[str, nn.Module] | None = None,
+             **kwargs: Any) -> "LogMelTokenizer":
         """Rebuild from a checkpoint's ``tokenizers/<name>/``.
 
+        Args:
+            directory: The tokenizer's directory.
+            vocoders: The vocoders to load, as for the constructor; each is rebuilt with the
+                constructor arguments the checkpoint records, so it loads as it was trained
+                whatever the code's defaults are now.
+            **kwargs: The constructor's other arguments.
+
         Raises:
-            CheckpointError: a missing or unreadable file, or weights of another shape.
+            CheckpointError: a missing or unreadable file, a vocoder of another type than the
+                checkpoint's, or weights of another shape.
         """
         directory = Path(directory)
         try:
@@ -242,12 +283,16 @@ class LogMelTokenizer:
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"cannot read the audio tokenizer in {directory}: {exc}") \
                 from None
-        # the vocoders exactly as they were built, whatever the code's defaults are now
-        for name, args in (meta.get("vocoder_args") or {}).items():
-            if config.get(name) is not None:
-                args = {k: v for k, v in args.items() if k not in ("mel_channels", "hop_length")}
-                config = {**config, name: {**args, **_split_vocoder_config(name, config[name])[1]}}
-        tok = cls(**config)
+        saved = meta.get("vocoder_args") or {}
+        rebuilt = {}
+        for name, vocoder in (vocoders or {}).items():
+            args = dict(saved.get(name) or {})
+            kind = args.pop("type", _UNTYPED_VOCODERS.get(name))
+            if args and kind != _registered_name(vocoder):
+                raise CheckpointError(f"{directory / META_FILE}: vocoder {name!r} is a {kind}, "
+                                      f"the config names {_registered_name(vocoder)}")
+            rebuilt[name] = type(vocoder)(**args) if args else vocoder
+        tok = cls(vocoders=rebuilt, **kwargs)
         try:
             tok.mean = torch.tensor(meta["mean"], dtype=torch.float32)
             tok.std = torch.tensor(meta["std"], dtype=torch.float32)
@@ -261,6 +306,12 @@ class LogMelTokenizer:
             load_weights(vocoder, directory / f"{name}.safetensors")
         tok._trained = bool(meta.get("trained", True))
         return tok
+
+
+def _registered_name(vocoder: nn.Module) -> str | None:
+    """The name ``vocoder``'s class is registered under in ``vocoders``, if any."""
+    return next((entry.name for entry in vocoder_registry.entries()
+                 if entry.obj is type(vocoder)), None)
 
 
 class SegmentSampler:

@@ -20,10 +20,12 @@ upsampled to the rate of the stack), and 1x1 convolutions to a residual and a sk
   CPUs the stack runs at ``16000 / fold`` Hz: ``fold`` consecutive samples are folded into
   channels (space-to-depth) at the input and unfolded at the output.
 
-Both take a NORMALISED log-mel (``features.LogMel`` output standardised per bin to zero mean
-and unit variance) with frame ``i`` conditioning samples ``[i * hop_length, (i + 1) *
-hop_length)``, and return audio of ``frames * hop_length`` samples in [-1, 1] at 16 kHz.
-:func:`train_vocoder` trains either.
+Both are registered ``vocoders`` (``wavenet``, ``parallel_wavegan``), held by the audio
+tokenizer (:class:`~multimodal.modalities.audio.tokenizer.LogMelTokenizer`). Both take a
+NORMALISED log-mel (``features.LogMel`` output standardised per bin to zero mean and unit
+variance) with frame ``i`` conditioning samples ``[i * hop_length, (i + 1) * hop_length)``, and
+return audio of ``frames * hop_length`` samples in [-1, 1] at 16 kHz.
+:func:`train_vocoder` trains either, with the settings of :class:`VocoderFitSettings`.
 
 Axes: b batch, t samples, m mel bins, f frames, c channels, l layers, q mu-law classes,
 r samples folded into one step of the parallel stack.
@@ -31,14 +33,20 @@ r samples folded into one step of the parallel stack.
 
 from __future__ import annotations
 
-import math
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+import torchaudio
 from einops import rearrange
 from torch import nn
+from tqdm.auto import tqdm
+
+from multimodal.modalities.audio.features import LogMel
+from multimodal.nn.schedules import cosine_with_warmup
+from multimodal.registry import vocoders
 
 MEL_CHANNELS = 80
 HOP_LENGTH = 256
@@ -47,16 +55,12 @@ HOP_LENGTH = 256
 def mu_law_encode(audio: torch.Tensor, quantization_channels: int = 256) -> torch.Tensor:
     """Waveform in [-1, 1] -> mu-law classes (long) in ``[0, quantization_channels)``
     (ITU-T G.711 companding, WaveNet section 2.2; ``torchaudio.functional.mu_law_encoding``)."""
-    import torchaudio
-
     return torchaudio.functional.mu_law_encoding(audio.clamp(-1.0, 1.0), quantization_channels)
 
 
 def mu_law_decode(classes: torch.Tensor, quantization_channels: int = 256) -> torch.Tensor:
     """Mu-law classes -> waveform in [-1, 1] (the inverse of :func:`mu_law_encode` up to the
     quantisation error, at most ``ln(1 + mu) / mu**2 * (1 + mu |x|)`` with ``mu = q - 1``)."""
-    import torchaudio
-
     return torchaudio.functional.mu_law_decoding(classes, quantization_channels)
 
 
@@ -177,6 +181,7 @@ def compiled_wavenet_step():
 # --------------------------------------------------------------------------------------------
 # Autoregressive WaveNet
 # --------------------------------------------------------------------------------------------
+@vocoders.register("wavenet")
 class WaveNetVocoder(nn.Module):
     """Autoregressive WaveNet conditioned on a normalised log-mel.
 
@@ -213,6 +218,12 @@ class WaveNetVocoder(nn.Module):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if quantization_channels < 2:
             raise ValueError(f"quantization_channels must be >= 2, got {quantization_channels}")
+        # every constructor argument, so a checkpoint rebuilds this vocoder as it was
+        self.init_args = dict(residual_channels=residual_channels, skip_channels=skip_channels,
+                              num_layers=num_layers, dilation_cycle=dilation_cycle,
+                              cond_channels=cond_channels, mel_channels=mel_channels,
+                              hop_length=hop_length,
+                              quantization_channels=quantization_channels)
         self.residual_channels, self.skip_channels = residual_channels, skip_channels
         self.mel_channels, self.hop_length = mel_channels, hop_length
         self.quantization_channels = quantization_channels
@@ -350,8 +361,6 @@ class WaveNetVocoder(nn.Module):
                   temperature: float = 1.0, progress: bool = False, keep_logits: bool = False,
                   compile: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Cached sampling -> (classes (b, t), logits (b, t, q) if ``keep_logits``)."""
-        from tqdm.auto import tqdm
-
         check_mel(mel, self.mel_channels)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -427,6 +436,7 @@ class WaveNetVocoder(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Parallel WaveGAN
 # --------------------------------------------------------------------------------------------
+@vocoders.register("parallel_wavegan")
 class ParallelWaveGANGenerator(nn.Module):
     """Non-autoregressive WaveNet: noise (b, t) + normalised mel (b, m, f) -> waveform (b, t).
 
@@ -495,6 +505,12 @@ class ParallelWaveGANGenerator(nn.Module):
         if mel_loss_weight < 0:
             raise ValueError(f"mel_loss_weight must be >= 0, got {mel_loss_weight}")
         self.mel_loss_weight = mel_loss_weight
+        # every constructor argument, so a checkpoint rebuilds this vocoder as it was
+        self.init_args = dict(residual_channels=residual_channels, gate_channels=gate_channels,
+                              skip_channels=skip_channels, num_layers=num_layers,
+                              dilation_cycle=dilation_cycle, kernel_size=kernel_size, fold=fold,
+                              cond_channels=cond_channels, mel_channels=mel_channels,
+                              hop_length=hop_length, mel_loss_weight=mel_loss_weight)
         self._log_mel = None  # built on first use (torchaudio)
 
     @property
@@ -548,8 +564,6 @@ class ParallelWaveGANGenerator(nn.Module):
         loss = self.stft_loss(generated, audio)
         if self.mel_loss_weight:
             if self._log_mel is None:
-                from multimodal.modalities.audio.features import LogMel
-
                 self._log_mel = [LogMel(hop_length=self.hop_length,
                                         n_mels=self.mel_channels).to(audio.device)]
             log_mel = self._log_mel[0]
@@ -637,13 +651,29 @@ class ParallelWaveGANDiscriminator(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
-def learning_rate(step: int, *, steps: int, lr: float, warmup_steps: int,
-                  min_lr_ratio: float = 0.1) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio``."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    done = (step - warmup_steps) / max(1, steps - warmup_steps)
-    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * done)))
+@dataclass(frozen=True)
+class VocoderFitSettings:
+    """How the audio tokenizer fits one vocoder (its ``vocoder_fit.<name>`` section): random
+    aligned segments of the training audio, :func:`train_vocoder`'s optimisation.
+
+    Args:
+        steps: Optimizer steps (>= 1).
+        batch_size: Segments per step (default 8).
+        segment_frames: Mel frames per segment; its audio is ``segment_frames * hop_length``
+            samples (default 32).
+        lr: Peak learning rate (default 1e-3).
+        warmup_steps: Linear warm-up (default ``max(1, steps // 20)``).
+        lambda_adv: Weight of Parallel WaveGAN's adversarial loss (default 0: off).
+        adversarial_start: Step the adversarial loss starts at (default ``steps // 2``).
+    """
+
+    steps: int
+    batch_size: int = 8
+    segment_frames: int = 32
+    lr: float = 1e-3
+    warmup_steps: int | None = None
+    lambda_adv: float = 0.0
+    adversarial_start: int | None = None
 
 
 def train_vocoder(vocoder: nn.Module,
@@ -668,7 +698,7 @@ def train_vocoder(vocoder: nn.Module,
         steps: Optimizer steps (>= 1).
         lr: Peak learning rate (default 1e-3).
         warmup_steps: Linear warm-up (default ``max(1, steps // 20)``), then cosine decay to
-            ``lr * min_lr_ratio``.
+            ``lr * min_lr_ratio`` (:func:`multimodal.nn.schedules.cosine_with_warmup`).
         weight_decay: AdamW weight decay (default 0).
         max_grad_norm: Gradient clipping norm (default 1.0).
         seed: Seed of the batch draws.
@@ -690,8 +720,6 @@ def train_vocoder(vocoder: nn.Module,
         ValueError: ``steps < 1``, ``lambda_adv < 0``, adversarial training of a vocoder that
             is not a :class:`ParallelWaveGANGenerator`, or a batch of the wrong shape.
     """
-    from tqdm.auto import tqdm
-
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if lambda_adv < 0:
@@ -720,8 +748,8 @@ def train_vocoder(vocoder: nn.Module,
             generator = torch.Generator().manual_seed((seed << 32) + step)
             audio, mel = sample_batch(generator)
             audio, mel = audio.to(device), mel.to(device)
-            rate = learning_rate(step, steps=steps, lr=lr, warmup_steps=warmup_steps,
-                                 min_lr_ratio=min_lr_ratio)
+            rate = lr * cosine_with_warmup(step, warmup_steps=warmup_steps, total_steps=steps,
+                                           min_lr_ratio=min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = rate
             record: dict = {"step": step, "lr": rate}

@@ -59,7 +59,7 @@ class LatentCaptioner(nn.Module):
     def check_latents(self, latents: torch.Tensor) -> None:
         if tuple(latents.shape[1:]) != self.latent_shape:
             raise ConfigError(f"the image tokenizer makes latents {tuple(latents.shape[1:])} but "
-                              f"decoders.caption reads {self.latent_shape}; set its "
+                              f"the captioner reads {self.latent_shape}; set its "
                               "latent_channels / sample_size to the VAE's")
 
     def forward(self, latents: torch.Tensor, ids: torch.Tensor,

@@ -28,6 +28,7 @@ from torch import nn
 
 from multimodal.errors import ConfigError
 from multimodal.modalities.image.patches import unpatchify
+from multimodal.modalities.image.schedulers import ddpm
 from multimodal.registry import decoders
 
 PredictionType = Literal["epsilon", "v_prediction"]
@@ -73,8 +74,6 @@ class LatentDenoiser(nn.Module):
     def training_scheduler(self):
         """The DDPM scheduler of the training noise schedule (``add_noise``, ``get_velocity``)."""
         if self._training_scheduler is None:
-            from multimodal.modalities.image.schedulers import ddpm
-
             self._training_scheduler = ddpm(**self.noise_schedule)
         return self._training_scheduler
 
@@ -82,13 +81,13 @@ class LatentDenoiser(nn.Module):
         """Raise a clear error when the VAE's latents do not fit this denoiser.
 
         Raises:
-            ConfigError: the shapes differ (names both config keys).
+            ConfigError: the shapes differ (names the arguments to change).
         """
         if tuple(latents.shape[1:]) != self.latent_shape:
             raise ConfigError(
                 f"the image tokenizer makes latents of shape {tuple(latents.shape[1:])} but "
-                f"decoders.image reads {self.latent_shape}; set decoders.image.in_channels / "
-                "sample_size to the VAE's latent_channels / image_size // 2**(stages - 1)")
+                f"the denoiser reads {self.latent_shape}; set its in_channels / sample_size "
+                "to the VAE's latent_channels / image_size // 2**(stages - 1)")
 
     @staticmethod
     def pooled(context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
@@ -150,7 +149,7 @@ class LatentUNet(LatentDenoiser):
                  beta_end: float = 0.02, beta_schedule: BetaSchedule = "linear",
                  prediction_type: PredictionType = "epsilon", cond_dropout: float = 0.1,
                  snr_gamma: float | None = None, pooled_conditioning: bool = False):
-        from diffusers import UNet2DConditionModel
+        from diffusers import UNet2DConditionModel  # deferred: diffusers takes ~1.5 s to import
 
         super().__init__()
         self._set_schedule(in_channels=in_channels, sample_size=sample_size,
@@ -214,7 +213,7 @@ class LatentDiT(LatentDenoiser):
                  beta_schedule: BetaSchedule = "linear",
                  prediction_type: PredictionType = "epsilon", cond_dropout: float = 0.1,
                  snr_gamma: float | None = None, pooled_conditioning: bool = False):
-        from diffusers import PixArtTransformer2DModel
+        from diffusers import PixArtTransformer2DModel  # deferred: diffusers takes ~1.5 s to import
 
         super().__init__()
         self._set_schedule(in_channels=in_channels, sample_size=sample_size,

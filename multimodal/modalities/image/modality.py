@@ -28,8 +28,11 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from multimodal.errors import DataError
+from multimodal.modalities.image.diffusion import diffusion_loss
+from multimodal.modalities.image.vae import dataset_images
 from multimodal.registry import modalities
 
 EVAL_SEED = 1234
@@ -106,14 +109,11 @@ class ImageModality:
         Raises:
             DataError: the dataset is empty, or a tokenizer is missing.
         """
-        from tqdm.auto import tqdm
-
-        from multimodal.modalities.image.vae import dataset_images
-
         missing = [k for k in ("image", "text") if k not in tokenizers]
         if missing:
-            raise DataError(f"the image modality needs tokenizers.{' and tokenizers.'.join(missing)}"
-                            " (an image_vae and a byte_bpe)")
+            raise DataError("the image modality needs "
+                            + " and ".join(f"tokenizers[{k!r}]" for k in missing)
+                            + " (an image_vae and a byte_bpe)")
         if len(dataset) == 0:
             raise DataError("the image dataset is empty")
         vae, text = tokenizers["image"], tokenizers["text"]
@@ -179,19 +179,11 @@ class ImageModality:
         num_train = decoder.num_train_timesteps
         timesteps = (batch["t_uniform"] * num_train).long().clamp_(max=num_train - 1)
         x_t = scheduler.add_noise(x0, noise, timesteps)
-        if decoder.prediction_type == "epsilon":
-            target = noise
-        else:
-            target = scheduler.get_velocity(x0, noise, timesteps)
         prediction = decoder(x_t, timesteps, context, mask)
-        error = (prediction.float() - target.float()).square().mean(dim=(1, 2, 3))  # (b,)
-        if decoder.snr_gamma is not None:  # Min-SNR weighting (Hang et al. 2023)
-            alphas_cumprod = scheduler.alphas_cumprod.to(x0.device)[timesteps]
-            snr = alphas_cumprod / (1 - alphas_cumprod)
-            clipped = snr.clamp(max=decoder.snr_gamma)
-            error = error * (clipped / snr if decoder.prediction_type == "epsilon"
-                             else clipped / (snr + 1))
-        return error.mean(), {"tokens": float(mask.sum()) + x0[:, 0].numel()}
+        loss = diffusion_loss(prediction, x0=x0, noise=noise, timesteps=timesteps,
+                              scheduler=scheduler, prediction_type=decoder.prediction_type,
+                              snr_gamma=decoder.snr_gamma)
+        return loss, {"tokens": float(mask.sum()) + x0[:, 0].numel()}
 
     @torch.no_grad()
     def evaluate(self, backbone, decoder, prepared: LatentCaptions, *, batch_size: int,

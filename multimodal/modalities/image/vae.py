@@ -16,15 +16,17 @@ y x latent height and width (``h / 2**(len(block_out_channels) - 1)``).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from multimodal.checkpoint import load_weights
 from multimodal.errors import CheckpointError, DataError
+from multimodal.nn.schedules import cosine_with_warmup
 from multimodal.registry import tokenizers
 
 WEIGHTS_FILE = "vae.safetensors"
@@ -79,7 +81,7 @@ class ImageVAETokenizer:
                  lr: float = 2e-3, kl_weight: float = 1e-6,
                  reconstruction_loss: Literal["l1", "mse"] = "l1",
                  num_threads: int | None = None, fit_on: str = "image"):
-        from diffusers import AutoencoderKL
+        from diffusers import AutoencoderKL  # deferred: diffusers takes ~1.5 s to import
 
         block_out_channels = tuple(block_out_channels)
         bad = [w for w in block_out_channels if w % norm_num_groups]
@@ -141,17 +143,15 @@ class ImageVAETokenizer:
         Raises:
             DataError: the dataset is empty or its images have the wrong shape.
         """
-        from tqdm.auto import tqdm
-
         n = len(data)
         if n == 0:
-            raise DataError("tokenizers.image: the image dataset is empty")
+            raise DataError("the image dataset is empty: nothing to fit the VAE on")
         probe = dataset_images(data, [0])
         expected = (self.in_channels, self.image_size, self.image_size)
         if tuple(probe.shape[1:]) != expected:
-            raise DataError(f"tokenizers.image expects images of shape {expected}, the dataset "
-                            f"gives {tuple(probe.shape[1:])}; set tokenizers.image.in_channels / "
-                            "image_size to match the data")
+            raise DataError(f"the VAE expects images of shape {expected}, the dataset gives "
+                            f"{tuple(probe.shape[1:])}; set its in_channels / image_size to "
+                            "match the data")
         threads = torch.get_num_threads()
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
@@ -163,8 +163,8 @@ class ImageVAETokenizer:
                    dynamic_ncols=True)
         try:
             for step in bar:
-                done = max(0.0, (step - warmup) / max(1, self.fit_steps - warmup))
-                lr_scale = min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * done)))
+                lr_scale = cosine_with_warmup(step, warmup_steps=warmup,
+                                              total_steps=self.fit_steps, min_lr_ratio=0.1)
                 for group in optimizer.param_groups:
                     group["lr"] = self.lr * lr_scale
                 indices = torch.randint(0, n, (self.batch_size,), generator=generator)
@@ -204,8 +204,6 @@ class ImageVAETokenizer:
 
     def save(self, directory: str | Path) -> None:
         """Write ``vae.safetensors`` (weights) and ``vae.json`` (latent scale and shape)."""
-        from safetensors.torch import save_file
-
         if not self._trained:
             raise RuntimeError("the image VAE is not trained: call fit() or load() first")
         directory = Path(directory)

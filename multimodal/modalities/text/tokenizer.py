@@ -10,6 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import decoders as byte_decoders  # not the registry of our decoders
+
 from multimodal.errors import CheckpointError
 from multimodal.registry import tokenizers
 
@@ -44,11 +47,9 @@ class ByteBPETokenizer:
     # -- building ---------------------------------------------------------------------------
     def train(self, texts: Iterable[str]) -> "ByteBPETokenizer":
         """Learn the BPE merges from ``texts``; returns ``self``."""
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
+        tok.decoder = byte_decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=self.target_vocab_size,
             min_frequency=self.min_frequency,
@@ -76,8 +77,6 @@ class ByteBPETokenizer:
         Raises:
             CheckpointError: the file is missing or not a tokenizer file.
         """
-        from tokenizers import Tokenizer
-
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"

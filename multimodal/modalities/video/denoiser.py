@@ -107,6 +107,7 @@ class TemporalAttention(nn.Module):
         self.rotary = RotaryEmbedding(head_dim=dim // num_heads, max_seq_len=max_frames)
         table = None
         if frame_positions:  # (max_frames, w)
+            # deferred: diffusers takes ~1.5 s to import
             from diffusers.models.embeddings import get_1d_sincos_pos_embed_from_grid
 
             table = get_1d_sincos_pos_embed_from_grid(dim, torch.arange(max_frames),
@@ -227,6 +228,7 @@ class LatentVideoDiT(LatentDiT):
         self.temporal_conditioning = temporal_conditioning
         self.motion_field = None
         if motion_field:  # the prompt times fixed space-time positions, zero at first
+            # deferred: diffusers takes ~1.5 s to import
             from diffusers.models.embeddings import get_3d_sincos_pos_embed
 
             grid = sample_size // patch_size
@@ -259,12 +261,12 @@ class LatentVideoDiT(LatentDiT):
         if latents.dim() != 5 or tuple(latents.shape[2:]) != self.frame_shape:
             raise ConfigError(
                 f"the video tokenizer makes latents of shape {tuple(latents.shape[1:])} "
-                f"(t, l, y, x) but decoders.video reads frames of {self.frame_shape}; set "
-                "decoders.video.in_channels / sample_size to the VAE's latent_channels / "
+                f"(t, l, y, x) but the video denoiser reads frames of {self.frame_shape}; set "
+                "its in_channels / sample_size to the VAE's latent_channels / "
                 "image_size // 2**(stages - 1)")
         if latents.shape[1] > self.max_frames:
-            raise ConfigError(f"clips of {latents.shape[1]} frames are longer than "
-                              f"decoders.video.max_frames = {self.max_frames}")
+            raise ConfigError(f"clips of {latents.shape[1]} frames are longer than the video "
+                              f"denoiser's max_frames = {self.max_frames}")
 
     def forward(self, x_t: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -362,8 +364,8 @@ class LatentVideoDiT(LatentDiT):
         if missing or unexpected or mismatched:
             raise CheckpointError(
                 "the image denoiser does not fit the video denoiser's spatial layers (give "
-                "decoders.video the image DiT's patch_size, num_layers, num_attention_heads, "
-                "attention_head_dim and pooled_conditioning): "
+                "the video denoiser the image DiT's patch_size, num_layers, "
+                "num_attention_heads, attention_head_dim and pooled_conditioning): "
                 + "; ".join(filter(None, [
                     f"missing {', '.join(missing[:5])}" if missing else "",
                     f"unexpected {', '.join(unexpected[:5])}" if unexpected else "",
@@ -420,8 +422,8 @@ class LatentVideoDiT(LatentDiT):
                            if k.startswith("decoders.") and ".net.transformer_blocks." in k})
         if not prefixes:
             raise CheckpointError("init_from: the checkpoint has no DiT denoiser to initialise "
-                                  "decoders.video's spatial layers from (train a text-to-image "
-                                  "model with decoders.image.type: latent_dit)")
+                                  "the video denoiser's spatial layers from (train a "
+                                  "text-to-image model with a latent_dit image denoiser)")
         image_state = {k[len(prefixes[0]):]: v for k, v in weights.items()
                        if k.startswith(prefixes[0])}
         return dict(self.load_image_denoiser(image_state).state_dict())

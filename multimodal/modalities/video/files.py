@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from multimodal.errors import InputError
+from multimodal.data.video import read_video_file
+from multimodal.errors import DataError, InputError
 
 MP4_CRF = 18  # x264 quality: visually lossless for these small grayscale frames
 
@@ -130,9 +131,6 @@ def read_video_frames(path: str | Path) -> np.ndarray:
     Raises:
         InputError: the file is missing or cannot be decoded.
     """
-    from multimodal.data.video import read_video_file
-    from multimodal.errors import DataError
-
     try:
         return read_video_file(Path(path))
     except DataError as exc:

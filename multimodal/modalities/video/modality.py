@@ -22,10 +22,12 @@ import warnings
 from typing import Any
 
 import torch
-from einops import rearrange
+from tqdm.auto import tqdm
 
 from multimodal.errors import DataError
+from multimodal.modalities.image.diffusion import diffusion_loss
 from multimodal.modalities.image.modality import ImageModality, LatentCaptions, encode_captions
+from multimodal.modalities.video.vae import encode_video, frame_tokenizer
 from multimodal.registry import modalities
 
 ENCODE_CLIPS = 64  # clips encoded per VAE call
@@ -47,14 +49,11 @@ class VideoModality(ImageModality):
             DataError: the dataset is empty, a tokenizer is missing, or the frames do not have
                 the frame tokenizer's size.
         """
-        from tqdm.auto import tqdm
-
-        from multimodal.modalities.video.vae import encode_video, frame_tokenizer
-
         vae = frame_tokenizer(tokenizers)
         if vae is None or "text" not in tokenizers:
-            raise DataError("the video modality needs tokenizers.text (a byte_bpe) and a frame "
-                            "tokenizer: tokenizers.video (a video_vae) or tokenizers.image")
+            raise DataError("the video modality needs tokenizers['text'] (a byte_bpe) and a "
+                            "frame tokenizer: tokenizers['video'] (a video_vae) or "
+                            "tokenizers['image']")
         if len(dataset) == 0:
             raise DataError("the video dataset is empty")
         n = len(dataset)
@@ -100,20 +99,11 @@ class VideoModality(ImageModality):
         timesteps = (batch["t_uniform"] * num_train).long().clamp_(max=num_train - 1)  # (b,)
         # diffusers' add_noise broadcasts over trailing axes: frames share their clip's step.
         x_t = scheduler.add_noise(x0, noise, timesteps)
-        if decoder.prediction_type == "epsilon":
-            target = noise
-        else:
-            target = scheduler.get_velocity(x0, noise, timesteps)
-        prediction = decoder(x_t, timesteps, context, mask)
-        error = rearrange((prediction.float() - target.float()).square(),
-                          "b t l y x -> b (t l y x)").mean(dim=1)  # (b,)
-        if decoder.snr_gamma is not None:  # Min-SNR weighting (Hang et al. 2023)
-            alphas_cumprod = scheduler.alphas_cumprod.to(x0.device)[timesteps]
-            snr = alphas_cumprod / (1 - alphas_cumprod)
-            clipped = snr.clamp(max=decoder.snr_gamma)
-            error = error * (clipped / snr if decoder.prediction_type == "epsilon"
-                             else clipped / (snr + 1))
-        return error.mean(), {"tokens": float(mask.sum()) + x0[:, :, 0].numel()}
+        prediction = decoder(x_t, timesteps, context, mask)  # (b, t, l, y, x)
+        loss = diffusion_loss(prediction, x0=x0, noise=noise, timesteps=timesteps,
+                              scheduler=scheduler, prediction_type=decoder.prediction_type,
+                              snr_gamma=decoder.snr_gamma)
+        return loss, {"tokens": float(mask.sum()) + x0[:, :, 0].numel()}
 
 
 def _videos(dataset: Any, indices) -> torch.Tensor:
