@@ -2,15 +2,47 @@
 
 Errors a user can cause print one message and exit with status 2; ``--debug`` shows the
 traceback instead.
+
+``multimodal generate TASK`` owns the command line of every task: its options are derived from
+the pipeline's ``__call__`` (each keyword argument a ``--kebab-case`` option, its type and
+default from the annotation and default, ``bool`` a flag, ``Literal`` a choice, help from the
+docstring's ``Args:``), so a plugin's pipeline has a command line without writing one; where a
+signature cannot say today's command line exactly, :data:`OVERRIDES` says it. The CLI adds the
+options it owns (``--checkpoint``, ``--device``, ``--out``, ``--grid``, ``--strip``,
+``--no-progress``), calls ``pipe(**kwargs)`` and writes the output through
+:func:`multimodal.outputs.write_outputs`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
 import json
 import os
+import re
 import sys
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Literal
+
+from multimodal.config import load_config
+from multimodal.demo import run_demo
+from multimodal.errors import MultimodalError, UnknownComponentError, did_you_mean
+from multimodal.evaluation import evaluate
+from multimodal.io import OutputFiles, atomic_write_text
+from multimodal.outputs import write_outputs
+from multimodal.pipelines import check_device, load_pipeline
+from multimodal.pipelines.composed import composed_task
+from multimodal.pipelines.text_generation import TextStreamer
+from multimodal.registry import KINDS, get_registry, pipelines, plugin_failures
+from multimodal.replay import replay
+from multimodal.safety import EXIT_BLOCKED, PromptBlockedError, policy_of
+from multimodal.training.init_from import init_from_problems
+from multimodal.training.trainer import train
 
 EXIT_USAGE = 2
 
@@ -68,8 +100,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(argv)
@@ -81,10 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        from multimodal.errors import MultimodalError
-
-        from multimodal.safety import EXIT_BLOCKED, PromptBlockedError
-
         if args.debug or not isinstance(exc, (MultimodalError, OSError)):
             raise
         if isinstance(exc, PromptBlockedError):
@@ -96,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- commands ----------------------------------------------------------------------------------
 def _cmd_train(args) -> int:
-    from multimodal.config import load_config
-    from multimodal.training.trainer import train
-
-    config = load_config(args.config, args.overrides)
+    # Every problem at once, before any work: the init_from checkpoints are opened here too
+    # (not when resuming, which starts from the run's own checkpoint).
+    config = load_config(args.config, args.overrides,
+                         checks=() if args.resume else (init_from_problems,))
     result = train(config, out_dir=args.out_dir, resume=args.resume,
                    progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, once
@@ -108,13 +134,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    from multimodal.errors import UnknownComponentError, did_you_mean
-    from multimodal.pipelines import check_device, load_pipeline
-    from multimodal.registry import pipelines
-
     if args.task.endswith((".yaml", ".yml")):  # a task file of composed pipelines
-        from multimodal.pipelines.composed import composed_task
-
         cls = composed_task(args.task)
     elif args.task in pipelines:
         cls = pipelines.get(args.task)
@@ -122,59 +142,284 @@ def _cmd_generate(args) -> int:
         known = pipelines.names()
         raise UnknownComponentError(f"unknown task '{args.task}'{did_you_mean(args.task, known)}; "
                                     f"known tasks: {', '.join(known)} (or a task file .yaml)")
-    task_parser = argparse.ArgumentParser(prog=f"multimodal generate {args.task}")
+    task = cls.task if getattr(cls, "composed", False) else args.task
+    options = task_options(cls, task)
+    parser = task_parser(cls, task, options, prog=f"multimodal generate {args.task}")
+    ns = parser.parse_args(args.rest)
     if getattr(cls, "composed", False):
-        task_parser.add_argument("--checkpoint", action="append", metavar="STEP=DIR",
-                                 help="checkpoint of one step, e.g. video=runs/x (repeatable; "
-                                      "default: each step's embedded one)")
+        check_device(ns.device)
+        pipe = cls.from_checkpoint(ns.checkpoint, device=ns.device)
     else:
-        task_parser.add_argument("--checkpoint",
-                                 help="checkpoint or run directory (default: embedded)")
-    task_parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    cls.add_cli_arguments(task_parser)
-    task_args = task_parser.parse_args(args.rest)
-    if getattr(cls, "composed", False):
-        check_device(task_args.device)
-        pipe = cls.from_checkpoint(task_args.checkpoint, device=task_args.device)
+        pipe = load_pipeline(args.task, ns.checkpoint, device=ns.device)
+    kwargs = {}
+    for option in options:
+        value = getattr(ns, option.dest)
+        kwargs[option.dest] = option.resolve(pipe, value) if option.resolve else value
+    if "no_progress" in ns:
+        kwargs["progress"] = not ns.no_progress
+    output, written = run_task(task, pipe, kwargs, out=ns.out, grid=getattr(ns, "grid", False),
+                               strip=getattr(ns, "strip", False), stream=True)
+    report(task, output, written, kwargs)
+    return 0
+
+
+# -- a task's command line, derived from its pipeline's __call__ -------------------------------
+# Arguments of __call__ never set from the command line: objects, not words.
+NOT_OPTIONS = ("self", "generator", "streamer", "progress")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a task's command line.
+
+    Attributes:
+        dest: The ``__call__`` argument it sets.
+        flags: Its option strings, e.g. ``("--num-samples",)``.
+        kwargs: The rest of ``argparse.add_argument``'s arguments (type, default, help, ...).
+        resolve: ``resolve(pipe, value) -> __call__ value``, once the pipeline is loaded
+            (a default that depends on the model, a flag that inverts an argument).
+    """
+
+    dest: str
+    flags: tuple[str, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    resolve: Callable[[Any, Any], Any] | None = None
+
+
+# Where a __call__ signature cannot say the command line a task has always had: per task,
+# __call__ argument -> replacement Option settings (``flags``, ``resolve`` and argparse
+# arguments).
+OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    "text-generation": {
+        # sampling is the default; --greedy turns it off
+        "do_sample": {"flags": ("--greedy",), "action": "store_true", "default": False,
+                      "help": "greedy decoding", "resolve": lambda pipe, greedy: not greedy},
+    },
+    "image-to-text": {
+        # several files after one --image
+        "images": {"flags": ("--image",), "nargs": "+", "required": True,
+                   "help": "image file(s) to caption (PNG, JPEG, ...)"},
+    },
+}
+
+# Tasks that print their texts and write files only when --out is given: its help.
+OPTIONAL_OUT = {"text-generation": "also write 000.txt (+ 000.json settings), ... here",
+                "image-to-text": "also write 000.txt + 000.json per image here"}
+
+# Written files a task does not list on stdout (text-to-audio lists its WAVs only).
+UNLISTED_SUFFIXES = {"text-to-audio": (".json",)}
+
+
+def task_options(cls, task: str) -> list[Option]:
+    """The options of ``task`` derived from ``cls.__call__`` (see the module docstring), with
+    :data:`OVERRIDES` applied. An argument whose type a command line cannot give (an object)
+    is left out."""
+    call = cls.__call__
+    try:
+        hints = typing.get_type_hints(call)
+    except Exception:  # an annotation that does not resolve here: read each one alone
+        hints = {}
+    docs = docstring_args(call)
+    overrides = OVERRIDES.get(task, {})
+    options = []
+    for name, param in inspect.signature(call).parameters.items():
+        if name in NOT_OPTIONS or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if name in overrides:
+            settings = dict(overrides[name])
+            flags = settings.pop("flags", (_flag(name),))
+            resolve = settings.pop("resolve", None)
+            settings.setdefault("help", docs.get(name))
+            options.append(Option(name, tuple(flags), settings, resolve))
+            continue
+        kwargs = _argparse_kwargs(hints.get(name, param.annotation), param)
+        if kwargs is None:
+            continue
+        help_text = docs.get(name)
+        if kwargs.get("action") == "store_false" and help_text:
+            help_text = f"turn off (on by default): {help_text}"
+        kwargs.setdefault("help", help_text)
+        flag = kwargs.pop("flag", _flag(name))
+        options.append(Option(name, (flag,), kwargs))
+    return options
+
+
+def task_parser(cls, task: str, options: list[Option], *, prog: str) -> argparse.ArgumentParser:
+    """The parser of ``task``: the CLI's own options around the derived ``options``."""
+    parser = argparse.ArgumentParser(prog=prog)
+    composed = getattr(cls, "composed", False)
+    if composed:
+        parser.add_argument("--checkpoint", action="append", metavar="STEP=DIR",
+                            help="checkpoint of one step, e.g. video=runs/x (repeatable; "
+                                 "default: each step's embedded one)")
     else:
-        pipe = load_pipeline(args.task, task_args.checkpoint, device=task_args.device)
-    return pipe.run_cli(task_args)
+        parser.add_argument("--checkpoint", help="checkpoint or run directory (default: embedded)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    for option in options:
+        parser.add_argument(*option.flags, dest=option.dest, **option.kwargs)
+    if task in OPTIONAL_OUT:
+        parser.add_argument("--out", default=None, help=OPTIONAL_OUT[task])
+    else:
+        parser.add_argument("--out", default=f"out/{task}",
+                            help=f"output directory (default out/{task})")
+    produces = getattr(cls, "produces", "")
+    if produces == "image":
+        parser.add_argument("--grid", action="store_true", help="also write grid.png")
+    if produces == "video":
+        parser.add_argument("--strip", action="store_true",
+                            help="also write 000.png: the frames side by side")
+    if "progress" in inspect.signature(cls.__call__).parameters:
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _argparse_kwargs(annotation: Any, param: inspect.Parameter) -> dict[str, Any] | None:
+    """``add_argument`` arguments for a ``__call__`` parameter, or ``None`` when its type is
+    not one a command line gives (str, int, float, bool, a Literal, a path, or those or
+    ``None``)."""
+    kwargs: dict[str, Any] = {}
+    required = param.default is inspect.Parameter.empty
+    if required:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = param.default
+    if isinstance(annotation, str):  # unresolved: the simple spellings only
+        annotation = {"str": str, "int": int, "float": float, "bool": bool}.get(
+            annotation.replace(" | None", "").replace("Optional[", "").rstrip("]"))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    else:
+        args = [annotation]
+    if len(args) > 1:  # a union: a path where str or a path type is among its members
+        if not any(a is str or (isinstance(a, type) and issubclass(a, os.PathLike))
+                   for a in args):
+            return None
+        args = [str]
+    kind = args[0]
+    if kind is bool:
+        if param.default is True:
+            return {"flag": "--no-" + param.name.replace("_", "-"), "action": "store_false",
+                    "default": True}
+        return {"action": "store_true", "default": False}
+    if typing.get_origin(kind) is Literal:
+        choices = list(typing.get_args(kind))
+        kwargs.update(choices=choices, type=type(choices[0]))
+        return kwargs
+    if isinstance(kind, type) and issubclass(kind, os.PathLike):
+        kind = str
+    if kind not in (str, int, float):
+        return None
+    kwargs["type"] = kind
+    return kwargs
+
+
+def docstring_args(function: Callable) -> dict[str, str]:
+    """``{argument: description}`` from the ``Args:`` section of a Google-style docstring
+    (``a, b: ...`` describes both), in one line each, ready for argparse's help."""
+    doc = inspect.getdoc(function) or ""
+    found: dict[str, str] = {}
+    in_args, indent, names = False, None, []
+    for line in doc.splitlines():
+        stripped = line.strip()
+        if not in_args:
+            in_args = stripped == "Args:"
+            continue
+        if stripped and not line.startswith(" "):
+            break  # the next section (Returns:, Raises:)
+        if not stripped:
+            continue
+        depth = len(line) - len(line.lstrip())
+        match = re.match(r"^([A-Za-z_][\w, ]*):\s*(.*)$", stripped)
+        if match and (indent is None or depth <= indent):
+            indent = depth
+            names = [n.strip() for n in match.group(1).split(",")]
+            for name in names:
+                found[name] = match.group(2)
+        elif names:
+            for name in names:
+                found[name] = f"{found[name]} {stripped}".strip()
+    return {name: text.replace("``", "").replace("%", "%%") for name, text in found.items()}
+
+
+# -- generating and reporting -------------------------------------------------------------------
+def run_task(task: str, pipe, kwargs: dict[str, Any], *, out: str | Path | None,
+             grid: bool = False, strip: bool = False, stream: bool = False
+             ) -> tuple[Any, list[Path]]:
+    """``pipe(**kwargs)``, written into ``out`` (``None``: no files) through
+    :func:`write_outputs`. The directory is checked before generating, and a failed run leaves
+    nothing behind. With ``stream``, text-generation prints its one sample as it is made.
+
+    Returns:
+        ``(output, paths written)``.
+    """
+    with (OutputFiles(out) if out else contextlib.nullcontext()) as files:
+        if task == "text-generation" and stream:
+            kwargs = dict(kwargs)
+            policy_of(pipe).check(kwargs.get("prompt", ""), task=task)  # before echoing it
+            if kwargs.get("num_samples", 1) == 1:
+                sys.stdout.write(kwargs.get("prompt", ""))
+                sys.stdout.flush()
+                kwargs["streamer"] = TextStreamer(pipe.tokenizer)
+        output = pipe(**kwargs)
+        written = [] if files is None else write_outputs(
+            output, files.out, produces=pipe.produces, grid=grid, strip=strip)
+    return output, written
+
+
+def report(task: str, output: Any, written: list[Path], kwargs: dict[str, Any],
+           streamed: bool = True) -> None:
+    """Print what ``task`` prints: text-generation its texts (a streamed one only ends its
+    line), image-to-text each image's caption, the others the files written and the seed."""
+    if task == "text-generation":
+        prompt = kwargs.get("prompt", "")
+        if len(output.texts) == 1:
+            print("" if streamed else prompt + output.texts[0])
+        else:
+            for i, text in enumerate(output.texts):
+                print(f"--- sample {i}\n{prompt}{text}")
+        return
+    if task == "image-to-text":
+        for name, text in zip(output.images, output.texts):
+            print(f"{name}: {text}")
+        return
+    hidden = UNLISTED_SUFFIXES.get(task, ())
+    for path in written:
+        if path.suffix not in hidden:
+            print(path)
+    seed = getattr(output, "seed", None)
+    print(f"seed {output.metadata(0).get('seed') if seed is None else seed}")
 
 
 def _cmd_evaluate(args) -> int:
-    from multimodal.evaluation import evaluate
-
-    report = evaluate(args.task, checkpoint=args.checkpoint, num_samples=args.num_samples,
+    result = evaluate(args.task, checkpoint=args.checkpoint, num_samples=args.num_samples,
                       seed=args.seed)
-    text = json.dumps(report, indent=1)
+    text = json.dumps(result, indent=1)
     print(text)
     if args.out:
-        from multimodal.io import atomic_write_text
-
         atomic_write_text(Path(args.out), text + "\n")
     return 0
 
 
 def _cmd_replay(args) -> int:
-    from multimodal.replay import replay
-
     result = replay(args.file, checkpoint=args.checkpoint, out=args.out, device=args.device)
+    report(result["task"], result["output"], result["written"], result["kwargs"],
+           streamed=False)
     verdict = "identical to" if result["identical"] else "DIFFERENT from"
     print(f"replayed {result['task']}: {result['replayed']} is {verdict} {result['original']}")
     return 0 if result["identical"] else 1
 
 
 def _cmd_demo(args) -> int:
-    from multimodal.demo import run_demo
-
     for line in run_demo(args.out, checkpoint=args.checkpoint, seed=args.seed):
         print(line)
     return 0
 
 
 def _cmd_list(args) -> int:
-    from multimodal.registry import KINDS, get_registry, plugin_failures
-
     kinds = [args.kind] if args.kind else list(KINDS)
     for kind in kinds:
         registry = get_registry(kind)

@@ -20,7 +20,14 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
+from multimodal.errors import CheckpointError
 from multimodal.io import atomic_write_bytes, atomic_write_text, prepare_out_dir
+from multimodal.modalities.audio.files import wav_bytes
+from multimodal.modalities.image.files import image_grid, png_bytes
+from multimodal.modalities.video import files
+from multimodal.pipelines import load_pipeline
 
 TEXT_PROMPT = "The secret of life is"
 AUDIO_PROMPT = "Seven. A sneaker and a bag."
@@ -42,9 +49,6 @@ def run_demo(out_dir: str | Path, *, checkpoint=None, seed: int = 0) -> Iterator
         CheckpointError: no usable checkpoint for text generation.
         InputError: ``out_dir`` cannot be written.
     """
-    from multimodal.errors import CheckpointError
-    from multimodal.pipelines import load_pipeline
-
     out = prepare_out_dir(out_dir)
 
     start = time.perf_counter()
@@ -72,8 +76,6 @@ def run_demo(out_dir: str | Path, *, checkpoint=None, seed: int = 0) -> Iterator
 
 
 def _image(image_pipe, out: Path, seed: int) -> str:
-    from multimodal.modalities.image.files import image_grid, png_bytes
-
     samples, settings = [], None
     for prompt in IMAGE_PROMPTS:
         result = image_pipe(prompt, seed=seed, progress=False)
@@ -85,8 +87,6 @@ def _image(image_pipe, out: Path, seed: int) -> str:
 
 
 def _audio(audio_pipe, out: Path, seed: int) -> str:
-    from multimodal.modalities.audio.files import wav_bytes
-
     result = audio_pipe(AUDIO_PROMPT, seed=seed, progress=False)
     atomic_write_bytes(out / "audio.wav", wav_bytes(result.audios[0], result.sample_rate))
     atomic_write_text(out / "audio.json", json.dumps(result.metadata(0), indent=1,
@@ -96,11 +96,6 @@ def _audio(audio_pipe, out: Path, seed: int) -> str:
 
 
 def _video(video_pipe, out: Path, seed: int) -> str:
-    import numpy as np
-
-    from multimodal.modalities.video import files
-    from multimodal.modalities.image.files import png_bytes
-
     clips, settings = [], None
     for prompt in VIDEO_PROMPTS:
         result = video_pipe(prompt, seed=seed, progress=False)

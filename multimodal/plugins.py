@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from multimodal.backbone.transformer import MODALITY_IDS
 from multimodal.errors import ConfigError
 
 # A shape may leave an axis free (a clip's length, a sentence's token count) with ``None``.
@@ -63,7 +64,13 @@ class ModalitySpec:
         task: Registered name of the pipeline that generates it from a prompt.
         generate: ``generate(pipeline, prompt, seed) -> sample``: one sample of the media from
             a loaded pipeline, at a small setting, for the conformance kit.
-        writer: ``writer(sample, path)``: writes one generated sample to ``path``.
+        writer: ``writer(sample, path, metadata=None)``: writes one generated sample to
+            ``path`` atomically, and ``metadata`` (the settings of the sample, a JSON-able
+            dict) with it: inside the file where the format has room (a PNG's text chunk),
+            else in the ``.json`` of the same stem. It may write other files of ``path``'s stem
+            (a video's MP4 beside its GIF) and returns the paths it wrote (``None``: just
+            ``path``). :func:`multimodal.outputs.write_outputs` writes every sample of a
+            pipeline's output through the writer of the spec its pipeline ``produces``.
         reader: ``reader(path) -> sample``: reads such a file back (an array, or text).
         suffix: File suffix the writer produces, e.g. ``".wav"``.
         example_input: ``example_input() -> media``: one input the tokenizer encodes.
@@ -89,7 +96,7 @@ class ModalitySpec:
     tokenizer: str | None
     task: str
     generate: Callable[[Any, str, int], Any]
-    writer: Callable[[Any, Path], Any]
+    writer: Callable[..., Any]
     reader: Callable[[Path], Any]
     suffix: str
     example_input: Callable[[], Any]
@@ -229,8 +236,6 @@ def register_modality(registries: Mapping[str, Any], spec: ModalitySpec) -> Moda
 
 def modality_ids(registries: Mapping[str, Any] | None = None) -> dict[int, str]:
     """Backbone modality-type ids in use: the built-in ones and those of registered specs."""
-    from multimodal.backbone.transformer import MODALITY_IDS
-
     taken = {i: name for name, i in MODALITY_IDS.items()}
     if registries is not None:
         for entry in registries["specs"].entries():

@@ -3,20 +3,36 @@
 Every output records its task, prompt, seed, settings and checkpoint id: a PNG in its text
 chunk, a WAV, MP4, GIF or TXT in the sidecar JSON of the same stem (``000.wav`` ->
 ``000.json``). Replay reads them, loads the checkpoint (``--checkpoint``, default the task's
-embedded one), refuses one whose id differs from the file's, runs the task's own command line
-with the recorded settings into ``--out``, and compares the regenerated file with the original.
+embedded one), refuses one whose id differs from the file's, calls the pipeline with the
+recorded settings (those named like its ``__call__``'s arguments), writes the output into
+``--out`` through :func:`multimodal.outputs.write_outputs`, and compares the regenerated file
+with the original.
 """
 
 from __future__ import annotations
 
-import argparse
+import inspect
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import soundfile
+from PIL import Image
+
 from multimodal.errors import InputError
+from multimodal.io import OutputFiles
+from multimodal.modalities.image.files import read_png_metadata
+from multimodal.outputs import write_outputs
+from multimodal.pipelines import load_pipeline
+from multimodal.registry import pipelines
 
 SIDECAR_SUFFIXES = (".wav", ".mp4", ".gif", ".txt")
+
+# __call__ arguments a task records under another name: task -> {argument: recorded key}.
+RECORDED_AS = {"image-to-text": {"images": "image"}}
+# __call__ arguments never taken from a file: objects, not settings.
+NOT_RECORDED = ("self", "generator", "streamer", "progress")
 
 
 def read_settings(path: str | Path) -> dict[str, Any]:
@@ -33,8 +49,6 @@ def read_settings(path: str | Path) -> dict[str, Any]:
         raise InputError(f"replay: no such file: {path}")
     suffix = path.suffix.lower()
     if suffix == ".png":
-        from multimodal.modalities.image.files import read_png_metadata
-
         return read_png_metadata(path)
     sidecar = path if suffix == ".json" else path.with_suffix(".json")
     if suffix not in SIDECAR_SUFFIXES + (".json",):
@@ -60,17 +74,16 @@ def replay(path: str | Path, *, checkpoint: str | list[str] | None = None,
             task, ``"STEP=DIR"`` strings, one per step that did not use its default.
 
     Returns:
-        ``{"task", "original", "replayed", "identical"}`` (``identical``: same bytes, or for
-        PNG and WAV the same decoded pixels or samples).
+        ``{"task", "original", "replayed", "identical", "output", "written", "kwargs"}``
+        (``identical``: same bytes, or for PNG and WAV the same decoded pixels or samples;
+        ``output`` the pipeline's output, ``written`` the files written, ``kwargs`` the
+        arguments it was called with).
 
     Raises:
         InputError: unreadable settings, a task whose inputs were not recorded (editing
             tasks need their input image), or a checkpoint other than the one that made it.
         CheckpointError: the checkpoint cannot be loaded.
     """
-    from multimodal.pipelines import load_pipeline
-    from multimodal.registry import pipelines
-
     path = Path(path)
     settings = read_settings(path)
     task = settings["task"]
@@ -85,9 +98,6 @@ def replay(path: str | Path, *, checkpoint: str | list[str] | None = None,
     checkpoints = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint or [])
     if not composed and len(checkpoints) > 1:
         raise InputError(f"replay: {task} takes one --checkpoint, got {len(checkpoints)}")
-    parser = argparse.ArgumentParser(prog=f"multimodal replay ({task})")
-    cls.add_cli_arguments(parser)
-    argv = _argv_for(parser, settings, out)
     if composed:
         pipe = cls.from_checkpoint(checkpoints or None, device=device)
         made = {name: (step or {}).get("checkpoint_id")
@@ -104,12 +114,10 @@ def replay(path: str | Path, *, checkpoint: str | list[str] | None = None,
                              f"checkpoint {recorded}, but the one loaded is {actual}; pass "
                              "--checkpoint with the model that made it"
                              + (" (STEP=DIR for each step)" if composed else ""))
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit:
-        raise InputError(f"replay: {task} needs inputs the file does not record "
-                         f"(settings: {', '.join(settings)})") from None
-    pipe.run_cli(args)
+    kwargs = call_kwargs(cls, task, settings)
+    with OutputFiles(out) as files:  # checked before generating; removed on failure
+        output = pipe(**kwargs)
+        written = write_outputs(output, files.out, produces=pipe.produces)
     index = int(settings.get("sample") or 0)
     name = f"{index:03d}{path.suffix}" if path.suffix.lower() != ".json" else None
     replayed = Path(out) / name if name else None
@@ -119,44 +127,41 @@ def replay(path: str | Path, *, checkpoint: str | list[str] | None = None,
                          f"{settings.get('num_samples')!r})")
     identical = replayed is not None and _same(path, replayed)
     return {"task": task, "original": str(path), "replayed": str(replayed),
-            "identical": identical}
+            "identical": identical, "output": output, "written": written, "kwargs": kwargs}
 
 
-def _argv_for(parser: argparse.ArgumentParser, settings: dict, out: str | Path) -> list[str]:
-    """Command-line arguments that reproduce ``settings`` (keys named like the options)."""
-    values = dict(settings)
-    if "do_sample" in values:
-        values["greedy"] = not values["do_sample"]
-    argv = ["--out", str(out)]
-    for action in parser._actions:
-        if not action.option_strings or action.dest in ("out", "help"):
+def call_kwargs(cls, task: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``cls.__call__`` that ``settings`` record (by the names of
+    its arguments, or :data:`RECORDED_AS`); unset (``None``) ones are left to their defaults,
+    and progress bars are off.
+
+    Raises:
+        InputError: an argument without a default is not recorded (an editing task's image).
+    """
+    params = inspect.signature(cls.__call__).parameters
+    recorded_as = RECORDED_AS.get(task, {})
+    kwargs: dict[str, Any] = {}
+    for name, param in params.items():
+        if name in NOT_RECORDED or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
-        value = values.get(action.dest)
-        if value is None:
-            continue
-        if isinstance(action, argparse._StoreTrueAction):
-            if value is True:
-                argv.append(action.option_strings[0])
-        elif not isinstance(value, (dict, list)):
-            argv += [action.option_strings[0], str(value)]
-    if "no_progress" in {a.dest for a in parser._actions}:
-        argv.append("--no-progress")
-    return argv
+        value = settings.get(recorded_as.get(name, name))
+        if value is not None and not isinstance(value, (dict, list)):
+            kwargs[name] = value
+        elif param.default is inspect.Parameter.empty:
+            raise InputError(f"replay: {task} needs inputs the file does not record "
+                             f"(settings: {', '.join(settings)})")
+    if "progress" in params:
+        kwargs["progress"] = False
+    return kwargs
 
 
 def _same(original: Path, replayed: Path) -> bool:
     if original.read_bytes() == replayed.read_bytes():
         return True
-    import numpy as np
-
     suffix = original.suffix.lower()
     if suffix == ".png":
-        from PIL import Image
-
         with Image.open(original) as a, Image.open(replayed) as b:
             return np.array_equal(np.asarray(a), np.asarray(b))
     if suffix == ".wav":
-        import soundfile
-
         return np.array_equal(soundfile.read(str(original))[0], soundfile.read(str(replayed))[0])
     return False

@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 
 from multimodal.config import load_config
-from multimodal.errors import DataError, InputError
+from multimodal.errors import ConfigError, DataError, InputError
 from multimodal.modalities.audio.acoustic import expand, monotonic_alignment_search
 
 from conftest import requires_espeak
@@ -235,6 +235,7 @@ def test_shipped_audio_configs_validate():
     assert tiny["tokenizers"]["audio"]["type"] == "log_mel"
 
 
+@pytest.mark.slow  # runs an example
 def test_text_to_audio_example(tiny_run, tmp_path):
     import subprocess
     import sys
@@ -250,6 +251,7 @@ def test_text_to_audio_example(tiny_run, tmp_path):
     assert "phonemes: nˈaɪn" in out.stdout
 
 
+@pytest.mark.slow  # an evaluation
 def test_evaluate_reports_every_vocoder_and_the_reference(tiny_run, tmp_path, monkeypatch):
     from multimodal.evaluation import evaluate
     from multimodal.evaluation.audio import mel_cepstral_distortion
@@ -270,16 +272,57 @@ def test_evaluate_reports_every_vocoder_and_the_reference(tiny_run, tmp_path, mo
 
 def test_vocoders_load_as_built_even_if_defaults_change(tmp_path):
     from multimodal.modalities.audio.tokenizer import LogMelTokenizer
+    from multimodal.modalities.audio.wavenet import VocoderFitSettings, WaveNetVocoder
 
-    built = LogMelTokenizer(autoregressive={"residual_channels": 8, "skip_channels": 8,
-                                            "num_layers": 3, "cond_channels": 8},
-                            default_vocoder="autoregressive")
+    built = LogMelTokenizer(vocoders={"autoregressive": WaveNetVocoder(
+        residual_channels=8, skip_channels=8, num_layers=3, cond_channels=8)},
+        default_vocoder="autoregressive")
     built.save(tmp_path)
+    meta = json.loads((tmp_path / "mel.json").read_text())
+    assert meta["vocoder_args"]["autoregressive"]["type"] == "wavenet"
     # a config that leaves the sizes to the code's defaults (which may have moved since)
-    loaded = LogMelTokenizer.load(tmp_path, autoregressive={"steps": 5},
+    loaded = LogMelTokenizer.load(tmp_path, vocoders={"autoregressive": WaveNetVocoder()},
+                                  vocoder_fit={"autoregressive": {"steps": 5}},
                                   default_vocoder="autoregressive")
     assert len(loaded.vocoders["autoregressive"].dilated) == 3
-    assert loaded.training["autoregressive"] == {"steps": 5}
+    assert loaded.fit_settings["autoregressive"] == VocoderFitSettings(steps=5)
+
+
+def test_log_mel_takes_built_vocoders_and_checks_them():
+    from multimodal.modalities.audio.tokenizer import LogMelTokenizer
+    from multimodal.modalities.audio.wavenet import ParallelWaveGANGenerator, VocoderFitSettings
+
+    fit = VocoderFitSettings(steps=3, lr=3e-3)
+    tok = LogMelTokenizer(vocoders={"parallel": ParallelWaveGANGenerator(num_layers=2)},
+                          vocoder_fit={"parallel": fit})
+    assert tok.available_vocoders == ["parallel", "griffin-lim"]
+    assert tok.fit_settings["parallel"] is fit
+    with pytest.raises(ValueError, match="mel_channels=80 .*n_mels=64"):
+        LogMelTokenizer(n_mels=64, vocoders={"parallel": ParallelWaveGANGenerator()})
+    with pytest.raises(ValueError, match="vocoder_fit names 'autoregressive'"):
+        LogMelTokenizer(vocoders={"parallel": ParallelWaveGANGenerator()},
+                        vocoder_fit={"autoregressive": {"steps": 1}})
+    with pytest.raises(ValueError, match="default_vocoder is 'autoregressive'"):
+        LogMelTokenizer(vocoders={"parallel": ParallelWaveGANGenerator()},
+                        default_vocoder="autoregressive")
+
+
+def test_log_mel_config_of_the_old_layout_names_the_new_one():
+    from multimodal.config import validate_config
+    from multimodal.testing import tiny_audio_config
+
+    config = tiny_audio_config()
+    validate_config(config)
+    audio = config["tokenizers"]["audio"]
+    audio.pop("vocoders"), audio.pop("vocoder_fit")
+    audio["parallel"] = {"residual_channels": 8, "steps": 4}
+    with pytest.raises(ConfigError, match=r"tokenizers\.audio\.parallel.*vocoders: "
+                                          r"\{parallel: \{type: parallel_wavegan"):
+        validate_config(config)
+    audio.pop("parallel")
+    audio["vocoders"] = {"parallel": {"type": "parallel_wavegan", "steps": 4}}
+    with pytest.raises(ConfigError, match=r"tokenizers\.audio\.vocoders\.parallel\.steps"):
+        validate_config(config)
 
 
 @requires_espeak

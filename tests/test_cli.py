@@ -29,6 +29,7 @@ def trained(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # CLI subprocesses, trains
 @requires_fortunes
 def test_train_then_generate_streams_and_writes_files(trained):
     result = run("generate", "text-generation", "--checkpoint", str(trained / "run"),
@@ -45,6 +46,7 @@ def test_train_then_generate_streams_and_writes_files(trained):
     assert again.stdout == result.stdout
 
 
+@pytest.mark.slow  # CLI subprocesses, trains
 @requires_fortunes
 def test_resume_of_a_finished_run(trained):
     out = run("train", str(trained / "tiny.yaml"), "train.max_steps=3", "--out-dir",
@@ -77,11 +79,13 @@ def test_config_errors_exit_2_without_traceback(tmp_path, capsys):
     assert "did you mean 'backbone.depth'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_debug_shows_the_traceback():
     out = run("--debug", "train", "/nonexistent.yaml")
     assert out.returncode != 0 and "Traceback" in out.stderr
 
 
+@pytest.mark.slow  # CLI subprocesses, trains
 def test_unwritable_output_directory(trained, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -90,6 +94,7 @@ def test_unwritable_output_directory(trained, tmp_path):
     assert out.returncode == 2 and "is a file" in out.stderr
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_list_shows_components_and_owners():
     out = run("list")
     assert out.returncode == 0
@@ -101,3 +106,66 @@ def test_import_is_cheap():
     code = "import sys, multimodal; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False"
+
+
+def test_task_options_come_from_the_call_signature():
+    """A pipeline's keyword arguments become options: type and default from the signature,
+    bool a flag, Literal a choice, help from the docstring; objects are left out."""
+    from typing import Literal
+
+    import torch
+
+    from multimodal.cli import task_options, task_parser
+
+    class Toy:
+        produces = "image"
+
+        def __call__(self, prompt: str, *, num_steps: int = 3, scale: float | None = None,
+                     mode: Literal["fast", "slow"] = "fast", sharp: bool = False,
+                     smooth: bool = True, generator: torch.Generator | None = None,
+                     progress: bool = True):
+            """Draw.
+
+            Args:
+                prompt: What to draw.
+                num_steps: Steps,
+                    at least 1.
+            """
+
+    options = {o.dest: o for o in task_options(Toy, "toy")}
+    assert list(options) == ["prompt", "num_steps", "scale", "mode", "sharp", "smooth"]
+    assert options["num_steps"].kwargs["help"] == "Steps, at least 1."
+    ns = task_parser(Toy, "toy", list(options.values()), prog="toy").parse_args(
+        ["--prompt", "a", "--scale", "2", "--mode", "slow", "--sharp", "--no-smooth",
+         "--grid", "--no-progress"])
+    assert (ns.prompt, ns.num_steps, ns.scale, ns.mode, ns.sharp, ns.smooth) == \
+        ("a", 3, 2.0, "slow", True, False)
+    assert ns.grid and ns.no_progress and ns.out == "out/toy"
+    with pytest.raises(SystemExit):
+        task_parser(Toy, "toy", list(options.values()), prog="toy").parse_args(
+            ["--prompt", "a", "--mode", "medium"])
+
+
+def test_write_outputs_writes_every_sample_or_nothing(tmp_path):
+    from multimodal.outputs import _WRITERS, register_writer, write_outputs
+    from multimodal.pipelines.text_generation import TextGenerationOutput
+
+    output = TextGenerationOutput(texts=[" one", " two"], token_ids=[[], []], seed=4,
+                                  input_prompt="Say")
+    written = write_outputs(output, tmp_path / "ok", produces="text")
+    assert [p.name for p in written] == ["000.txt", "000.json", "001.txt", "001.json"]
+    assert (tmp_path / "ok" / "001.txt").read_text() == "Say two\n"
+    assert json.loads((tmp_path / "ok" / "001.json").read_text())["sample"] == 1
+
+    def flaky(sample, path, metadata=None):
+        path.write_text(sample)
+        if metadata["sample"] == 1:
+            raise OSError("disk full")
+
+    register_writer("flaky", flaky, ".txt")
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            write_outputs(output, tmp_path / "bad", produces="flaky")
+    finally:
+        del _WRITERS["flaky"]
+    assert not (tmp_path / "bad").exists()

@@ -394,6 +394,35 @@ def test_image_to_text_input_errors(tmp_path):
         pipe(3.5)
 
 
+def test_image_to_text_kv_cached_decoding_equals_the_full_forward():
+    """Captions decoded with the backbone's KV cache are the captions of re-running the whole
+    prefix for every token (greedy, and sampled with one seed)."""
+    from multimodal.modalities.image.caption import LatentCaptioner
+    from multimodal.modalities.image.vae import ImageVAETokenizer
+    from multimodal.pipelines.image_to_text import ImageToTextPipeline
+    from multimodal.testing import tiny_tokenizer
+
+    torch.manual_seed(0)
+    backbone = tiny_backbone().eval()
+    vae = ImageVAETokenizer(**TINY["tokenizers"]["image_vae"])
+    vae.fit([{"image": torch.rand(1, 32, 32) * 2 - 1} for _ in range(8)], progress=False)
+    tokenizer = tiny_tokenizer()
+    with torch.no_grad():  # untrained tied weights predict end-of-text at once: not here
+        backbone.tok_embeddings.weight[tokenizer.eos_id] = 0.0
+    pipe = ImageToTextPipeline(backbone=backbone, captioner=LatentCaptioner(backbone=backbone),
+                               vae=vae, tokenizer=tokenizer)
+    images = [random_image(seed=i) for i in range(3)]
+    for kwargs in ({"max_new_tokens": 16},
+                   {"max_new_tokens": 16, "do_sample": True, "temperature": 2.0, "seed": 3}):
+        pipe.use_kv_cache = True
+        cached = pipe(images, **kwargs)
+        pipe.use_kv_cache = False
+        full = pipe(images, **kwargs)
+        assert cached.texts == full.texts and all(cached.texts), kwargs
+        assert len(set(cached.texts)) > 1, kwargs  # the images are read
+    pipe.use_kv_cache = True
+
+
 def test_oversized_images_are_refused_clearly(tmp_path, monkeypatch):
     import numpy as np
     from PIL import Image
@@ -422,3 +451,25 @@ def test_export_casts_model_and_tokenizer_weights_to_fp16_and_loads_back(tmp_pat
     b = load_pipeline("text-to-image", shipped)("a bag", num_inference_steps=2, seed=0,
                                                 progress=False).images[0]
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0  # fp16 rounding only
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_diffusion_loss_is_min_snr_weighted_mse_for_images_and_videos(prediction_type):
+    from multimodal.modalities.image.diffusion import diffusion_loss
+    from multimodal.modalities.image.schedulers import ddpm
+
+    scheduler = ddpm(num_train_timesteps=100, prediction_type=prediction_type)
+    generator = torch.Generator().manual_seed(0)
+    timesteps = torch.tensor([3, 50, 99])
+    for shape in ((3, 4, 8, 8), (3, 2, 4, 8, 8)):  # (b, l, y, x) and (b, t, l, y, x)
+        x0, noise, prediction = (torch.randn(shape, generator=generator) for _ in range(3))
+        target = noise if prediction_type == "epsilon" else \
+            scheduler.get_velocity(x0, noise, timesteps)
+        error = (prediction - target).square().flatten(1).mean(1)  # (b,)
+        snr = scheduler.alphas_cumprod[timesteps] / (1 - scheduler.alphas_cumprod[timesteps])
+        weight = snr.clamp(max=2.0) / (snr if prediction_type == "epsilon" else snr + 1)
+        kwargs = dict(x0=x0, noise=noise, timesteps=timesteps, scheduler=scheduler,
+                      prediction_type=prediction_type)
+        assert torch.allclose(diffusion_loss(prediction, **kwargs), error.mean())
+        assert torch.allclose(diffusion_loss(prediction, snr_gamma=2.0, **kwargs),
+                              (error * weight).mean())

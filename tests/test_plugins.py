@@ -181,12 +181,13 @@ def _outputs(num_frames, fps, seconds, rate=16_000):
 @pytest.mark.parametrize("seconds", [0.7, 2.5])  # speech shorter, then longer than the clip
 def test_mux_gives_one_video_and_one_audio_stream_of_equal_duration(tmp_path, seconds):
     from multimodal.modalities.video.files import ffmpeg_available, read_av_info
+    from multimodal.outputs import write_audiovisual
     from multimodal.pipelines.composed import mux_audio_video
 
     if not ffmpeg_available():
         pytest.skip("no ffmpeg")
-    files = mux_audio_video(_outputs(16, 10.0, seconds))
-    (tmp_path / "av.mp4").write_bytes(files["000.mp4"])
+    assert write_audiovisual(mux_audio_video(_outputs(16, 10.0, seconds)),
+                             tmp_path / "av.mp4") == [tmp_path / "av.mp4"]
     info = read_av_info(tmp_path / "av.mp4")
     assert info["video_streams"] == 1 and info["audio_streams"] == 1
     assert info["frames"] == 16
@@ -245,6 +246,7 @@ def _cli(args, pythonpath, tmp_path):
                           text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow  # pip-installs the example plugin
 def test_example_plugin_installs_trains_generates_and_uninstalls(tmp_path):
     site = tmp_path / "site"
     _install_entry_point(site)

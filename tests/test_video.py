@@ -268,6 +268,7 @@ def test_checkpoint_without_video_decoder(tmp_path):
         load_pipeline("text-to-video", image)
 
 
+@pytest.mark.slow  # runs an example
 def test_text_to_video_example(checkpoint, tmp_path):
     import subprocess
     import sys

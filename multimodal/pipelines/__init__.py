@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from multimodal.errors import CheckpointError, UnknownComponentError, did_you_mean
+import torch
+
+from multimodal.checkpoint import find_checkpoint, is_complete, load_checkpoint, read_config
+from multimodal.errors import CheckpointError, InputError, UnknownComponentError, did_you_mean
+from multimodal.pipelines.base import Pipeline, draw_seed, require_parts, seeded
+from multimodal.registry import pipelines as pipeline_registry
+from multimodal.safety import SafetyPolicy
+
+__all__ = ["ASSETS", "DEFAULT_CHECKPOINT_NAME", "Pipeline", "check_device",
+           "default_checkpoint", "draw_seed", "load_pipeline", "require_parts", "seeded"]
 
 # Checkpoints used when none is given, shipped inside the package (``assets/<name>``): the
 # joint model (configs/joint_tiny*.yaml) serves every built-in task; a plugin's pipeline names
@@ -21,10 +30,7 @@ def default_checkpoint(task: str = "text-generation") -> Path:
         UnknownComponentError: unknown task.
         CheckpointError: it is not there (a source checkout without the asset).
     """
-    from multimodal.registry import pipelines
-    from multimodal.checkpoint import is_complete
-
-    cls = pipelines.get(task)
+    cls = pipeline_registry.get(task)
     name = getattr(cls, "default_checkpoint_name", DEFAULT_CHECKPOINT_NAME)
     path = ASSETS / name
     if not is_complete(path):
@@ -58,45 +64,32 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
     The pipeline's prompts are checked by the ``safety:`` policy of the checkpoint's config
     (``pipe.safety``; see :mod:`multimodal.safety`) before anything is generated.
     """
-    from multimodal.registry import pipelines
-
     try:
-        cls = pipelines.get(task)
+        cls = pipeline_registry.get(task)
     except UnknownComponentError:
-        known = pipelines.names()
+        known = pipeline_registry.names()
         raise UnknownComponentError(
             f"unknown task '{task}'{did_you_mean(task, known)}; known tasks: {', '.join(known)}"
         ) from None
     check_device(device)
     if getattr(cls, "composed", False):  # each step resolves its own checkpoint
         return cls.from_checkpoint(checkpoint, device=device, **kwargs)
-    from multimodal.safety import SafetyPolicy
-    from multimodal.checkpoint import find_checkpoint, read_config
-
     path = default_checkpoint(task) if checkpoint is None else checkpoint
-    pipe = cls.from_checkpoint(path, device=device, **kwargs)
-    found = find_checkpoint(path)
-    pipe.safety = SafetyPolicy.from_config(read_config(found), checkpoint=found)
+    if hasattr(cls, "from_loaded"):
+        ckpt = load_checkpoint(path, device=device)  # reads and validates the config, once
+        pipe = cls.from_loaded(ckpt, device=device, **kwargs)
+        config, found = ckpt.config, ckpt.path
+    else:  # a plugin's pipeline that loads itself
+        pipe = cls.from_checkpoint(path, device=device, **kwargs)
+        found = find_checkpoint(path)
+        config = read_config(found)
+    pipe.safety = SafetyPolicy.from_config(config, checkpoint=found)
     return pipe
-
-
-def require_parts(ckpt, task: str, found: dict[str, bool], needs: str) -> None:
-    """Raise :class:`CheckpointError` naming every part of ``found`` (config key -> present)
-    that the checkpoint ``ckpt`` lacks, and what ``task`` ``needs`` (a phrase, with the config
-    to train)."""
-    missing = [key for key, present in found.items() if not present]
-    if missing:
-        raise CheckpointError(f"checkpoint {ckpt.path} has no {', '.join(missing)}; "
-                              f"{task} needs {needs}")
 
 
 def check_device(device: Any) -> None:
     """Raise :class:`InputError` unless ``device`` is ``"cpu"``, or ``"cuda"``/``"cuda:N"`` with
     CUDA available."""
-    import torch
-
-    from multimodal.errors import InputError
-
     name = str(device)
     if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:")
                                                  and name[5:].isdigit())):

@@ -1,7 +1,7 @@
 """Tasks composed from other pipelines in YAML alone.
 
 A task file names the pipelines one prompt runs through (``steps``) and a registered
-combiner that turns their outputs into files (``combine``)::
+combiner that turns their outputs into one piece of media (``combine``)::
 
     # multimodal/tasks/text-to-audiovisual.yaml
     task: text-to-audiovisual
@@ -15,46 +15,79 @@ Every ``*.yaml`` in ``multimodal/tasks/`` becomes a task at start-up (``multimod
 pipelines``); ``multimodal generate path/to/task.yaml --prompt P`` runs any other task file.
 Each step's other keys are keyword arguments of its pipeline's ``__call__``, checked against
 its signature; each step loads its own checkpoint (default: the step task's embedded one;
-``--checkpoint STEP=DIR`` picks another).
+``--checkpoint STEP=DIR`` picks another). A combiner says what it makes in its ``produces``
+attribute (``"audiovisual"``), the name :func:`multimodal.outputs.write_outputs` finds the
+writer of the composed output by.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from multimodal.errors import ConfigError, InputError, did_you_mean
+from multimodal.config import parse_yaml
+from multimodal.errors import CheckpointError, ConfigError, InputError, did_you_mean
+from multimodal.pipelines import load_pipeline
+from multimodal.pipelines.base import draw_seed
 from multimodal.registry import combiners, pipelines
+from multimodal.safety import policy_of
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 
 
 # -- combiners ---------------------------------------------------------------------------------
 @dataclass
+class AudioVisualClip:
+    """A clip with its sound track, of equal duration (what ``mux_audio_video`` makes; the
+    ``audiovisual`` writer muxes it into one MP4).
+
+    Attributes:
+        frames: (t, h, w[, c]) uint8 frames.
+        fps: Frames per second (slowed where the speech is longer than the clip).
+        audio: (s,) float32 waveform in [-1, 1].
+        sample_rate: Hz.
+    """
+
+    frames: np.ndarray
+    fps: float
+    audio: np.ndarray
+    sample_rate: int
+
+
+@dataclass
 class ComposedOutput:
     """What a composed pipeline returns.
 
     Attributes:
-        files: ``{file name: bytes}`` of one sample, e.g. ``{"000.mp4": ...}``.
-        metadata: The prompt, seed, each step's settings and checkpoint.
+        media: What the combiner made from the steps' outputs (e.g. an
+            :class:`AudioVisualClip`).
+        settings: The prompt, seed, each step's settings and checkpoint, and the combiner.
         outputs: Each step's own output object, by step name.
     """
 
-    files: dict[str, bytes]
-    metadata: dict[str, Any]
+    media: Any
+    settings: dict[str, Any]
     outputs: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def samples(self) -> list[Any]:
+        """The one combined sample."""
+        return [self.media]
+
+    def metadata(self, index: int | None = 0) -> dict[str, Any]:
+        """The settings written with the combined files."""
+        return dict(self.settings)
 
 
 @combiners.register("mux_audio_video")
 def mux_audio_video(outputs: dict[str, Any], *, video: str = "video", audio: str = "audio"
-                    ) -> dict[str, bytes]:
-    """One MP4 from a text-to-video and a text-to-audio output: H.264 video and an AAC sound
-    track of the same duration.
+                    ) -> AudioVisualClip:
+    """A clip and a sound track of the same duration, from a text-to-video and a text-to-audio
+    output (the ``audiovisual`` writer muxes them: H.264 video and an AAC sound track).
 
     The sound track is the speech, padded with silence to the clip's length; speech longer
     than the clip slows the clip's frame rate to ``frames / speech seconds``, so no word is
@@ -65,32 +98,27 @@ def mux_audio_video(outputs: dict[str, Any], *, video: str = "video", audio: str
         video, audio: The names of the video and the audio step.
 
     Returns:
-        ``{"000.mp4": bytes}``.
+        :class:`AudioVisualClip`.
 
     Raises:
-        InputError: ffmpeg is not available (muxing needs it).
         ConfigError: ``video`` or ``audio`` names no step.
     """
-    from multimodal.modalities.video import files
-
     for role, name in (("video", video), ("audio", audio)):
         if name not in outputs:
             raise ConfigError(f"combine.{role}: no step named '{name}'"
                               f"{did_you_mean(name, outputs)}; steps: {', '.join(outputs)}")
-    if not files.ffmpeg_available():
-        raise InputError("text-to-audiovisual writes an MP4 with sound, which needs ffmpeg "
-                         "(pip install imageio-ffmpeg)")
     clip, sound = outputs[video], outputs[audio]
     frames, fps = clip.videos[0], float(clip.fps)
     wave, rate = np.asarray(sound.audios[0], dtype=np.float32), int(sound.sample_rate)
     track = mux_track(wave, rate, len(frames), fps)
     fps = len(frames) * rate / len(track)  # unchanged unless the speech is longer
-    return {"000.mp4": files.av_mp4_bytes(frames, fps, track, rate)}
+    return AudioVisualClip(frames=frames, fps=fps, audio=track, sample_rate=rate)
 
 
 # What each argument's step must produce (a pipeline's ``produces``), checked when a task file
-# is read, before anything is generated.
+# is read, before anything is generated; and what the combiner makes (its writer's name).
 mux_audio_video.inputs = {"video": "video", "audio": "audio"}
+mux_audio_video.produces = "audiovisual"
 
 
 def mux_track(wave: np.ndarray, sample_rate: int, num_frames: int, fps: float) -> np.ndarray:
@@ -114,8 +142,6 @@ def read_task_file(path: str | Path) -> dict:
             exist (did-you-mean), a step argument its pipeline does not take, an unknown
             combiner, or combiner arguments it does not take. Every problem is listed.
     """
-    from multimodal.config import parse_yaml
-
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -207,6 +233,7 @@ class ComposedPipeline:
     composed = True
     definition: dict = {}
     task = "composed"
+    produces = ""  # the combiner's ``produces`` (set per task file)
 
     def __init__(self, steps: dict[str, Any]):
         self.steps = steps
@@ -225,10 +252,6 @@ class ComposedPipeline:
             InputError: a checkpoint for a step the task does not have, or a malformed pair.
             CheckpointError: a step's checkpoint is missing or lacks what it needs.
         """
-        from multimodal.pipelines import load_pipeline
-
-        from multimodal.errors import CheckpointError
-
         chosen = cls.parse_checkpoints(checkpoint)
         loaded = {}
         for name, section in cls.definition["steps"].items():
@@ -267,17 +290,18 @@ class ComposedPipeline:
                  ) -> ComposedOutput:
         """Run every step on ``prompt`` (each seeded with ``seed``), then combine.
 
+        Args:
+            prompt: What every step generates from.
+            seed: Seed of every step (random when not given; recorded).
+            progress: Show the steps' progress bars.
+
         Raises:
             InputError: bad prompt or settings (from the step that rejects them).
         """
-        import torch
-
-        from multimodal.safety import policy_of
-
         for pipe in self.steps.values():  # refuse before any step generates
             policy_of(pipe).check(prompt, task=self.task)
         if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+            seed = draw_seed()
         outputs, settings = {}, {}
         for name, section in self.definition["steps"].items():
             kwargs = {k: v for k, v in section.items() if k != "task"}
@@ -290,33 +314,10 @@ class ComposedPipeline:
                               "checkpoint_id": getattr(pipe, "checkpoint_id", "none")}
         combine = dict(self.definition["combine"])
         combiner: Callable = combiners.get(combine.pop("type"))
-        files = combiner(outputs, **combine)
+        media = combiner(outputs, **combine)
         metadata = {"task": self.task, "prompt": prompt, "seed": seed, "steps": settings,
                     "combine": self.definition["combine"]["type"]}
-        return ComposedOutput(files=files, metadata=metadata, outputs=outputs)
-
-    @classmethod
-    def add_cli_arguments(cls, parser) -> None:
-        parser.add_argument("--prompt", required=True, help="what every step generates from")
-        parser.add_argument("--seed", type=int, default=None, help="seed of every step")
-        parser.add_argument("--out", default=f"out/{cls.task}", help="output directory")
-        parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-    def run_cli(self, args) -> int:
-        """Write the combined files and ``000.json`` (prompt, seed, each step's settings),
-        atomically; a failed run leaves no file behind."""
-        from multimodal.io import OutputFiles
-
-        with OutputFiles(args.out) as out:
-            result = self(args.prompt, seed=args.seed, progress=not args.no_progress)
-            for name, data in result.files.items():
-                out.write(name, data)
-            out.write("000.json", json.dumps({**result.metadata, "files": list(result.files)},
-                                             indent=1) + "\n")
-        for path in out.written:
-            print(path)
-        print(f"seed {result.metadata['seed']}")
-        return 0
+        return ComposedOutput(media=media, settings=metadata, outputs=outputs)
 
 
 def composed_task(path: str | Path) -> type[ComposedPipeline]:
@@ -331,9 +332,10 @@ def composed_task(path: str | Path) -> type[ComposedPipeline]:
         raise ConfigError(f"task: '{name}' is already a pipeline; give the composed task a name "
                           "of its own", source=str(path))
     doc = definition.get("description") or f"composed task from {Path(path).name}"
+    combiner = combiners.get(definition["combine"]["type"])
     return type(f"Composed[{name}]", (ComposedPipeline,),
                 {"definition": definition, "task": name, "__doc__": doc,
-                 "__module__": __name__})
+                 "produces": getattr(combiner, "produces", ""), "__module__": __name__})
 
 
 def register_task_files(directory: Path = TASKS_DIR) -> None:

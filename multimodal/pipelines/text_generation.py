@@ -8,12 +8,12 @@ from __future__ import annotations
 import sys
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from multimodal.errors import CheckpointError, InputError
+from multimodal.errors import InputError
+from multimodal.pipelines.base import Pipeline, seeded
 from multimodal.pipelines.sampling import sample_next_token
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
@@ -28,12 +28,34 @@ class TextGenerationOutput:
         token_ids: The generated ids of each sample, end-of-text excluded.
         prompt: The prompt as used (after any truncation).
         seed: The seed used.
+        input_prompt: The prompt as given (written with the files).
+        max_new_tokens, do_sample, temperature, top_k, top_p, checkpoint_id: The settings used.
     """
 
     texts: list[str]
     token_ids: list[list[int]] = field(repr=False)
     prompt: str = ""
     seed: int | None = None
+    input_prompt: str = ""
+    max_new_tokens: int = 100
+    do_sample: bool = True
+    temperature: float = 0.8
+    top_k: int | None = 50
+    top_p: float | None = 0.95
+    checkpoint_id: str = "none"
+
+    @property
+    def samples(self) -> list[str]:
+        """The texts as written to files: the given prompt followed by each continuation."""
+        return [self.input_prompt + text for text in self.texts]
+
+    def metadata(self, index: int) -> dict[str, Any]:
+        """The settings of sample ``index`` (written next to its text)."""
+        return {"task": "text-generation", "prompt": self.input_prompt, "seed": self.seed,
+                "sample": index, "num_samples": len(self.texts),
+                "max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
+                "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                "checkpoint_id": self.checkpoint_id}
 
 
 class TextStreamer:
@@ -65,7 +87,7 @@ class TextStreamer:
 
 
 @pipelines.register("text-generation")
-class TextGenerationPipeline:
+class TextGenerationPipeline(Pipeline):
     """Generate text from a prompt.
 
     Args:
@@ -78,27 +100,14 @@ class TextGenerationPipeline:
     tokens, with a warning.
     """
 
-    produces = "text"  # what its outputs hold (task files check combiner inputs)
+    task = "text-generation"
+    produces = "text"  # what its outputs hold: the spec whose writer writes them
+    parts = {"backbone": "backbone", "lm_head": "decoders.text", "tokenizer": "tokenizers.text"}
+    needs = "a text decoder and tokenizer (train e.g. configs/text_fortunes.yaml)"
 
     def __init__(self, *, backbone, lm_head, tokenizer, checkpoint_id: str = "none"):
         self.backbone, self.lm_head, self.tokenizer = backbone, lm_head, tokenizer
         self.checkpoint_id = checkpoint_id
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> "TextGenerationPipeline":
-        """Load from a checkpoint (or a run directory's newest one).
-
-        Raises:
-            CheckpointError: unusable checkpoint, or one without a text decoder.
-        """
-        from multimodal.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(path, device=device)
-        if "text" not in ckpt.model.decoders or "text" not in ckpt.tokenizers:
-            raise CheckpointError(f"checkpoint {ckpt.path} has no text decoder and tokenizer; "
-                                  "text-generation needs decoders.text and tokenizers.text")
-        return cls(backbone=ckpt.model.backbone, lm_head=ckpt.model.decoders["text"],
-                   tokenizer=ckpt.tokenizers["text"], checkpoint_id=ckpt.checkpoint_id)
 
     @property
     def device(self) -> torch.device:
@@ -117,7 +126,8 @@ class TextGenerationPipeline:
         return ids
 
     @torch.inference_mode()
-    def __call__(self, prompt: str = "", *, max_new_tokens: int = 100, do_sample: bool = True,
+    def __call__(self, prompt: str = "", *, max_new_tokens: int | None = None,
+                 do_sample: bool = True,
                  temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = 0.95,
                  num_samples: int = 1, seed: int | None = None,
                  generator: torch.Generator | None = None, stop_at_eos: bool = True,
@@ -126,7 +136,8 @@ class TextGenerationPipeline:
 
         Args:
             prompt: Text to continue; ``""`` starts a new document.
-            max_new_tokens: Tokens to generate at most (1 .. ``max_seq_len - 1``).
+            max_new_tokens: Tokens to generate at most (1 .. ``max_seq_len - 1``; default:
+                100, or half the model's context if that is shorter).
             do_sample: Sample; ``False`` is greedy decoding.
             temperature: Sampling temperature (> 0).
             top_k: Keep the ``k`` most likely tokens (``None``: all).
@@ -146,6 +157,8 @@ class TextGenerationPipeline:
             raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
         policy_of(self).check(prompt, task="text-generation")
         limit = self.backbone.max_seq_len - 1
+        if max_new_tokens is None:
+            max_new_tokens = min(100, self.backbone.max_seq_len // 2)
         if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= limit:
             raise InputError(f"max_new_tokens must be an integer in 1..{limit} (the context "
                              f"is {self.backbone.max_seq_len}), got {max_new_tokens!r}")
@@ -158,11 +171,7 @@ class TextGenerationPipeline:
             raise InputError(f"top_k must be a positive integer or None, got {top_k!r}")
         if top_p is not None and not 0 < top_p <= 1:
             raise InputError(f"top_p must be in (0, 1] or None, got {top_p!r}")
-        if generator is None:
-            generator = torch.Generator()
-            if seed is None:
-                seed = int(torch.randint(0, 2**31 - 1, ()).item())
-            generator.manual_seed(seed)
+        generator, seed = seeded(seed, generator)
 
         ids = self.encode_prompt(prompt, max_new_tokens)
         prompt_used = self.tokenizer.decode(ids)
@@ -198,58 +207,7 @@ class TextGenerationPipeline:
                 row = row[: row.index(eos)]
             token_ids.append(row)
         texts = [self.tokenizer.decode(row) for row in token_ids]
-        return TextGenerationOutput(texts=texts, token_ids=token_ids, prompt=prompt_used,
-                                    seed=seed)
-
-    # -- command line -----------------------------------------------------------------------
-    @staticmethod
-    def add_cli_arguments(parser) -> None:
-        parser.add_argument("--prompt", default="", help="text to continue ('' starts afresh)")
-        parser.add_argument("--max-new-tokens", type=int, default=None,
-                            help="tokens to generate (default: 100, or half the model's "
-                                 "context if that is shorter)")
-        parser.add_argument("--temperature", type=float, default=0.8)
-        parser.add_argument("--top-k", type=int, default=50)
-        parser.add_argument("--top-p", type=float, default=0.95)
-        parser.add_argument("--greedy", action="store_true", help="greedy decoding")
-        parser.add_argument("--num-samples", type=int, default=1)
-        parser.add_argument("--seed", type=int, default=None)
-        parser.add_argument("--out", help="also write 000.txt (+ 000.json settings), ... here")
-
-    def run_cli(self, args) -> int:
-        import json
-
-        import contextlib
-
-        from multimodal.io import OutputFiles
-
-        policy_of(self).check(args.prompt, task="text-generation")  # before echoing it
-        max_new_tokens = args.max_new_tokens
-        if max_new_tokens is None:
-            max_new_tokens = min(100, self.backbone.max_seq_len // 2)
-        with (OutputFiles(args.out) if args.out else contextlib.nullcontext()) as out:
-            stream = args.num_samples == 1
-            if stream:
-                sys.stdout.write(args.prompt)
-                sys.stdout.flush()
-            result = self(args.prompt, max_new_tokens=max_new_tokens,
-                          do_sample=not args.greedy, temperature=args.temperature,
-                          top_k=args.top_k, top_p=args.top_p, num_samples=args.num_samples,
-                          seed=args.seed,
-                          streamer=TextStreamer(self.tokenizer) if stream else None)
-            if stream:
-                print()
-            else:
-                for i, text in enumerate(result.texts):
-                    print(f"--- sample {i}\n{args.prompt}{text}")
-            if out is not None:
-                for i, text in enumerate(result.texts):
-                    out.write(f"{i:03d}.txt", args.prompt + text + "\n")
-                    meta = {"task": "text-generation", "prompt": args.prompt,
-                            "seed": result.seed, "sample": i, "num_samples": len(result.texts),
-                            "max_new_tokens": max_new_tokens,
-                            "do_sample": not args.greedy, "temperature": args.temperature,
-                            "top_k": args.top_k, "top_p": args.top_p,
-                            "checkpoint_id": self.checkpoint_id}
-                    out.write(f"{i:03d}.json", json.dumps(meta, indent=1) + "\n")
-        return 0
+        return TextGenerationOutput(
+            texts=texts, token_ids=token_ids, prompt=prompt_used, seed=seed, input_prompt=prompt,
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+            top_k=top_k, top_p=top_p, checkpoint_id=self.checkpoint_id)

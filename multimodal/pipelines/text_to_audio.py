@@ -12,24 +12,21 @@ longer than the model's limit is an :class:`~multimodal.errors.InputError` namin
 Random draws come from one ``torch.Generator`` seeded with ``seed``: the vocoder's noise
 (parallel) or its sampling (autoregressive), sample after sample.
 
-Outputs: 16-bit PCM WAV (soundfile) and a sidecar JSON with the prompt and settings.
+Files (written by the audio spec's writer through :func:`multimodal.outputs.write_outputs`,
+not here): 16-bit PCM WAV (soundfile) and a sidecar JSON with the prompt and settings.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from multimodal.errors import InputError
-from multimodal.modalities.audio.files import wav_bytes
-from multimodal.pipelines import require_parts
+from multimodal.pipelines.base import Pipeline, seeded
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
 
@@ -69,6 +66,11 @@ class AudioGenerationOutput:
                 "seconds": round(len(self.audios[index]) / self.sample_rate, 3),
                 "phonemes": self.phonemes, "checkpoint": self.checkpoint_id}
 
+    @property
+    def samples(self) -> list[np.ndarray]:
+        """The waveforms, one per sample (what the writer writes, at :attr:`sample_rate`)."""
+        return self.audios
+
 
 def split_sentences(text: str) -> list[str]:
     """``text`` cut after ``. ! ? ; :`` (keeping the punctuation), blank pieces dropped."""
@@ -76,11 +78,8 @@ def split_sentences(text: str) -> list[str]:
 
 
 @pipelines.register("text-to-audio")
-class TextToAudioPipeline:
+class TextToAudioPipeline(Pipeline):
     """Speak a prompt (see the module docstring).
-
-    Call it as ``pipe(prompt, *, voice=None, vocoder=None, num_samples=1, seed=None,
-    generator=None, length_scale=1.0, progress=True)``.
 
     Args:
         backbone: The shared Transformer.
@@ -90,35 +89,17 @@ class TextToAudioPipeline:
         checkpoint_id: Recorded in outputs.
     """
 
-    produces = "audio"  # what its outputs hold (task files check combiner inputs)
-
     task = "text-to-audio"
+    produces = "audio"  # what its outputs hold: the spec whose writer writes them
+    parts = {"backbone": "backbone", "decoder": "decoders.audio",
+             "phonemes": "tokenizers.phonemes", "audio": "tokenizers.audio"}
+    needs = ("a mel_decoder, an espeak_phonemes and a log_mel tokenizer (train e.g. "
+             "configs/text_to_audio_speech.yaml)")
 
     def __init__(self, *, backbone, decoder, phonemes, audio, checkpoint_id: str = "none"):
         self.backbone, self.decoder = backbone, decoder
         self.phonemes, self.audio = phonemes, audio
         self.checkpoint_id = checkpoint_id
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> "TextToAudioPipeline":
-        """Load from a checkpoint (or a run directory's newest one).
-
-        Raises:
-            CheckpointError: unusable checkpoint, or one without an audio decoder and the
-                ``phonemes`` and ``audio`` tokenizers.
-        """
-        from multimodal.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(path, device=device)
-        require_parts(ckpt, cls.task, {"decoders.audio": "audio" in ckpt.model.decoders,
-                                       "tokenizers.phonemes": "phonemes" in ckpt.tokenizers,
-                                       "tokenizers.audio": "audio" in ckpt.tokenizers},
-                      "a mel_decoder, an espeak_phonemes and a log_mel tokenizer (train e.g. "
-                      "configs/text_to_audio_speech.yaml)")
-        return cls(backbone=ckpt.model.backbone.eval(),
-                   decoder=ckpt.model.decoders["audio"].eval(),
-                   phonemes=ckpt.tokenizers["phonemes"], audio=ckpt.tokenizers["audio"].to(device),
-                   checkpoint_id=ckpt.checkpoint_id)
 
     @property
     def device(self) -> torch.device:
@@ -202,10 +183,7 @@ class TextToAudioPipeline:
             raise InputError(f"seed must be an integer, got {seed!r}")
         policy_of(self).check(prompt, task="text-to-audio")
         chunks = self.phoneme_chunks(prompt, voice)
-        if generator is None:
-            if seed is None:
-                seed = int(torch.randint(0, 2**31 - 1, ()).item())
-            generator = torch.Generator().manual_seed(seed)
+        generator, seed = seeded(seed, generator)
         device = self.device
         mels = []
         for ids in chunks:
@@ -228,43 +206,6 @@ class TextToAudioPipeline:
             checkpoint_id=self.checkpoint_id,
             phonemes=" | ".join(self.phonemes.decode(ids) for ids in chunks),
             mels=[torch.cat(mels, -1)])
-
-    # -- command line ----------------------------------------------------------------------------
-    @classmethod
-    def add_cli_arguments(cls, parser) -> None:
-        parser.add_argument("--prompt", required=True, help="the text to speak")
-        parser.add_argument("--voice", default=None,
-                            help="one of the model's voices (default: its first; an unknown "
-                                 "voice is an error listing them)")
-        parser.add_argument("--vocoder", default=None,
-                            help="parallel, autoregressive or griffin-lim "
-                                 "(default: the model's default vocoder)")
-        parser.add_argument("--num-samples", type=int, default=1)
-        parser.add_argument("--seed", type=int, default=None)
-        parser.add_argument("--length-scale", type=float, default=1.0,
-                            help="speaking slowness: durations are multiplied by it")
-        parser.add_argument("--out", default=f"out/{cls.task}",
-                            help="output directory for 000.wav (+ 000.json), ...")
-        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-    def run_cli(self, args) -> int:
-        """Generate and write ``000.wav`` and ``000.json`` ... atomically; on any failure no
-        file of this run is left behind."""
-        from multimodal.io import OutputFiles
-
-        with OutputFiles(args.out) as files:  # checked before generating; cleaned on failure
-            result = self(args.prompt, voice=args.voice, vocoder=args.vocoder,
-                          num_samples=args.num_samples, seed=args.seed,
-                          length_scale=args.length_scale, progress=not args.no_progress)
-            wavs = []
-            for i, audio in enumerate(result.audios):
-                wavs.append(files.write(f"{i:03d}.wav", wav_bytes(audio, result.sample_rate)))
-                files.write(f"{i:03d}.json", json.dumps(result.metadata(i), indent=1,
-                                                        ensure_ascii=False) + "\n")
-        for path in wavs:
-            print(path)
-        print(f"seed {result.seed}")
-        return 0
 
 
 def peak_normalise(audio: np.ndarray, prompt: str = "") -> np.ndarray:

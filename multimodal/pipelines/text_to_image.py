@@ -34,26 +34,31 @@ channels, y x latent height and width, c image channels, h w image height and wi
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import torch
 from einops import rearrange, repeat
+from PIL import Image
+from tqdm.auto import tqdm
 
+from multimodal.data.images import pil_to_array
 from multimodal.errors import InputError
-from multimodal.modalities.image.files import image_grid, load_image_array, png_bytes
-from multimodal.pipelines import require_parts
+from multimodal.modalities.image.files import load_image_array
+from multimodal.modalities.image.modality import encode_captions
+from multimodal.modalities.image.schedulers import make_scheduler
+from multimodal.pipelines.base import Pipeline, seeded
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
 
 DEFAULT_SCHEDULER = "dpm_solver_multistep"
 DEFAULT_GUIDANCE = 4.0
+
+# What an image argument may be: a file path, a PIL image or a uint8 array (h, w[, c]).
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 
 # -- outputs and files ---------------------------------------------------------------------------
@@ -91,15 +96,18 @@ class ImageGenerationOutput:
             meta["strength"] = self.strength
         return meta
 
+    @property
+    def samples(self) -> list[np.ndarray]:
+        """The images, one per sample (what the writer writes)."""
+        return self.images
+
     def to_pil(self) -> list:
         """The samples as PIL images."""
-        from PIL import Image
-
         return [Image.fromarray(image) for image in self.images]
 
 
 # -- the shared pipeline ---------------------------------------------------------------------
-class LatentDiffusionPipeline:
+class LatentDiffusionPipeline(Pipeline):
     """Latent diffusion on the shared backbone: the sampling loop shared by the three tasks.
 
     Args:
@@ -115,33 +123,17 @@ class LatentDiffusionPipeline:
             for benchmarks).
     """
 
-    produces = "image"  # what its outputs hold (task files check combiner inputs)
-
     task = "text-to-image"
+    produces = "image"  # what its outputs hold: the spec whose writer writes them
+    parts = {"backbone": "backbone", "denoiser": "decoders.image", "vae": "tokenizers.image",
+             "tokenizer": "tokenizers.text"}
+    needs = ("an image decoder, an image_vae and a text tokenizer (train e.g. "
+             "configs/text_to_image_fashion.yaml)")
 
     def __init__(self, *, backbone, denoiser, vae, tokenizer, checkpoint_id: str = "none"):
         self.backbone, self.denoiser, self.vae, self.tokenizer = backbone, denoiser, vae, tokenizer
         self.checkpoint_id = checkpoint_id
         self.batch_guidance = True
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> "LatentDiffusionPipeline":
-        """Load from a checkpoint (or a run directory's newest one).
-
-        Raises:
-            CheckpointError: unusable checkpoint, or one without an image decoder and tokenizers.
-        """
-        from multimodal.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(path, device=device)
-        require_parts(ckpt, cls.task, {"decoders.image": "image" in ckpt.model.decoders,
-                                       "tokenizers.image": "image" in ckpt.tokenizers,
-                                       "tokenizers.text": "text" in ckpt.tokenizers},
-                      "an image decoder, an image_vae and a text tokenizer (train e.g. "
-                      "configs/text_to_image_fashion.yaml)")
-        return cls(backbone=ckpt.model.backbone, denoiser=ckpt.model.decoders["image"],
-                   vae=ckpt.tokenizers["image"].to(device), tokenizer=ckpt.tokenizers["text"],
-                   checkpoint_id=ckpt.checkpoint_id)
 
     @property
     def device(self) -> torch.device:
@@ -155,8 +147,6 @@ class LatentDiffusionPipeline:
         Raises:
             UnknownComponentError: no scheduler of that name (with a did-you-mean).
         """
-        from multimodal.modalities.image.schedulers import make_scheduler
-
         return make_scheduler(name or DEFAULT_SCHEDULER, self.denoiser.noise_schedule)
 
     @torch.no_grad()
@@ -165,8 +155,6 @@ class LatentDiffusionPipeline:
 
         Prompts longer than the backbone's context are cut at the end.
         """
-        from multimodal.modalities.image.modality import encode_captions
-
         limit = self.backbone.max_seq_len
         ids, mask, cut = encode_captions(self.tokenizer, prompts, max_len=limit)
         if cut:
@@ -210,8 +198,8 @@ class LatentDiffusionPipeline:
                  num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
                  num_samples: int = 1, seed: int | None = None,
                  generator: torch.Generator | None = None, scheduler: str | None = None,
-                 progress: bool = True, image: Any = None, mask: Any = None,
-                 strength: float = 1.0) -> ImageGenerationOutput:
+                 progress: bool = True, image: ImageInput | None = None,
+                 mask: ImageInput | None = None, strength: float = 1.0) -> ImageGenerationOutput:
         """The loop behind every task's ``__call__``; see the module docstring.
 
         Args:
@@ -239,16 +227,11 @@ class LatentDiffusionPipeline:
                 the image, an unreadable or non-image file.
             UnknownComponentError: an unknown scheduler name.
         """
-        from tqdm.auto import tqdm
-
         steps, guidance_scale = self._check_arguments(
             prompt, negative_prompt, num_inference_steps, guidance_scale, num_samples, strength)
         sched = self.make_scheduler(scheduler)
         init_pixels, pixel_mask = self._load_inputs(image, mask)
-        if generator is None:
-            if seed is None:
-                seed = int(torch.randint(0, 2**31 - 1, ()).item())
-            generator = torch.Generator().manual_seed(seed)
+        generator, seed = seeded(seed, generator)
         output = ImageGenerationOutput(
             images=[], task=self.task, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
             num_inference_steps=steps, guidance_scale=guidance_scale,
@@ -307,8 +290,6 @@ class LatentDiffusionPipeline:
         output.latents = latents.cpu()
         return output
 
-    __call__ = generate
-
     # -- input checks and conversions -------------------------------------------------------
     def _check_arguments(self, prompt, negative_prompt, steps, guidance_scale, num_samples,
                          strength) -> tuple[int, float]:
@@ -338,10 +319,6 @@ class LatentDiffusionPipeline:
 
     def _load_inputs(self, image, mask) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(pixels (1, c, h, w) uint8-valued float, mask (1, 1, h, w) in {0, 1})``."""
-        from PIL import Image
-
-        from multimodal.data.images import pil_to_array
-
         if image is None:
             if mask is not None:
                 raise InputError("a mask needs an image to inpaint")
@@ -376,123 +353,131 @@ class LatentDiffusionPipeline:
         array = pixels.to(torch.uint8).numpy()
         return array[0] if array.shape[0] == 1 else rearrange(array, "c h w -> h w c")
 
-    # -- command line -----------------------------------------------------------------------
-    @classmethod
-    def add_cli_arguments(cls, parser) -> None:
-        parser.add_argument("--prompt", default="",
-                            help="what to draw ('' samples unconditionally)")
-        parser.add_argument("--negative-prompt", default=None, help="what to steer away from")
-        cls.add_task_arguments(parser)
-        parser.add_argument("--num-samples", type=int, default=1)
-        parser.add_argument("--seed", type=int, default=None)
-        parser.add_argument("--num-inference-steps", type=int, default=25)
-        parser.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE)
-        parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
-                            help="ddpm, ddim, dpm_solver_multistep or euler")
-        parser.add_argument("--out", default=f"out/{cls.task}",
-                            help="output directory for 000.png, 001.png, ...")
-        parser.add_argument("--grid", action="store_true", help="also write grid.png")
-        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    @classmethod
-    def add_task_arguments(cls, parser) -> None:
-        """Arguments of one task (none for text-to-image)."""
-
-    @staticmethod
-    def task_kwargs(args) -> dict[str, Any]:
-        """The ``__call__`` arguments of :meth:`add_task_arguments`."""
-        return {}
-
-    def run_cli(self, args) -> int:
-        """Generate and write ``000.png`` ... (and ``grid.png``) atomically; on any failure no
-        file of this run is left behind."""
-        from multimodal.io import OutputFiles
-
-        with OutputFiles(args.out) as out:  # checked before generating; cleaned on failure
-            result = self(args.prompt, negative_prompt=args.negative_prompt,
-                          num_inference_steps=args.num_inference_steps,
-                          guidance_scale=args.guidance_scale, num_samples=args.num_samples,
-                          seed=args.seed, scheduler=args.scheduler,
-                          progress=not args.no_progress, **self.task_kwargs(args))
-            files = {f"{i:03d}.png": png_bytes(image, result.metadata(i))
-                     for i, image in enumerate(result.images)}
-            if args.grid:
-                files["grid.png"] = png_bytes(image_grid(result.images), result.metadata(None))
-            written = [out.write(name, data) for name, data in files.items()]
-        for path in written:
-            print(path)
-        print(f"seed {result.seed}")
-        return 0
+def _refuse(task: str, editing: dict[str, Any], other: str) -> None:
+    """Reject the keyword arguments a task's ``__call__`` caught in ``**editing``: an editing
+    argument names the task that takes it (``InputError``), anything else is a ``TypeError``
+    as for any function."""
+    for name in editing:
+        if name in ("image", "mask", "strength"):
+            raise InputError(f"{task} takes no {name}; use {other}")
+        raise TypeError(f"{task} got an unexpected keyword argument '{name}'")
 
 
+# The three tasks: one explicit __call__ each (the signature a command line is derived from),
+# all running LatentDiffusionPipeline.generate.
 @pipelines.register("text-to-image")
 class TextToImagePipeline(LatentDiffusionPipeline):
-    """Generate images from a prompt (latent diffusion with classifier-free guidance).
-
-    Call it as ``pipe(prompt, *, negative_prompt=None, num_inference_steps=25,
-    guidance_scale=4.0, num_samples=1, seed=None, generator=None, scheduler=None,
-    progress=True)``; see :meth:`LatentDiffusionPipeline.generate`.
-    """
+    """Generate images from a prompt (latent diffusion with classifier-free guidance)."""
 
     task = "text-to-image"
 
-    def __call__(self, prompt: str = "", **kwargs) -> ImageGenerationOutput:
-        for name in ("image", "mask", "strength"):
-            if name in kwargs:
-                raise InputError(f"text-to-image takes no {name}; use image-to-image or "
-                                 "inpainting")
-        return self.generate(prompt, **kwargs)
+    def __call__(self, prompt: str = "", *, negative_prompt: str | None = None,
+                 num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
+                 num_samples: int = 1, seed: int | None = None,
+                 generator: torch.Generator | None = None,
+                 scheduler: str = DEFAULT_SCHEDULER, progress: bool = True, **editing: Any
+                 ) -> ImageGenerationOutput:
+        """Draw ``prompt``.
+
+        Args:
+            prompt: What to draw; ``""`` samples unconditionally.
+            negative_prompt: What to steer away from (default none).
+            num_inference_steps: Scheduler steps (1 .. num_train_timesteps; default 25).
+            guidance_scale: Classifier-free guidance weight >= 0; 1 turns guidance off, 0
+                ignores the prompt (default 4.0).
+            num_samples: Images made together (>= 1).
+            seed: Seed of the generator (random when neither it nor ``generator`` is given).
+            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
+            scheduler: ddpm, ddim, dpm_solver_multistep (default) or euler.
+            progress: Show a tqdm bar over the steps.
+
+        Returns:
+            :class:`ImageGenerationOutput`; see :meth:`LatentDiffusionPipeline.generate`.
+
+        Raises:
+            InputError: an editing argument (``image``, ``mask``, ``strength``), naming the
+                task that takes it.
+        """
+        _refuse(self.task, editing, "image-to-image or inpainting")
+        return self.generate(prompt, negative_prompt=negative_prompt,
+                             num_inference_steps=num_inference_steps,
+                             guidance_scale=guidance_scale, num_samples=num_samples, seed=seed,
+                             generator=generator, scheduler=scheduler, progress=progress)
 
 
 @pipelines.register("image-to-image")
 class ImageToImagePipeline(LatentDiffusionPipeline):
     """Redraw an image toward a prompt (SDEdit): noise it to ``strength``, then denoise.
 
-    Call it as ``pipe(prompt, *, image, strength=0.6, **kwargs)`` with the keyword arguments
-    of text-to-image; ``strength`` 0 returns the image unchanged, 1 ignores it.
+    ``strength`` 0 returns the image unchanged, 1 ignores it.
     """
 
     task = "image-to-image"
 
-    def __call__(self, prompt: str = "", *, image: Any, strength: float = 0.6,
-                 **kwargs) -> ImageGenerationOutput:
-        if "mask" in kwargs:
-            raise InputError("image-to-image takes no mask; use inpainting")
-        return self.generate(prompt, image=image, strength=strength, **kwargs)
+    def __call__(self, prompt: str = "", *, image: ImageInput, strength: float = 0.6,
+                 negative_prompt: str | None = None, num_inference_steps: int = 25,
+                 guidance_scale: float = DEFAULT_GUIDANCE, num_samples: int = 1,
+                 seed: int | None = None, generator: torch.Generator | None = None,
+                 scheduler: str = DEFAULT_SCHEDULER, progress: bool = True, **editing: Any
+                 ) -> ImageGenerationOutput:
+        """Redraw ``image`` toward ``prompt``.
 
-    @classmethod
-    def add_task_arguments(cls, parser) -> None:
-        parser.add_argument("--image", required=True, help="the image to redraw (PNG, JPEG)")
-        parser.add_argument("--strength", type=float, default=0.6,
-                            help="how far to move from the image, 0..1 (default 0.6)")
+        Args:
+            prompt: What to draw.
+            image: The image to redraw (PNG, JPEG; a path, PIL image or uint8 array).
+            strength: How far to move from the image, 0..1 (default 0.6).
+            negative_prompt: What to steer away from (default none).
+            num_inference_steps: Scheduler steps of the whole schedule (default 25).
+            guidance_scale: Classifier-free guidance weight >= 0 (default 4.0).
+            num_samples: Images made together (>= 1).
+            seed: Seed of the generator (random when neither it nor ``generator`` is given).
+            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
+            scheduler: ddpm, ddim, dpm_solver_multistep (default) or euler.
+            progress: Show a tqdm bar over the steps.
 
-    @staticmethod
-    def task_kwargs(args) -> dict[str, Any]:
-        return {"image": args.image, "strength": args.strength}
+        Raises:
+            InputError: a ``mask`` (inpainting takes one).
+        """
+        _refuse(self.task, editing, "inpainting")
+        return self.generate(prompt, image=image, strength=strength,
+                             negative_prompt=negative_prompt,
+                             num_inference_steps=num_inference_steps,
+                             guidance_scale=guidance_scale, num_samples=num_samples, seed=seed,
+                             generator=generator, scheduler=scheduler, progress=progress)
 
 
 @pipelines.register("inpainting")
 class InpaintingPipeline(LatentDiffusionPipeline):
-    """Regenerate the masked part of an image (white = regenerate), keeping the rest exactly.
-
-    Call it as ``pipe(prompt, *, image, mask, strength=1.0, **kwargs)`` with the keyword
-    arguments of text-to-image.
-    """
+    """Regenerate the masked part of an image (white = regenerate), keeping the rest exactly."""
 
     task = "inpainting"
 
-    def __call__(self, prompt: str = "", *, image: Any, mask: Any, strength: float = 1.0,
-                 **kwargs) -> ImageGenerationOutput:
-        return self.generate(prompt, image=image, mask=mask, strength=strength, **kwargs)
+    def __call__(self, prompt: str = "", *, image: ImageInput, mask: ImageInput,
+                 strength: float = 1.0, negative_prompt: str | None = None,
+                 num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
+                 num_samples: int = 1, seed: int | None = None,
+                 generator: torch.Generator | None = None,
+                 scheduler: str = DEFAULT_SCHEDULER, progress: bool = True
+                 ) -> ImageGenerationOutput:
+        """Regenerate the white part of ``mask`` in ``image`` toward ``prompt``.
 
-    @classmethod
-    def add_task_arguments(cls, parser) -> None:
-        parser.add_argument("--image", required=True, help="the image to edit (PNG, JPEG)")
-        parser.add_argument("--mask", required=True,
-                            help="mask of the image's size: white = regenerate, black = keep")
-        parser.add_argument("--strength", type=float, default=1.0,
-                            help="share of the schedule to run in the masked area (default 1)")
-
-    @staticmethod
-    def task_kwargs(args) -> dict[str, Any]:
-        return {"image": args.image, "mask": args.mask, "strength": args.strength}
+        Args:
+            prompt: What to draw in the masked area.
+            image: The image to edit (PNG, JPEG; a path, PIL image or uint8 array).
+            mask: A mask of the image's size: white = regenerate, black = keep.
+            strength: Share of the schedule to run in the masked area (default 1).
+            negative_prompt: What to steer away from (default none).
+            num_inference_steps: Scheduler steps (default 25).
+            guidance_scale: Classifier-free guidance weight >= 0 (default 4.0).
+            num_samples: Images made together (>= 1).
+            seed: Seed of the generator (random when neither it nor ``generator`` is given).
+            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
+            scheduler: ddpm, ddim, dpm_solver_multistep (default) or euler.
+            progress: Show a tqdm bar over the steps.
+        """
+        return self.generate(prompt, image=image, mask=mask, strength=strength,
+                             negative_prompt=negative_prompt,
+                             num_inference_steps=num_inference_steps,
+                             guidance_scale=guidance_scale, num_samples=num_samples, seed=seed,
+                             generator=generator, scheduler=scheduler, progress=progress)

@@ -16,10 +16,10 @@ Prompts name an item and a motion ("a sneaker moving left"). A direction word th
 saw in training ("diagonally", "in circles") is not an error: the clip is generated anyway,
 following the item and whatever motion the model makes of the words.
 
-Outputs (CLI): ``000.mp4`` (H.264 through imageio-ffmpeg; skipped with a warning when no ffmpeg
-is available), ``000.gif``, ``000.json`` (prompt and settings) and, with ``--strip``,
-``000.png`` (the frames side by side, settings in a tEXt chunk). Files are written atomically
-and a failed run removes what it wrote.
+Files (written by the video spec's writer through :func:`multimodal.outputs.write_outputs`,
+not here): ``000.mp4`` (H.264 through imageio-ffmpeg; skipped with a warning when no ffmpeg is
+available), ``000.gif``, ``000.json`` (prompt and settings) and, with ``strip``, ``000.png``
+(the frames side by side, settings in a tEXt chunk).
 
 Axes: s samples, b batch (2 s with guidance), t frames, n prompt tokens, d backbone width,
 l latent channels, y x latent height and width, c channels, h w frame height and width.
@@ -27,19 +27,19 @@ l latent channels, y x latent height and width, c channels, h w frame height and
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from einops import rearrange, repeat
+from tqdm.auto import tqdm
 
 from multimodal.errors import InputError
+from multimodal.modalities.video.vae import decode_video
+from multimodal.pipelines.base import seeded
 from multimodal.pipelines.text_to_image import (DEFAULT_GUIDANCE, DEFAULT_SCHEDULER,
-                                                LatentDiffusionPipeline, png_bytes)
-from multimodal.pipelines import require_parts
+                                                LatentDiffusionPipeline)
 from multimodal.registry import pipelines
 
 DEFAULT_FPS = 10.0  # a whole number of GIF centiseconds per frame
@@ -81,6 +81,11 @@ class VideoGenerationOutput:
                 "guidance_scale": self.guidance_scale, "scheduler": self.scheduler,
                 "checkpoint_id": self.checkpoint_id}
 
+    @property
+    def samples(self) -> list[np.ndarray]:
+        """The clips, one per sample (what the writer writes, at :attr:`fps`)."""
+        return self.videos
+
 
 @pipelines.register("text-to-video")
 class TextToVideoPipeline(LatentDiffusionPipeline):
@@ -98,31 +103,13 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
         checkpoint_id: Recorded in outputs.
     """
 
-    produces = "video"
-
     task = "text-to-video"
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> "TextToVideoPipeline":
-        """Load from a checkpoint (or a run directory's newest one).
-
-        Raises:
-            CheckpointError: unusable checkpoint, or one without a video decoder, a frame
-                tokenizer and a text tokenizer.
-        """
-        from multimodal.modalities.video.vae import frame_tokenizer
-        from multimodal.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(path, device=device)
-        vae = frame_tokenizer(ckpt.tokenizers)
-        require_parts(ckpt, cls.task, {"decoders.video": "video" in ckpt.model.decoders,
-                                       "tokenizers.video (or .image)": vae is not None,
-                                       "tokenizers.text": "text" in ckpt.tokenizers},
-                      "a video decoder, a frame VAE and a text tokenizer (train e.g. "
-                      "configs/text_to_video_moving.yaml)")
-        return cls(backbone=ckpt.model.backbone, denoiser=ckpt.model.decoders["video"],
-                   vae=vae.to(device), tokenizer=ckpt.tokenizers["text"],
-                   checkpoint_id=ckpt.checkpoint_id)
+    produces = "video"
+    # The frame VAE: the checkpoint's video_vae, else the image_vae (see frame_tokenizer).
+    parts = {"backbone": "backbone", "denoiser": "decoders.video",
+             "vae": ("tokenizers.video", "tokenizers.image"), "tokenizer": "tokenizers.text"}
+    needs = ("a video decoder, a frame VAE and a text tokenizer (train e.g. "
+             "configs/text_to_video_moving.yaml)")
 
     # -- the loop ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -130,8 +117,9 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
                  num_frames: int | None = None, fps: float = DEFAULT_FPS,
                  num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
                  num_samples: int = 1, seed: int | None = None,
-                 generator: torch.Generator | None = None, scheduler: str | None = None,
-                 progress: bool = True) -> VideoGenerationOutput:
+                 generator: torch.Generator | None = None,
+                 scheduler: str = DEFAULT_SCHEDULER, progress: bool = True
+                 ) -> VideoGenerationOutput:
         """Generate ``num_samples`` clips of ``num_frames`` frames.
 
         Args:
@@ -157,20 +145,13 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
             InputError: an argument outside the ranges above (the message names the limit).
             UnknownComponentError: an unknown scheduler name.
         """
-        from tqdm.auto import tqdm
-
-        from multimodal.modalities.video.vae import decode_video
-
         steps, guidance_scale = self._check_arguments(
             prompt, negative_prompt, num_inference_steps, guidance_scale, num_samples, 1.0)
         num_frames = self._check_frames(num_frames)
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= MAX_FPS:
             raise InputError(f"fps must be a number in (0, {MAX_FPS:g}], got {fps!r}")
         sched = self.make_scheduler(scheduler)
-        if generator is None:
-            if seed is None:
-                seed = int(torch.randint(0, 2**31 - 1, ()).item())
-            generator = torch.Generator().manual_seed(seed)
+        generator, seed = seeded(seed, generator)
         device = self.device
         sched.set_timesteps(steps, device=device)
         noise = torch.randn((num_samples, num_frames, *self.denoiser.frame_shape),
@@ -216,55 +197,3 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
                              f"{limit} (the most this model supports: its max_frames), "
                              f"got {num_frames!r}")
         return num_frames
-
-    # -- command line -----------------------------------------------------------------------
-    @classmethod
-    def add_cli_arguments(cls, parser) -> None:
-        parser.add_argument("--prompt", default="",
-                            help="what to show, e.g. 'a sneaker moving left' ('' samples "
-                                 "unconditionally)")
-        parser.add_argument("--negative-prompt", default=None, help="what to steer away from")
-        parser.add_argument("--num-samples", type=int, default=1)
-        parser.add_argument("--num-frames", type=int, default=None,
-                            help=f"frames per clip, {MIN_FRAMES} .. the model's max_frames "
-                                 "(default: its training length)")
-        parser.add_argument("--fps", type=float, default=DEFAULT_FPS,
-                            help=f"frames per second of the MP4 and GIF (default {DEFAULT_FPS:g})")
-        parser.add_argument("--seed", type=int, default=None)
-        parser.add_argument("--num-inference-steps", type=int, default=25)
-        parser.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE)
-        parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
-                            help="ddpm, ddim, dpm_solver_multistep or euler")
-        parser.add_argument("--out", default=f"out/{cls.task}",
-                            help="output directory for 000.mp4, 000.gif, 000.json, ...")
-        parser.add_argument("--strip", action="store_true",
-                            help="also write 000.png: the frames side by side")
-        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-    def run_cli(self, args) -> int:
-        """Generate and write ``000.mp4``, ``000.gif``, ``000.json`` (and ``000.png``) ...
-        atomically; on any failure no file of this run is left behind."""
-        from multimodal.io import OutputFiles
-        from multimodal.modalities.video import files
-
-        with OutputFiles(args.out) as out:  # checked before generating; cleaned on failure
-            result = self(args.prompt, negative_prompt=args.negative_prompt,
-                          num_frames=args.num_frames, fps=args.fps,
-                          num_inference_steps=args.num_inference_steps,
-                          guidance_scale=args.guidance_scale, num_samples=args.num_samples,
-                          seed=args.seed, scheduler=args.scheduler,
-                          progress=not args.no_progress)
-            for i, clip in enumerate(result.videos):
-                meta = result.metadata(i)
-                outputs = {f"{i:03d}{suffix}": data
-                           for suffix, data in files.clip_bytes(clip, result.fps).items()}
-                if args.strip:
-                    outputs[f"{i:03d}.png"] = png_bytes(files.frame_strip(clip), meta)
-                for name, data in outputs.items():
-                    out.write(name, data)
-                out.write(f"{i:03d}.json", json.dumps({**meta, "files": list(outputs)},
-                                                      indent=1) + "\n")
-        for path in out.written:
-            print(path)
-        print(f"seed {result.seed}")
-        return 0

@@ -3,13 +3,11 @@ backbone, the tied LM head writes; ``image-to-text``; files are UTF-8 ``.txt``).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from multimodal.io import atomic_write_text
 from multimodal.modalities.image.caption import CaptionModality
 from multimodal.specs.image import SPEC as IMAGE
+from multimodal.specs.text import read_text, write_text
 from multimodal.plugins import ModalitySpec, register_modality
 from multimodal.registry import REGISTRIES
 from multimodal.testing import tiny_image_config
@@ -35,8 +33,7 @@ def _tiny_config() -> dict:
 SPEC = ModalitySpec(
     name="caption", modality=CaptionModality, decoder="latent_captioner",
     tokenizer="image_vae", task="image-to-text", generate=_generate,
-    writer=lambda text, path: atomic_write_text(Path(path), text),
-    reader=lambda path: Path(path).read_text(encoding="utf-8"), suffix=".txt",
+    writer=write_text, reader=read_text, suffix=".txt",
     example_input=IMAGE.example_input, input_shape=IMAGE.input_shape,
     encoded_shape=IMAGE.encoded_shape, tiny_config=_tiny_config)
 

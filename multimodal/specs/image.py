@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+import torch
 
 from multimodal.modalities.image.files import read_png, write_png
 from multimodal.modalities.image.modality import ImageModality
@@ -19,8 +18,6 @@ def _generate(pipeline, prompt: str, seed: int) -> np.ndarray:
 
 
 def _example():
-    import torch
-
     generator = torch.Generator().manual_seed(0)
     return torch.rand(1, 1, 32, 32, generator=generator) * 2 - 1  # (b, c, h, w) in [-1, 1]
 

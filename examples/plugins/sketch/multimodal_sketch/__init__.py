@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from multimodal.plugins import register_modality
 from multimodal_sketch.spec import SPEC
 
 __all__ = ["SPEC", "register"]
@@ -36,6 +37,4 @@ def register(registries: Mapping[str, Any]) -> None:
         DuplicateRegistrationError: another object holds one of the names.
         ConfigError: another modality holds the backbone modality id 4.
     """
-    from multimodal.plugins import register_modality
-
     register_modality(registries, SPEC)

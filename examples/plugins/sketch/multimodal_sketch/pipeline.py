@@ -9,33 +9,36 @@ never repeats one). A sample stops at ``END`` or after ``max_tokens`` tokens. Al
 comes from one ``torch.Generator`` seeded with ``seed``, so a seed reproduces the sketches.
 
 Prompts are checked against the safety policy (:mod:`multimodal.safety`: the checkpoint's
-``safety:`` section, else the packaged blocklist) before anything is generated. Every output
-file records the settings under the names of the command-line options, so
-``multimodal replay 000.png`` regenerates it.
+``safety:`` section, else the packaged blocklist) before anything is generated. The pipeline
+writes no file and knows no command line: ``multimodal generate text-to-sketch`` derives its
+options from :meth:`TextToSketchPipeline.__call__`, and the sketch spec's writer writes each
+sample as a PNG and a JSON that record the settings under the names of ``__call__``'s
+arguments, so ``multimodal replay 000.png`` regenerates it.
 
 Axes: s samples, n positions, v stroke vocabulary, k points.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
-from multimodal.errors import CheckpointError, InputError
-from multimodal.pipelines import require_parts
+from multimodal.errors import CheckpointError, DataError, InputError
+from multimodal.pipelines.base import Pipeline, seeded
 from multimodal.pipelines.sampling import sample_next_token
 from multimodal.safety import policy_of
+from multimodal_sketch.tokenizer import as_strokes
 
 TASK = "text-to-sketch"
 
 
 MAX_SIZE = 4096  # pixels per side of a rendered sketch
+DEFAULT_SIZE = 128  # pixels per side of a written sketch
 
 
 def render(strokes: Any, size: int = 64, *, line_width: int | None = None) -> np.ndarray:
@@ -53,11 +56,6 @@ def render(strokes: Any, size: int = 64, *, line_width: int | None = None) -> np
     Raises:
         InputError: not (k, 3) finite points, or a size outside 8 .. MAX_SIZE.
     """
-    from PIL import Image, ImageDraw
-
-    from multimodal.errors import DataError
-    from multimodal_sketch.tokenizer import as_strokes
-
     if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= MAX_SIZE:
         raise InputError(f"size must be an integer from 8 to {MAX_SIZE} pixels, got {size!r}")
     try:
@@ -92,6 +90,7 @@ class SketchGenerationOutput:
         token_ids: The stroke tokens of each sample (``END`` excluded).
         prompt: The prompt as used (after any truncation).
         seed, temperature, top_k, max_tokens, checkpoint_id: The settings used.
+        size: Side in pixels of the written PNG of each sketch.
     """
 
     sketches: list[np.ndarray]
@@ -102,20 +101,26 @@ class SketchGenerationOutput:
     top_k: int | None = None
     max_tokens: int = 0
     checkpoint_id: str = "none"
+    size: int = DEFAULT_SIZE
+
+    @property
+    def samples(self) -> list[np.ndarray]:
+        """The sketches, one per sample (what the sketch writer renders and writes)."""
+        return self.sketches
 
     def metadata(self, index: int | None = None) -> dict[str, Any]:
         """The settings of sample ``index``, as written into its PNG and JSON."""
         return {"task": TASK, "prompt": self.prompt, "seed": self.seed, "sample": index,
                 "num_samples": len(self.sketches), "temperature": self.temperature,
                 "top_k": self.top_k, "max_tokens": self.max_tokens,
-                "checkpoint_id": self.checkpoint_id}
+                "checkpoint_id": self.checkpoint_id, "size": self.size}
 
     def images(self, size: int = 64) -> list[np.ndarray]:
         """The sketches rendered with :func:`render`: (size, size) uint8 each."""
         return [render(sketch, size) for sketch in self.sketches]
 
 
-class TextToSketchPipeline:
+class TextToSketchPipeline(Pipeline):
     """Generate sketches (pen strokes) from a prompt.
 
     Args:
@@ -130,7 +135,12 @@ class TextToSketchPipeline:
     """
 
     task = TASK
+    produces = "sketch"  # the spec whose writer writes its outputs
     default_checkpoint_name = TASK  # multimodal/assets/text-to-sketch when one is shipped
+    parts = {"backbone": "backbone", "decoder": "decoders.sketch", "tokenizer": "tokenizers.text",
+             "stroke_tokenizer": "tokenizers.sketch"}
+    needs = ("a stroke_head decoder, a stroke_tokens and a text tokenizer (train "
+             "examples/plugins/sketch/configs/sketch_shapes.yaml)")
 
     def __init__(self, *, backbone, decoder, tokenizer, stroke_tokenizer,
                  checkpoint_id: str = "none"):
@@ -141,31 +151,13 @@ class TextToSketchPipeline:
         self.tokenizer, self.stroke_tokenizer = tokenizer, stroke_tokenizer
         self.checkpoint_id = checkpoint_id
 
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> "TextToSketchPipeline":
-        """Load from a checkpoint (or a run directory's newest one).
-
-        Raises:
-            CheckpointError: unusable checkpoint, or one without the sketch decoder and the
-                text and stroke tokenizers.
-        """
-        from multimodal.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(path, device=device)
-        require_parts(ckpt, TASK, {"decoders.sketch": "sketch" in ckpt.model.decoders,
-                                   "tokenizers.sketch": "sketch" in ckpt.tokenizers,
-                                   "tokenizers.text": "text" in ckpt.tokenizers},
-                      "a stroke_head decoder, a stroke_tokens and a text tokenizer (train "
-                      "examples/plugins/sketch/configs/sketch_shapes.yaml)")
-        return cls(backbone=ckpt.model.backbone, decoder=ckpt.model.decoders["sketch"],
-                   tokenizer=ckpt.tokenizers["text"], stroke_tokenizer=ckpt.tokenizers["sketch"],
-                   checkpoint_id=ckpt.checkpoint_id)
-
     @property
     def device(self) -> torch.device:
         return next(self.decoder.parameters()).device
 
-    def _check(self, prompt, num_samples, temperature, top_k, seed, max_tokens) -> int:
+    def _check(self, prompt, num_samples, temperature, top_k, seed, max_tokens, size) -> int:
+        if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= MAX_SIZE:
+            raise InputError(f"size must be from 8 to {MAX_SIZE} pixels, got {size!r}")
         if not isinstance(prompt, str):
             raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -207,7 +199,7 @@ class TextToSketchPipeline:
     @torch.inference_mode()
     def __call__(self, prompt: str = "", *, num_samples: int = 1, temperature: float = 1.0,
                  top_k: int | None = None, seed: int | None = None,
-                 max_tokens: int | None = None,
+                 max_tokens: int | None = None, size: int = DEFAULT_SIZE,
                  generator: torch.Generator | None = None) -> SketchGenerationOutput:
         """Draw sketches of ``prompt``.
 
@@ -221,6 +213,8 @@ class TextToSketchPipeline:
             max_tokens: Stroke tokens at most per sketch (default the decoder's
                 ``max_tokens``; at most ``max_seq_len - 1``). Prompts longer than the rest of
                 the context are cut at the end, with a warning.
+            size: Side in pixels of the PNG each sketch is written as, 8 .. 4096 (default
+                128; recorded, the strokes do not depend on it).
             generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
 
         Returns:
@@ -231,12 +225,10 @@ class TextToSketchPipeline:
             PromptBlockedError: the prompt contains a term of the safety blocklist (an
                 ``InputError``); nothing is generated.
         """
-        max_tokens = self._check(prompt, num_samples, temperature, top_k, seed, max_tokens)
+        max_tokens = self._check(prompt, num_samples, temperature, top_k, seed, max_tokens,
+                                 size)
         policy_of(self).check(prompt, task=TASK)
-        if generator is None:
-            if seed is None:
-                seed = int(torch.randint(0, 2**31 - 1, ()).item())
-            generator = torch.Generator().manual_seed(seed)
+        generator, seed = seeded(seed, generator)
         d, device = self.decoder, self.device
         ids = [self.tokenizer.eos_id] + self.tokenizer.encode(prompt)
         budget = self.backbone.max_seq_len - max_tokens
@@ -275,44 +267,5 @@ class TextToSketchPipeline:
         sketches = [self.stroke_tokenizer.decode(row).numpy() for row in token_ids]
         return SketchGenerationOutput(sketches=sketches, token_ids=token_ids, prompt=prompt_used,
                                       seed=seed, temperature=float(temperature), top_k=top_k,
-                                      max_tokens=max_tokens, checkpoint_id=self.checkpoint_id)
-
-    # -- command line -----------------------------------------------------------------------
-    @staticmethod
-    def add_cli_arguments(parser) -> None:
-        parser.add_argument("--prompt", default="", help="what to draw ('' draws anything)")
-        parser.add_argument("--num-samples", type=int, default=1)
-        parser.add_argument("--temperature", type=float, default=1.0)
-        parser.add_argument("--top-k", type=int, default=None)
-        parser.add_argument("--seed", type=int, default=None)
-        parser.add_argument("--max-tokens", type=int, default=None,
-                            help="stroke tokens at most per sketch (default: the decoder's)")
-        parser.add_argument("--size", type=int, default=128, help="PNG side in pixels")
-        parser.add_argument("--out", default=f"out/{TASK}",
-                            help="output directory for 000.png + 000.json, 001.png, ...")
-
-    def run_cli(self, args) -> int:
-        """Generate and write ``000.png`` (rendered, settings in a text chunk) and
-        ``000.json`` (settings and strokes) per sample, atomically; on any failure (a blocked
-        prompt included) no file of this run is left behind."""
-        from multimodal.io import OutputFiles
-        from multimodal.modalities.image.files import png_bytes
-
-        if not 8 <= args.size <= MAX_SIZE:
-            raise InputError(f"--size must be from 8 to {MAX_SIZE} pixels, got {args.size}")
-        policy_of(self).check(args.prompt, task=TASK)  # before creating the directory
-        with OutputFiles(args.out) as out:  # checked before generating; cleaned on failure
-            result = self(args.prompt, num_samples=args.num_samples,
-                          temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                          max_tokens=args.max_tokens)
-            written = []
-            for i, sketch in enumerate(result.sketches):
-                meta = dict(result.metadata(i), size=args.size)  # all replay needs
-                written.append(out.write(f"{i:03d}.png", png_bytes(render(sketch, args.size),
-                                                                   meta)))
-                record = dict(meta, strokes=np.round(sketch.astype(np.float64), 4).tolist())
-                written.append(out.write(f"{i:03d}.json", json.dumps(record) + "\n"))
-        for path in written:
-            print(path)
-        print(f"seed {result.seed}")
-        return 0
+                                      max_tokens=max_tokens, checkpoint_id=self.checkpoint_id,
+                                      size=size)

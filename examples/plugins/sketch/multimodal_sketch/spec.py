@@ -1,15 +1,18 @@
 """The sketch modality's :class:`~multimodal.plugins.ModalitySpec` (stroke tokens on a grid,
-the stroke head, ``text-to-sketch``; files are rendered PNG with the settings in a text
-chunk)."""
+the stroke head, ``text-to-sketch``; files are a rendered PNG with the settings in a text
+chunk, and a JSON beside it with the settings and the strokes)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from multimodal.io import atomic_write_bytes
+from multimodal.io import atomic_write_bytes, atomic_write_text
+from multimodal.modalities.image.files import png_bytes
 from multimodal.plugins import ModalitySpec
 from multimodal_sketch.data import QuickDrawNdjson, ShapeSketches
 from multimodal_sketch.head import SKETCH_MODALITY_ID, StrokeHead
@@ -21,24 +24,37 @@ from multimodal_sketch.tokenizer import StrokeTokenizer
 TINY_GRID = 16
 
 
+UNSET_SIZE = 64  # pixels per side of a sketch written without settings
+
+
 def _generate(pipeline, prompt: str, seed: int) -> np.ndarray:
-    """One sketch of ``prompt``, rendered to a (64, 64) uint8 image."""
-    return render(pipeline(prompt, seed=seed, max_tokens=24).sketches[0], size=64)
+    """One sketch of ``prompt``: (k, 3) stroke-3 points."""
+    return pipeline(prompt, seed=seed, max_tokens=24).sketches[0]
 
 
-def write_png(image: np.ndarray, path: Path) -> None:
-    """Write a rendered (h, w) uint8 sketch as PNG."""
-    from multimodal.modalities.image.files import png_bytes
+def write_sketch(strokes: np.ndarray, path: Path, metadata: dict[str, Any] | None = None
+                 ) -> list[Path]:
+    """Write a sketch as ``path`` (a PNG rendered at ``metadata["size"]`` pixels, default 64,
+    the settings in its text chunk) and the JSON of the same stem (the settings and the
+    strokes, rounded to 4 decimals), each atomically.
 
-    atomic_write_bytes(Path(path), png_bytes(image, {}))
+    Returns:
+        ``[png, json]``.
+    """
+    path = Path(path)
+    meta = dict(metadata or {})
+    size = meta.get("size", UNSET_SIZE)
+    atomic_write_bytes(path, png_bytes(render(strokes, size), meta))
+    record = dict(meta, strokes=np.round(np.asarray(strokes, np.float64), 4).tolist())
+    atomic_write_text(path.with_suffix(".json"), json.dumps(record) + "\n")
+    return [path, path.with_suffix(".json")]
 
 
-def read_png(path: Path) -> np.ndarray:
-    """A PNG -> uint8 array (h, w) (or (h, w, c) for colour files)."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image)
+def read_sketch(path: Path) -> np.ndarray:
+    """The strokes of a sketch written by :func:`write_sketch` (from the JSON beside the
+    PNG): (k, 3) float32."""
+    record = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
+    return np.asarray(record["strokes"], np.float32).reshape(-1, 3)
 
 
 def example_sketch() -> torch.Tensor:
@@ -68,7 +84,7 @@ def tiny_config() -> dict:
 
 SPEC = ModalitySpec(
     name="sketch", modality=SketchModality, decoder="stroke_head", tokenizer="stroke_tokens",
-    task="text-to-sketch", generate=_generate, writer=write_png, reader=read_png,
+    task="text-to-sketch", generate=_generate, writer=write_sketch, reader=read_sketch,
     suffix=".png", example_input=example_sketch, input_shape=(None, 3), encoded_shape=(None,),
     tiny_config=tiny_config, modality_id=SKETCH_MODALITY_ID,
     components={"tokenizers": {"stroke_tokens": StrokeTokenizer},

@@ -9,7 +9,6 @@ tree when it is not installed), or alone::
 from __future__ import annotations
 
 import json
-from argparse import Namespace
 from pathlib import Path
 
 import sys
@@ -362,25 +361,36 @@ def test_pipeline_grid_mismatch(tiny_parts):
                              stroke_tokenizer=StrokeTokenizer(grid_size=32))
 
 
-def test_run_cli_writes_png_and_json(pipe, tmp_path):
+def test_outputs_are_written_as_png_and_json(pipe, tmp_path):
     from multimodal.modalities.image.files import read_png_metadata
+    from multimodal.outputs import write_outputs
 
-    args = Namespace(prompt="a spiral", num_samples=2, temperature=1.0, top_k=None, seed=3,
-                     max_tokens=16, size=48, out=str(tmp_path / "out"))
-    assert pipe.run_cli(args) == 0
+    result = pipe("a spiral", num_samples=2, seed=3, max_tokens=16, size=48)
+    written = write_outputs(result, tmp_path / "out", produces=pipe.produces)
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["000.json", "000.png", "001.json", "001.png"]
+    assert [p.name for p in written] == ["000.png", "000.json", "001.png", "001.json"]
     meta = read_png_metadata(tmp_path / "out" / "000.png")
     assert meta["prompt"] == "a spiral" and meta["seed"] == 3 and meta["checkpoint_id"] == "tiny"
+    assert meta["size"] == 48
     record = json.loads((tmp_path / "out" / "001.json").read_text())
     assert record["sample"] == 1 and np.asarray(record["strokes"]).reshape(-1, 3).shape[1] == 3
     from PIL import Image
 
     assert Image.open(tmp_path / "out" / "000.png").size == (48, 48)
-    bad = Namespace(**{**vars(args), "size": 4, "out": str(tmp_path / "never")})
-    with pytest.raises(InputError, match="--size"):
-        pipe.run_cli(bad)
-    assert not (tmp_path / "never").exists()
+    with pytest.raises(InputError, match="size must be from 8 to 4096"):
+        pipe("a spiral", size=4)
+
+
+def test_cli_options_come_from_the_signature():
+    from multimodal.cli import task_options
+
+    options = {o.dest: o for o in task_options(TextToSketchPipeline, "text-to-sketch")}
+    assert list(options) == ["prompt", "num_samples", "temperature", "top_k", "seed",
+                             "max_tokens", "size"]
+    assert options["size"].flags == ("--size",) and options["size"].kwargs["default"] == 128
+    assert options["top_k"].kwargs["type"] is int
+    assert options["size"].kwargs["help"].startswith("Side in pixels of the PNG")
 
 
 def test_render():
@@ -418,23 +428,26 @@ def test_replay_regenerates_a_png(tiny_checkpoint, tmp_path):
 
     pipe = load_pipeline("text-to-sketch", tiny_checkpoint)
     assert pipe.stroke_tokenizer.grid_size == 16 and pipe.decoder.max_tokens == 64
-    args = Namespace(prompt="a house on the left", num_samples=2, temperature=0.9, top_k=50,
-                     seed=11, max_tokens=20, size=40, out=str(tmp_path / "first"))
-    assert pipe.run_cli(args) == 0
+    from multimodal.outputs import write_outputs
+
+    result = pipe("a house on the left", num_samples=2, temperature=0.9, top_k=50, seed=11,
+                  max_tokens=20, size=40)
+    write_outputs(result, tmp_path / "first", produces=pipe.produces)
     result = replay(tmp_path / "first" / "001.png", checkpoint=str(tiny_checkpoint),
                     out=tmp_path / "again")
     assert result["identical"], result
     assert (tmp_path / "again" / "001.json").is_file()
 
 
-def test_blocked_prompt_generates_nothing(pipe, tmp_path):
+def test_blocked_prompt_generates_nothing(pipe, tiny_checkpoint, tmp_path):
     from multimodal.safety import DEFAULT_BLOCKLIST, PromptBlockedError, read_blocklist
 
     term = next(t for t in read_blocklist(str(DEFAULT_BLOCKLIST)) if not t.endswith("*"))
     with pytest.raises(PromptBlockedError, match="text-to-sketch"):
         pipe(f"a {term} house", seed=0)
-    args = Namespace(prompt=term, num_samples=1, temperature=1.0, top_k=None, seed=0,
-                     max_tokens=8, size=32, out=str(tmp_path / "blocked"))
-    with pytest.raises(PromptBlockedError):
-        pipe.run_cli(args)
+    from multimodal.cli import main
+
+    assert main(["generate", "text-to-sketch", "--checkpoint", str(tiny_checkpoint),
+                 "--prompt", term, "--seed", "0",
+                 "--max-tokens", "8", "--size", "32", "--out", str(tmp_path / "blocked")]) == 3
     assert not (tmp_path / "blocked").exists()
