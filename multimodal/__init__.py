@@ -17,7 +17,7 @@ __all__ = ["__version__", "list_components", "load_config", "load_pipeline"]
 
 def load_pipeline(task, checkpoint=None, **kwargs):
     """Load a task's pipeline; see :func:`multimodal.pipelines.load_pipeline`."""
-    from multimodal.pipelines import load_pipeline as _load
+    from multimodal.pipelines import load_pipeline as _load  # deferred: keeps the import cheap
 
     return _load(task, checkpoint, **kwargs)
 
@@ -28,7 +28,7 @@ def list_components(kind: str | None = None) -> dict[str, list[str]]:
     Raises:
         UnknownComponentError: ``kind`` is not a registry kind.
     """
-    from multimodal.registry import KINDS, get_registry
+    from multimodal.registry import KINDS, get_registry  # deferred: keeps the import cheap
 
     kinds = [kind] if kind else list(KINDS)
     return {k: get_registry(k).names() for k in kinds}
@@ -36,6 +36,6 @@ def list_components(kind: str | None = None) -> dict[str, list[str]]:
 
 def load_config(path, overrides=()):
     """Load and validate a YAML config; see :func:`multimodal.config.load_config`."""
-    from multimodal.config import load_config as _load
+    from multimodal.config import load_config as _load  # deferred: keeps the import cheap
 
     return _load(path, overrides)

@@ -4,6 +4,10 @@
 ``tiny_component(kind, name)`` builds it with the context it needs (a trained tiny tokenizer,
 a tiny backbone). The test suite is parametrised over the registries and fails for a
 registered component that has no entry here, so a new component is tested the day it lands.
+
+The package's own imports sit inside the helpers: the built-in specs import this module (for
+their tiny configs) while the registry is loading its built-ins, so importing the rest of the
+package here would re-enter that load.
 """
 
 from __future__ import annotations
@@ -30,12 +34,16 @@ TINY: dict[str, dict[str, dict[str, Any]]] = {
         "video_vae": {"block_out_channels": [8, 16, 16], "norm_num_groups": 8, "fit_steps": 4,
                       "batch_size": 8},
         "espeak_phonemes": {"voices": ["en-us", "en-us+f3"]},
-        "log_mel": {"parallel": {"residual_channels": 8, "gate_channels": 16, "skip_channels": 8,
-                                 "num_layers": 2, "cond_channels": 8, "steps": 4,
-                                 "batch_size": 2, "segment_frames": 8},
-                    "autoregressive": {"residual_channels": 8, "skip_channels": 8,
-                                       "num_layers": 4, "dilation_cycle": 4, "cond_channels": 8,
-                                       "steps": 4, "batch_size": 2, "segment_frames": 4}},
+        "log_mel": {"vocoders": {"parallel": {"type": "parallel_wavegan", "residual_channels": 8,
+                                              "gate_channels": 16, "skip_channels": 8,
+                                              "num_layers": 2, "cond_channels": 8},
+                                 "autoregressive": {"type": "wavenet", "residual_channels": 8,
+                                                    "skip_channels": 8, "num_layers": 4,
+                                                    "dilation_cycle": 4, "cond_channels": 8}},
+                    "vocoder_fit": {"parallel": {"steps": 4, "batch_size": 2,
+                                                 "segment_frames": 8},
+                                    "autoregressive": {"steps": 4, "batch_size": 2,
+                                                       "segment_frames": 4}}},
     },
     "decoders": {
         "lm_head": {},
@@ -67,18 +75,24 @@ TINY: dict[str, dict[str, dict[str, Any]]] = {
     # Specs are checked whole by check_modality (tests/test_plugins.py), not built from kwargs.
     "specs": {"text": {}, "image": {}, "video": {}, "audio": {}, "caption": {}},
     "combiners": {"mux_audio_video": {}},
+    "vocoders": {"parallel_wavegan": {"residual_channels": 8, "gate_channels": 16,
+                                      "skip_channels": 8, "num_layers": 2, "cond_channels": 8},
+                 "wavenet": {"residual_channels": 8, "skip_channels": 8, "num_layers": 4,
+                             "dilation_cycle": 4, "cond_channels": 8}},
 }
 
 
 @lru_cache(maxsize=None)
 def tiny_tokenizer(vocab_size: int = 300):
     """A byte-level BPE tokenizer trained on a few sentences."""
+    # deferred: the specs import this module while the registry loads its built-ins
     from multimodal.modalities.text.tokenizer import ByteBPETokenizer
 
     return ByteBPETokenizer(vocab_size=vocab_size).train(_FALLBACK_CORPUS)
 
 
 def tiny_backbone(**overrides):
+    # deferred: the specs import this module while the registry loads its built-ins
     from multimodal.backbone.transformer import TransformerBackbone
 
     kwargs = dict(TINY["backbones"]["transformer"], vocab_size=tiny_tokenizer().vocab_size)
@@ -92,6 +106,7 @@ def tiny_config(**sections: Any) -> dict:
     Keyword arguments replace or deep-merge into whole sections, e.g.
     ``tiny_config(train={"max_steps": 4})``.
     """
+    # deferred: the specs import this module while the registry loads its built-ins
     from multimodal.config import merge
 
     config = {
@@ -110,6 +125,7 @@ def tiny_config(**sections: Any) -> dict:
 
 def tiny_pipeline(task: str, tmp_path) -> Any:
     """Train a tiny model for ``task`` into ``tmp_path`` and load its pipeline."""
+    # deferred: the specs import this module while the registry loads its built-ins
     from multimodal.pipelines import load_pipeline
     from multimodal.training.trainer import train
 
@@ -123,6 +139,7 @@ def tiny_image_config(**sections: Any) -> dict:
 
     Keyword arguments replace or deep-merge into whole sections, as for :func:`tiny_config`.
     """
+    # deferred: the specs import this module while the registry loads its built-ins
     from multimodal.config import merge
 
     config = {
@@ -143,6 +160,7 @@ def tiny_image_config(**sections: Any) -> dict:
 def tiny_image_pipeline(task: str = "text-to-image", denoiser: str = "latent_unet",
                         **denoiser_overrides):
     """An untrained image pipeline of tiny components, built in milliseconds (no data)."""
+    # deferred: the specs import this module while the registry loads its built-ins
     from multimodal.modalities.image.vae import ImageVAETokenizer
     from multimodal.registry import decoders, pipelines
 
@@ -197,6 +215,7 @@ def tiny_image_checkpoint(path, denoiser: str = "latent_unet"):
     checkpoint directory."""
     import torch
 
+    # deferred: the specs import this module while the registry loads its built-ins
     from multimodal.model import MultimodalModel
     from multimodal.checkpoint import save_checkpoint
 
@@ -217,6 +236,7 @@ def tiny_video_config(**sections: Any) -> dict:
 
     Keyword arguments replace or deep-merge into whole sections, as for :func:`tiny_config`.
     """
+    # deferred: the specs import this module while the registry loads its built-ins
     from multimodal.config import merge
 
     config = {
@@ -238,6 +258,7 @@ def tiny_video_config(**sections: Any) -> dict:
 
 def tiny_video_pipeline(**denoiser_overrides):
     """An untrained text-to-video pipeline of tiny components, built in milliseconds."""
+    # deferred: the specs import this module while the registry loads its built-ins
     from multimodal.modalities.video import LatentVideoDiT, VideoVAETokenizer
     from multimodal.pipelines.text_to_video import TextToVideoPipeline
 
@@ -255,12 +276,14 @@ def tiny_video_checkpoint(path):
     layers are randomised (not zero) so time matters. Returns the checkpoint directory."""
     import torch
 
+    # deferred: the specs import this module while the registry loads its built-ins
     from multimodal.model import MultimodalModel
     from multimodal.checkpoint import save_checkpoint
 
     pipe = tiny_video_pipeline()
     generator = torch.Generator().manual_seed(0)
     frames = [{"image": torch.rand(1, 48, 48, generator=generator) * 2 - 1} for _ in range(16)]
+    # deferred: the specs import this module while the registry loads its built-ins
     from multimodal.modalities.image.vae import ImageVAETokenizer
 
     ImageVAETokenizer.fit(pipe.vae, frames, progress=False)  # frames as images
@@ -281,6 +304,7 @@ def tiny_video_folder(directory, *, count: int = 6, num_frames: int = 8, size: i
 
     import numpy as np
 
+    # deferred: the specs import this module while the registry loads its built-ins
     from multimodal.modalities.video.files import gif_bytes, mp4_bytes
 
     directory = Path(directory)
@@ -309,6 +333,7 @@ def tiny_audio_config(**sections: Any) -> dict:
 
     Keyword arguments replace or deep-merge into whole sections, as for :func:`tiny_config`.
     """
+    # deferred: the specs import this module while the registry loads its built-ins
     from multimodal.config import merge
 
     voices = ["en-us", "en-us+f3"]
@@ -378,6 +403,7 @@ def check_modality(spec, tmp_path, *, prompt: str = "a small test", overfit_step
     import numpy as np
     import torch
 
+    # deferred: the specs import this module while the registry loads its built-ins
     from multimodal.config import validate_config
     from multimodal.pipelines import load_pipeline
     from multimodal.plugins import shape_matches, shape_of, spec_problems
@@ -486,3 +512,104 @@ def check_modality(spec, tmp_path, *, prompt: str = "a small test", overfit_step
         fail("reader", f"read back shape {shape_of(back)}, wrote {shape_of(first)}")
     return {"encoded_shape": encoded_shape, "loss_before": before, "loss_after": after,
             "file": str(path)}
+
+
+# -- tiny components by registry name (tests/test_components.py) -------------------------------
+# Placeholders in TINY["datasets"] that name files; tiny_dataset_kwargs writes those files.
+_DATA_PLACEHOLDERS = ("__TEXT_FILES__", "__IMAGE_LIST__", "__VIDEO_LIST__", "__AUDIO_FOLDER__")
+
+
+def tiny_text_files(directory, *, count: int = 40) -> str:
+    """Write ``count`` short text files (one document each) into ``directory``; return a glob
+    pattern that matches them."""
+    from pathlib import Path
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        (directory / f"doc{i:03d}.txt").write_text(_FALLBACK_CORPUS[i % 4].replace("\n", " ")
+                                                   + f"Number {i}.\n", encoding="utf-8")
+    return str(directory / "*.txt")
+
+
+def tiny_audio_folder(directory, *, count: int = 8, seconds: float = 0.5) -> str:
+    """Write ``count`` short 16 kHz tones with texts in the LJSpeech layout
+    (``metadata.csv`` + ``wavs/<id>.wav``) into ``directory``; return the directory."""
+    from pathlib import Path
+
+    import numpy as np
+    import soundfile as sf
+
+    directory = Path(directory)
+    (directory / "wavs").mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(16_000 * seconds)) / 16_000
+    lines = []
+    for i in range(count):
+        wave = 0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t)  # (s,) in [-1, 1]
+        sf.write(directory / "wavs" / f"clip{i}.wav", wave.astype(np.float32), 16_000)
+        lines.append(f"clip{i}|Number {i} is here.")
+    (directory / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(directory)
+
+
+def tiny_dataset_kwargs(name: str, directory) -> dict[str, Any]:
+    """``TINY["datasets"][name]`` with its file placeholders replaced by small files written
+    into ``directory`` (text files, an image list, a video list, an LJSpeech folder)."""
+    from pathlib import Path
+
+    kwargs = copy.deepcopy(TINY["datasets"][name])
+    writers = {"__TEXT_FILES__": tiny_text_files, "__IMAGE_LIST__": tiny_image_folder,
+               "__VIDEO_LIST__": tiny_video_folder, "__AUDIO_FOLDER__": tiny_audio_folder}
+    for key, value in kwargs.items():
+        if isinstance(value, str) and value in _DATA_PLACEHOLDERS:
+            kwargs[key] = writers[value](Path(directory) / name)
+    return kwargs
+
+
+def tiny_tokenizers() -> dict[str, Any]:
+    """Untrained tiny tokenizers under the slot names decoders expect (``text`` is trained:
+    a backbone's vocabulary comes from it)."""
+    # deferred, as in every helper here: the specs import TINY while the registry loads its
+    # built-ins, so importing this module must not import the registry's modules
+    from multimodal.builders import build_component
+
+    def build(name: str) -> Any:  # as a config builds it (log_mel's vocoders are components)
+        section = {"type": name, **copy.deepcopy(TINY["tokenizers"][name])}
+        return build_component("tokenizers", section, f"tokenizers.{name}")
+
+    return {"text": tiny_tokenizer(), "image": build("image_vae"), "video": build("video_vae"),
+            "phonemes": build("espeak_phonemes"), "audio": build("log_mel")}
+
+
+def tiny_component(kind: str, name: str, directory=None) -> Any:
+    """Build the registered component ``kind``/``name`` from ``TINY[kind][name]``, with what the
+    builder would inject (a tiny backbone, tiny tokenizers, ``split="train"``) — through
+    :func:`multimodal.builders.build_component`, as a config would build it.
+
+    Args:
+        kind: A registry kind with tiny settings, e.g. ``"decoders"``.
+        name: A registered name of that kind.
+        directory: Where datasets that read files get theirs (needed for those).
+
+    Raises:
+        KeyError: ``TINY`` has no entry for the component (add one above).
+    """
+    # deferred: the builders import the model and config floors, which the specs (importers of
+    # TINY, while the registry loads) must not pull in
+    from multimodal.builders import build_component
+
+    if name not in TINY.get(kind, {}):
+        raise KeyError(f"no tiny settings for {kind} '{name}': add TINY[{kind!r}][{name!r}] "
+                       "to multimodal/testing.py")
+    if kind == "datasets":
+        if directory is None:
+            raise ValueError(f"datasets '{name}' needs a directory for its files")
+        section = {"type": name, **tiny_dataset_kwargs(name, directory)}
+    else:
+        section = {"type": name, **copy.deepcopy(TINY[kind][name])}
+    tokenizers = tiny_tokenizers() if kind == "decoders" else {}
+    context: dict[str, Any] = {"vocab_size": tiny_tokenizer().vocab_size, "split": "train",
+                               "tokenizers": tokenizers}
+    if kind == "decoders":
+        context["backbone"] = tiny_backbone()
+    return build_component(kind, section, f"{kind}.{name}", **context)

@@ -18,6 +18,7 @@ from multimodal.training.distributed import Distributed, check_shardable
 from multimodal.training.trainer import train
 
 
+@pytest.mark.slow  # torchrun
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     config = tiny_config(train={"max_steps": 4, "batch_size": 4, "checkpoint_every": 4,
                                 "eval_every": 4, "num_threads": 1})
@@ -57,6 +58,7 @@ with open(os.path.join(os.path.dirname(__file__), f"rank{dist.rank}.txt"), "w") 
 """
 
 
+@pytest.mark.slow  # torchrun
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads threads from /proc")
 def test_the_process_group_and_its_threads_end_with_training(tmp_path):
     # Gloo worker threads left running into interpreter shutdown abort the process now and

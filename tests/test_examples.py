@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from multimodal.testing import tiny_config
@@ -13,6 +14,8 @@ from multimodal.training.trainer import train
 from conftest import requires_espeak, requires_fashion_mnist, requires_fortunes
 
 ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow  # every example script runs in a subprocess
 
 
 def run_example(name, *args, cwd=ROOT):

@@ -31,6 +31,7 @@ def test_pairwise_distance_and_duplicates():
     assert mean == pytest.approx(2 / 3) and duplicates == pytest.approx(1 / 3)
 
 
+@pytest.mark.slow  # an evaluation
 @requires_fashion_mnist
 def test_evaluate_reports_every_class_next_to_real_data(tmp_path, monkeypatch):
     monkeypatch.setenv("MULTIMODAL_CACHE", str(tmp_path / "cache"))

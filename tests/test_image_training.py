@@ -27,6 +27,7 @@ def test_shipped_configs_validate():
         load_config("configs/text_to_image_tiny.yaml", ["decoders.image.prediction_type=x0"])
 
 
+@pytest.mark.slow  # trains for real
 @requires_fashion_mnist
 def test_tiny_image_config_trains_and_loads_into_pipelines(tmp_path):
     trainer = Trainer(tiny_image_config(train={"max_steps": 30, "eval_every": 0}),

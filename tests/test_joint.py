@@ -62,6 +62,7 @@ def test_one_checkpoint_serves_every_task(joint):
     assert wave.ndim == 1 and len(wave) > 0
 
 
+@pytest.mark.slow  # torchrun, 2 processes
 def test_tiny_joint_runs_under_torchrun_with_two_processes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MULTIMODAL_CACHE=str(tmp_path / "cache"))
     run = subprocess.run(

@@ -88,6 +88,7 @@ def test_init_from_a_text_to_image_checkpoint(tmp_path):
         Trainer(dict(config, init_from=str(unet)), out_dir=tmp_path / "run2", progress=False)
 
 
+@pytest.mark.slow  # an evaluation
 @requires_fashion_mnist
 def test_evaluate_reports_video_baseline_and_real_clips(tmp_path, monkeypatch):
     from multimodal.evaluation.video import evaluate_text_to_video
