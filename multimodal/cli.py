@@ -342,7 +342,14 @@ def docstring_args(function: Callable) -> dict[str, str]:
         elif names:
             for name in names:
                 found[name] = f"{found[name]} {stripped}".strip()
-    return {name: text.replace("``", "").replace("%", "%%") for name, text in found.items()}
+    return {name: _plain(text) for name, text in found.items()}
+
+
+def _plain(text: str) -> str:
+    """Docstring markup as a terminal shows it: ``:attr:`~a.b.voices``` -> ``voices``,
+    ````x```` -> ``x``, and ``%`` escaped for argparse."""
+    text = re.sub(r":[a-z]+:`~?(?:[\w.]+\.)?([^`]+)`", r"\1", text)
+    return text.replace("``", "").replace("%", "%%")
 
 
 # -- generating and reporting -------------------------------------------------------------------

@@ -41,7 +41,7 @@ def default_checkpoint(task: str = "text-generation") -> Path:
 
 
 def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
-                  device: str = "cpu", **kwargs: Any):
+                  device: str = "cpu"):
     """Load the pipeline of ``task`` from a checkpoint.
 
     Args:
@@ -60,6 +60,7 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
             decoder the task needs.
         ConfigError: the checkpoint's ``safety.blocklist`` cannot be read.
         InputError: an unknown device, or CUDA asked for where there is none.
+        TypeError: an unknown keyword argument (Python names it, with a suggestion).
 
     The pipeline's prompts are checked by the ``safety:`` policy of the checkpoint's config
     (``pipe.safety``; see :mod:`multimodal.safety`) before anything is generated.
@@ -73,14 +74,14 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
         ) from None
     check_device(device)
     if getattr(cls, "composed", False):  # each step resolves its own checkpoint
-        return cls.from_checkpoint(checkpoint, device=device, **kwargs)
+        return cls.from_checkpoint(checkpoint, device=device)
     path = default_checkpoint(task) if checkpoint is None else checkpoint
     if hasattr(cls, "from_loaded"):
         ckpt = load_checkpoint(path, device=device)  # reads and validates the config, once
-        pipe = cls.from_loaded(ckpt, device=device, **kwargs)
+        pipe = cls.from_loaded(ckpt, device=device)
         config, found = ckpt.config, ckpt.path
     else:  # a plugin's pipeline that loads itself
-        pipe = cls.from_checkpoint(path, device=device, **kwargs)
+        pipe = cls.from_checkpoint(path, device=device)
         found = find_checkpoint(path)
         config = read_config(found)
     pipe.safety = SafetyPolicy.from_config(config, checkpoint=found)

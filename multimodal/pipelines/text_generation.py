@@ -140,7 +140,7 @@ class TextGenerationPipeline(Pipeline):
                 100, or half the model's context if that is shorter).
             do_sample: Sample; ``False`` is greedy decoding.
             temperature: Sampling temperature (> 0).
-            top_k: Keep the ``k`` most likely tokens (``None``: all).
+            top_k: Keep the ``k`` most likely tokens (``None``: keep all).
             top_p: Nucleus sampling threshold in (0, 1] (``None``: off).
             num_samples: Continuations generated together (>= 1).
             seed: Seed of the sampling generator (``generator`` wins when both are given).

@@ -152,7 +152,8 @@ class TextToAudioPipeline(Pipeline):
 
         Args:
             prompt: English text (numbers are read out).
-            voice: One of :attr:`voices` (default: the first).
+            voice: A voice of the checkpoint's phoneme tokenizer, e.g. ``en-us`` or
+                ``en-us+f3`` (``pipe.voices`` lists them; default: the first).
             vocoder: ``"parallel"``, ``"autoregressive"`` or ``"griffin-lim"`` (default: the
                 checkpoint's ``default_vocoder``).
             num_samples: Takes of the same text (they differ in the vocoder's randomness).
