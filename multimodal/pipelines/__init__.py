@@ -60,7 +60,7 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
             decoder the task needs.
         ConfigError: the checkpoint's ``safety.blocklist`` cannot be read.
         InputError: an unknown device, or CUDA asked for where there is none.
-        TypeError: an unknown keyword argument (Python names it, with a suggestion).
+        TypeError: an unknown keyword argument (Python names it).
 
     The pipeline's prompts are checked by the ``safety:`` policy of the checkpoint's config
     (``pipe.safety``; see :mod:`multimodal.safety`) before anything is generated.
