@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Any, Iterable
 
 from multimodal.config import constructor_params
-from multimodal.errors import ConfigError, MultimodalError
+from multimodal.errors import ConfigError, MultimodalError, clip
 from multimodal.model import MultimodalModel
 from multimodal.nn.lora import apply_lora
 from multimodal.registry import get_registry, modalities
@@ -34,11 +34,12 @@ def build_component(kind: str, section: dict, dotted: str, **context: Any) -> An
     try:
         return target(**kwargs)
     except ConfigError as exc:
-        raise ConfigError([f"'{dotted}' ({section['type']}): {p}" for p in exc.problems]) from exc
+        raise ConfigError([f"'{dotted}' ({section['type']}): {clip(p)}"
+                           for p in exc.problems]) from exc
     except MultimodalError:  # a DataError or CheckpointError says what it is about
         raise
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"'{dotted}' ({section['type']}): {exc}") from exc
+        raise ConfigError(f"'{dotted}' ({section['type']}): {clip(str(exc))}") from exc
 
 
 def component_kwargs(kind: str, section: dict, dotted: str, **context: Any

@@ -28,7 +28,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import os
 import re
+import stat
 import types
 import typing
 from pathlib import Path
@@ -36,7 +38,8 @@ from typing import Any, Callable, Iterable, Literal, Union
 
 import yaml
 
-from multimodal.errors import ConfigError, UnknownComponentError, did_you_mean
+from multimodal.errors import (ConfigError, UnknownComponentError, clip, did_you_mean,
+                             excerpt)
 from multimodal.registry import get_registry, modalities, pipelines, tokenizers
 from multimodal.safety import SafetyConfig
 from multimodal.train_config import (TrainConfig, init_from_entries, sampling_shares,
@@ -44,8 +47,40 @@ from multimodal.train_config import (TrainConfig, init_from_entries, sampling_sh
 
 
 # -- YAML --------------------------------------------------------------------------------------
+# What a config may be, checked before (sizes) or while (depth, aliases) it is parsed, so a file
+# of any size or shape ends in one ConfigError, never in a RecursionError, a hang or a blown-up
+# memory. The shipped configs are a few kilobytes, nest 5 deep and use no anchors.
+MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: a config file, a task file, a saved config, an override
+MAX_DEPTH = 32  # nested mappings and lists, counted from the top of the config
+MAX_KEY_CHARS = 256  # a key is a name
+MAX_BASE_FILES = 64  # base: files read for one config, every reference counted
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``), and refuses
+    what a config never needs: nesting deeper than :data:`MAX_DEPTH` (PyYAML composes
+    recursively) and aliases (``*name``: the "billion laughs" document ``b: &b [*a, *a, ...]``
+    expands to gigabytes when merged, copied or printed)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigError(f"YAML alias '*{self.peek_event().anchor[:MAX_KEY_CHARS]}' at "
+                              f"{self.name}:{mark.line + 1}:{mark.column + 1}: aliases (&name "
+                              "... *name) are not accepted in configs; write the value out, or "
+                              "share it through a base: file")
+        nests = self.check_event(yaml.MappingStartEvent, yaml.SequenceStartEvent)
+        self._depth += nests
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"{self.name}:{mark.line + 1}:{mark.column + 1} nests deeper "
+                                  f"than {MAX_DEPTH} levels of mappings and lists")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= nests
 
 
 _Loader.add_implicit_resolver(
@@ -62,23 +97,134 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _size(n: int) -> str:
+    return f"{n} bytes ({n / (1 << 20):.1f} MiB)" if n >= 1 << 20 else f"{n} bytes"
+
+
 def parse_yaml(text: str, source: str = "<string>") -> Any:
-    """Parse YAML text safely (no Python tags).
+    """Parse YAML text safely (no Python tags, no aliases, at most :data:`MAX_DEPTH` levels,
+    at most :data:`MAX_CONFIG_BYTES`).
 
     Raises:
-        ConfigError: a syntax error, with the file, line and column.
+        ConfigError: a syntax error, with the file, line and column; text above the size
+            limit (refused before parsing), nesting too deep, an alias, or a value YAML cannot
+            build (an integer of 5000 digits).
     """
+    if len(text) > MAX_CONFIG_BYTES:  # characters: at least as many bytes
+        raise ConfigError(f"{source} is {len(text)} characters, above the limit of "
+                          f"{MAX_CONFIG_BYTES} (1 MiB) for a config; refusing to parse it")
+    loader = None
     try:
-        return yaml.load(text, Loader=_Loader)
+        loader = _Loader(text)  # reads every character: a NUL or control byte raises here
+        loader.name = source
+        return loader.get_single_data()
+    except ConfigError:
+        raise
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"YAML syntax error at {where}: {problem}") from None
+    except RecursionError:  # the depth check above should make this unreachable
+        raise ConfigError(f"{source} nests too deep to read") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # a scalar YAML cannot build
+        raise ConfigError(f"{source} holds a value that cannot be read: "
+                          f"{type(exc).__name__}: {clip(str(exc), 200)}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that writes a value shared by two keys twice, never as ``&id001 ... *id001``
+    (which :func:`parse_yaml` refuses)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def dump_yaml(config: dict) -> str:
-    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+    return yaml.dump(config, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+
+
+def read_yaml_file(path: str | Path, what: str = "config file") -> Any:
+    """Read and parse one YAML file within the limits of :func:`parse_yaml`.
+
+    Only a regular file is read (a directory, a FIFO or a device such as ``/dev/zero`` is
+    refused without reading, so nothing hangs), and only up to :data:`MAX_CONFIG_BYTES`.
+
+    Args:
+        path: The file.
+        what: What it is, for messages (``"config file"``, ``"task file"``).
+
+    Raises:
+        ConfigError: missing, not a regular file, too large, not UTF-8, or not YAML.
+    """
+    path = Path(path)
+    try:
+        # O_NONBLOCK: opening a FIFO does not wait for a writer; the fstat below refuses it.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} not found: {path} (it is a directory)") from None
+    except (OSError, ValueError) as exc:  # permissions, a NUL in the name, a name too long
+        raise ConfigError(f"cannot read {what} {excerpt(str(path))}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"{what} not found: {path} (it is a directory)")
+        raise ConfigError(f"{what} {path} is not a regular file (a FIFO, socket or device); "
+                          "give the path of a YAML file")
+    with os.fdopen(fd, "rb") as file:
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{what} {path} is {_size(info.st_size)}, above the limit of "
+                              f"{_size(MAX_CONFIG_BYTES)} for a config; refusing to read it")
+        data = file.read(MAX_CONFIG_BYTES + 1)  # a file that grew since fstat
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{what} {path} is above the limit of {_size(MAX_CONFIG_BYTES)} for "
+                          "a config; refusing to read it")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text: {exc}") from None
+    return parse_yaml(text, str(path))
+
+
+def shape_problems(config: Any, at: str = "") -> list[Problem]:
+    """What no config may hold, whatever its sections: a key that is not a string or is
+    longer than :data:`MAX_KEY_CHARS`, nesting deeper than :data:`MAX_DEPTH`. Walks without
+    recursion, so a config built in Python of any depth (even one that holds itself) is safe.
+    """
+    problems: list[Problem] = []
+    stack: list[tuple[str, Any, int]] = [(at, config, 0)]
+    while stack:
+        dotted, value, depth = stack.pop()
+        if not isinstance(value, (dict, list, tuple)):
+            continue
+        where = f"'{dotted}'" if dotted else "the top level"
+        if depth >= MAX_DEPTH:
+            problems.append((dotted, f"{where} nests deeper than {MAX_DEPTH} levels of "
+                                     "mappings and lists"))
+            continue
+        if isinstance(value, dict):
+            items = list(value.items())
+        else:
+            items = [(f"[{i}]", v) for i, v in enumerate(value)]
+        for key, child in items:
+            if isinstance(value, dict) and not isinstance(key, str):
+                problems.append((dotted, f"a key of {where} is {excerpt(key)} "
+                                         f"({type(key).__name__}); keys are names (strings)"))
+                continue
+            if len(key) > MAX_KEY_CHARS:
+                problems.append((dotted, f"a key of {where} is {len(key)} characters long "
+                                         f"(the limit is {MAX_KEY_CHARS}): {excerpt(key)}"))
+                continue
+            sep = "" if not dotted or key.startswith("[") else "."
+            stack.append((f"{dotted}{sep}{key}", child, depth + 1))
+    return problems
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -89,7 +235,7 @@ def load_config(
     """Load a config file, resolve ``base:`` files, apply dotted overrides and validate.
 
     Args:
-        path: The YAML file.
+        path: The YAML file (a regular file of at most :data:`MAX_CONFIG_BYTES`).
         overrides: ``"dotted.key=value"`` strings; values are parsed as YAML.
         validate: Check every section against its constructor, and the semantic checks
             (default ``True``; see :func:`validate_config`).
@@ -100,10 +246,11 @@ def load_config(
         The resolved config as plain dicts, lists and scalars (``base`` removed).
 
     Raises:
-        ConfigError: missing, empty or malformed file, a cycle of ``base:`` files, a bad
+        ConfigError: missing, empty, oversized or malformed file (see :func:`read_yaml_file`),
+            a cycle of ``base:`` files or more than :data:`MAX_BASE_FILES` of them, a bad
             override, or any validation problem (all reported together).
     """
-    config = _load_with_bases(Path(path), chain=())
+    config = _load_with_bases(Path(path), chain=(), budget=[MAX_BASE_FILES])
     override_keys = apply_overrides(config, overrides)
     if validate:
         validate_config(config, source=str(path), override_keys=override_keys,
@@ -111,19 +258,17 @@ def load_config(
     return config
 
 
-def _load_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
-    if not path.is_file():
-        hint = " (it is a directory)" if path.is_dir() else ""
-        raise ConfigError(f"config file not found: {path}{hint}")
-    resolved = path.resolve()
+def _load_with_bases(path: Path, chain: tuple[Path, ...], budget: list[int] | None = None
+                     ) -> dict:
+    budget = [MAX_BASE_FILES] if budget is None else budget
+    try:
+        resolved = path.resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL in the name, a symlink loop
+        raise ConfigError(f"cannot read config file {excerpt(str(path))}: {exc}") from None
     if resolved in chain:
         cycle = " -> ".join(str(p) for p in (*chain, resolved))
         raise ConfigError(f"cycle of base: files: {cycle}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8 text: {exc}") from None
-    data = parse_yaml(text, str(path))
+    data = read_yaml_file(path)
     if data is None:
         raise ConfigError(
             f"config file {path} is empty: expected a mapping of sections "
@@ -140,10 +285,15 @@ def _load_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"{path}: 'base' must be a file name or a list of file names")
+        raise ConfigError(f"{path}: 'base' must be a file name or a list of file names, got "
+                          f"{excerpt(bases)}")
     merged: dict = {}
     for base in bases:
-        merged = merge(merged, _load_with_bases(path.parent / base, (*chain, resolved)))
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ConfigError(f"{path}: more than {MAX_BASE_FILES} base: files in all (every "
+                              "reference counted); a config needs a handful")
+        merged = merge(merged, _load_with_bases(path.parent / base, (*chain, resolved), budget))
     return merge(merged, data)
 
 
@@ -171,22 +321,32 @@ def apply_overrides(config: dict, overrides: Iterable[str]) -> set[str]:
     """Apply ``"a.b.c=value"`` overrides in place; return the dotted keys set.
 
     Raises:
-        ConfigError: an override without ``=``, with an empty key, or that descends into a
-            value that is not a mapping.
+        ConfigError: an override without ``=``, with an empty key, a key of more than
+            :data:`MAX_DEPTH` parts or a part longer than :data:`MAX_KEY_CHARS`, a value that
+            :func:`parse_yaml` refuses, or one that descends into a value that is not a
+            mapping. Every bad override is listed, each quoted in part (:func:`excerpt`).
     """
     keys: set[str] = set()
     problems = []
     for item in overrides:
-        if "=" not in item:
-            problems.append(f"override '{item}' is not of the form dotted.key=value")
+        if not isinstance(item, str) or "=" not in item:
+            problems.append(f"override {excerpt(item)} is not of the form dotted.key=value")
             continue
         dotted, raw = item.split("=", 1)
         dotted = dotted.strip()
         parts = dotted.split(".")
         if not dotted or any(not p for p in parts):
-            problems.append(f"override '{item}' has an empty key")
+            problems.append(f"override {excerpt(item)} has an empty key")
             continue
-        value = parse_yaml(raw, f"override {dotted}") if raw.strip() else None
+        if len(parts) > MAX_DEPTH or any(len(p) > MAX_KEY_CHARS for p in parts):
+            problems.append(f"override {excerpt(item)}: the key has more than {MAX_DEPTH} parts "
+                            f"or a part longer than {MAX_KEY_CHARS} characters")
+            continue
+        try:
+            value = parse_yaml(raw, f"override {clip(dotted)}") if raw.strip() else None
+        except ConfigError as exc:
+            problems += exc.problems
+            continue
         node = config
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -195,7 +355,8 @@ def apply_overrides(config: dict, overrides: Iterable[str]) -> set[str]:
             if not isinstance(child, dict):
                 prefix = ".".join(parts[: i + 1])
                 problems.append(
-                    f"override '{item}': '{prefix}' is a {type(child).__name__}, not a section"
+                    f"override {excerpt(item)}: '{prefix}' is a {type(child).__name__}, not a "
+                    "section"
                 )
                 break
             node = child
@@ -247,10 +408,12 @@ def validate_config(
     Raises:
         ConfigError: listing every problem, each with its dotted key.
     """
-    problems = structure_problems(config)
-    problems += semantic_problems(config)
-    for check in checks:
-        problems += check(config)
+    problems = shape_problems(config)
+    if not problems:  # the checks below assume string keys and a bounded depth
+        problems = structure_problems(config)
+        problems += semantic_problems(config)
+        for check in checks:
+            problems += check(config)
     if problems:
         overrides = set(override_keys)
         messages = []
@@ -353,7 +516,7 @@ def fit_on_problems(config: dict, given: set[str]) -> list[Problem]:
 
 def _check_task(key: str, value: Any) -> list[Problem]:
     if not isinstance(value, str):
-        return [(key, f"'{key}' must be a task name, got {value!r}")]
+        return [(key, f"'{key}' must be a task name, got {excerpt(value)}")]
     try:
         pipelines.get(value)
     except UnknownComponentError as exc:
@@ -364,7 +527,8 @@ def _check_task(key: str, value: Any) -> list[Problem]:
 def check_component(dotted: str, section: Any, kind: str) -> list[Problem]:
     """Check one ``{type: name, **kwargs}`` section against the registered constructor."""
     if not isinstance(section, dict):
-        return [(dotted, f"'{dotted}' must be a mapping with a 'type' key, got {section!r}")]
+        return [(dotted, f"'{dotted}' must be a mapping with a 'type' key, got "
+                         f"{excerpt(section)}")]
     registry = get_registry(kind)
     if "type" not in section:
         return [(dotted, f"'{dotted}' has no 'type'; registered {kind}: "
@@ -437,7 +601,7 @@ def _check_components(dotted: str, value: Any, kind: str) -> list[Problem]:
         return []
     if not isinstance(value, dict):
         return [(dotted, f"'{dotted}' must be a mapping of name -> {{type: ...}} ({kind}), "
-                         f"got {value!r}")]
+                         f"got {excerpt(value)}")]
     problems = []
     for name, section in value.items():
         problems += check_component(f"{dotted}.{name}", section, kind)
@@ -449,7 +613,7 @@ def check_dataclass(dotted: str, section: Any, cls: type) -> list[Problem]:
     if section is None:
         return []
     if not isinstance(section, dict):
-        return [(dotted, f"'{dotted}' must be a mapping, got {section!r}")]
+        return [(dotted, f"'{dotted}' must be a mapping, got {excerpt(section)}")]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     problems = []
@@ -476,11 +640,11 @@ def _check_value(key: str, value: Any, annotation: Any) -> list[Problem]:
             return check_dataclass(key, value, cls)
         if not isinstance(value, dict):
             return [(key, f"'{key}' must be a mapping of name -> {cls.__name__} fields, got "
-                          f"{value!r}")]
+                          f"{excerpt(value)}")]
         return [p for name, v in value.items() for p in check_dataclass(f"{key}.{name}", v, cls)]
     if type_matches(value, annotation):
         return []
-    return [(key, f"'{key}' must be {describe_type(annotation)}, got {value!r} "
+    return [(key, f"'{key}' must be {describe_type(annotation)}, got {excerpt(value)} "
                   f"({type(value).__name__})")]
 
 

@@ -17,8 +17,34 @@ class MultimodalError(Exception):
     """Base class of every error a user of ``multimodal`` can cause."""
 
 
+EXCERPT_CHARS = 80  # at most this much of a value's repr goes into a message
+MAX_LISTED_PROBLEMS = 100  # a message lists this many problems, then counts the rest
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """``repr(value)``, cut to its first ``limit`` characters and ``...`` when longer.
+
+    Every message that quotes a user's value goes through here, so a megabyte of YAML or a
+    huge override never becomes a megabyte of error message. Never raises: a value whose
+    ``repr`` fails (an int too long to print, a broken object) is described by its type.
+    """
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - e.g. an int above sys.get_int_max_str_digits()
+        size = f" of {value.bit_length()} bits" if isinstance(value, int) else ""
+        return f"<{type(value).__name__}{size}>"
+    return clip(text, limit)
+
+
+def clip(text: str, limit: int = 4 * EXCERPT_CHARS) -> str:
+    """``text`` cut to its first ``limit`` characters and ``...`` when longer: for the message
+    of an error raised elsewhere (a constructor's, a plugin's) that may quote a value whole."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class ConfigError(MultimodalError, ValueError):
-    """A config file or override is wrong. The message lists every problem found, one a line."""
+    """A config file or override is wrong. The message lists every problem found, one a line
+    (the first :data:`MAX_LISTED_PROBLEMS`, then how many more)."""
 
     def __init__(self, problems: str | list[str], *, source: str | None = None):
         if isinstance(problems, str):
@@ -29,7 +55,9 @@ class ConfigError(MultimodalError, ValueError):
         if len(self.problems) == 1:
             message = f"config error{where}: {self.problems[0]}"
         else:
-            lines = "\n".join(f"  - {p}" for p in self.problems)
+            lines = "\n".join(f"  - {p}" for p in self.problems[:MAX_LISTED_PROBLEMS])
+            if len(self.problems) > MAX_LISTED_PROBLEMS:
+                lines += f"\n  ... and {len(self.problems) - MAX_LISTED_PROBLEMS} more"
             message = f"{len(self.problems)} config errors{where}:\n{lines}"
         super().__init__(message)
 
@@ -62,8 +90,12 @@ class InputError(MultimodalError, ValueError):
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""`` when none is close."""
-    matches = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""`` when none is close
+    (or ``name`` is too long to be a misspelt name)."""
+    name = name if isinstance(name, str) else excerpt(name)  # str() of a huge int raises
+    if len(name) > 4 * EXCERPT_CHARS:  # difflib's cost grows with the name
+        return ""
+    matches = difflib.get_close_matches(name, [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean '{matches[0]}'?)" if matches else ""
 
 

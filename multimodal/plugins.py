@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from multimodal.backbone.transformer import MODALITY_IDS
-from multimodal.errors import ConfigError
+from multimodal.errors import ConfigError, clip, excerpt
+from multimodal.registry import all_or_nothing
 
 # A shape may leave an axis free (a clip's length, a sentence's token count) with ``None``.
 Shape = tuple
@@ -137,17 +138,17 @@ def spec_problems(spec: Any) -> list[str]:
         if not callable(getattr(spec, name)):
             problems.append(f"{name}: missing (a callable; see ModalitySpec)")
     if isinstance(spec.suffix, str) and spec.suffix and not spec.suffix.startswith("."):
-        problems.append(f"suffix: {spec.suffix!r} should start with '.', e.g. '.png'")
+        problems.append(f"suffix: {excerpt(spec.suffix)} should start with '.', e.g. '.png'")
     for name in ("input_shape", "encoded_shape"):
         shape = getattr(spec, name)
         if not isinstance(shape, tuple) or not all(
                 d is None or (isinstance(d, int) and not isinstance(d, bool) and d > 0)
                 for d in shape):
-            problems.append(f"{name}: {shape!r} is not a shape (a tuple of positive ints, "
+            problems.append(f"{name}: {excerpt(shape)} is not a shape (a tuple of positive ints, "
                             "None for a free axis)")
     if spec.modality_id is not None and (not isinstance(spec.modality_id, int)
                                          or spec.modality_id < 0):
-        problems.append(f"modality_id: {spec.modality_id!r} is not a non-negative int")
+        problems.append(f"modality_id: {excerpt(spec.modality_id)} is not a non-negative int")
     if not isinstance(spec.components, Mapping) or not all(
             isinstance(v, Mapping) for v in spec.components.values()):
         problems.append("components: a mapping {kind: {name: object}}, e.g. "
@@ -157,7 +158,7 @@ def spec_problems(spec: Any) -> list[str]:
     try:
         example = spec.example_input()
     except Exception as exc:  # noqa: BLE001 - reported, not raised
-        return [f"example_input() failed: {type(exc).__name__}: {exc}"]
+        return [f"example_input() failed: {type(exc).__name__}: {clip(str(exc))}"]
     actual = shape_of(example)
     if not shape_matches(actual, spec.input_shape):
         problems.append(f"example_input() has shape {actual}, but input_shape says "
@@ -193,6 +194,9 @@ def register_modality(registries: Mapping[str, Any], spec: ModalitySpec) -> Moda
             registered), it names a decoder, tokenizer or pipeline that neither it nor the
             registries hold, or its ``modality_id`` is taken.
         DuplicateRegistrationError: one of its names is already taken (names both owners).
+        ValueError: one of its names is not snake_case.
+
+    Nothing of a spec that fails, here or half-way through registering, stays registered.
     """
     problems = spec_problems(spec)
     if problems:
@@ -225,12 +229,14 @@ def register_modality(registries: Mapping[str, Any], spec: ModalitySpec) -> Moda
     planned.append(("specs", spec.name, spec))
     seen: dict[tuple[str, str], Any] = {}
     for kind, name, obj in planned:
+        registries[kind].check_name(name)  # raises ValueError for a name no config can say
         registries[kind].check_free(name, obj, owner=owner)  # raises, naming both owners
         if seen.setdefault((kind, name), obj) is not obj:
             raise ConfigError(f"modality spec '{spec.name}' registers two different "
                               f"{kind} under '{name}' (components.{kind} and the spec itself)")
-    for kind, name, obj in planned:
-        registries[kind].register(name, obj, owner=owner if kind == "specs" else None)
+    with all_or_nothing(registries):  # all of the spec or, if one fails, none of it
+        for kind, name, obj in planned:
+            registries[kind].register(name, obj, owner=owner if kind == "specs" else None)
     return spec
 
 

@@ -20,8 +20,10 @@ first lookup, which keeps ``import multimodal`` cheap. A built-in module that fa
 is a broken installation: its error is raised again (naming the module) on every later lookup,
 never reported as an unknown component of a half-filled registry. Third-party plugins are
 found through the entry-point group ``multimodal.plugins``; each entry point names a ``register(registries)``
-function that receives the mapping ``{kind: Registry}``. A plugin that fails to import gives one
-warning naming it (or an error when ``MULTIMODAL_STRICT_PLUGINS=1``); the core keeps working.
+function that receives the mapping ``{kind: Registry}``. A plugin that fails to import or to
+register (any error, even ``sys.exit()``, but Ctrl-C) is skipped whole, nothing it registered
+kept, with one warning naming it (or an error when ``MULTIMODAL_STRICT_PLUGINS=1``); the core
+keeps working.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points as installed_entry_points
 from typing import Any, Callable, Iterator
 
-from multimodal.errors import DuplicateRegistrationError, UnknownComponentError, did_you_mean
+from multimodal.errors import (DuplicateRegistrationError, UnknownComponentError, clip,
+                               did_you_mean, excerpt)
 
 KINDS = (
     "backbones",
@@ -118,11 +121,7 @@ class Registry:
             DuplicateRegistrationError: a different object already holds ``name``; the message
                 names both owners.
         """
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise ValueError(
-                f"cannot register {name!r} in {self.kind}: names are lower-case snake_case "
-                "(letters, digits, '_' or '-', starting with a letter)"
-            )
+        self.check_name(name)
 
         def decorator(target: Any) -> Any:
             self.check_free(name, target, owner=owner)
@@ -149,7 +148,7 @@ class Registry:
         except (KeyError, TypeError):
             known = sorted(self._entries)
             raise UnknownComponentError(
-                f"unknown {self._singular} '{name}'{did_you_mean(name, known)}; "
+                f"unknown {self._singular} {excerpt(name)}{did_you_mean(name, known)}; "
                 f"registered {self.kind}: {', '.join(known) or '(none)'}"
             ) from None
 
@@ -171,6 +170,14 @@ class Registry:
     def __len__(self) -> int:
         return len(self.names())
 
+    def check_name(self, name: Any) -> None:
+        """Raise ``ValueError`` when ``name`` is not a lower-case snake_case string."""
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(
+                f"cannot register {excerpt(name)} in {self.kind}: names are lower-case snake_case "
+                "(letters, digits, '_' or '-', starting with a letter)"
+            )
+
     def check_free(self, name: str, obj: Any, *, owner: str | None = None) -> None:
         """Raise :class:`DuplicateRegistrationError` (naming both owners) when ``name`` is
         held by an object other than ``obj``; registers nothing."""
@@ -179,6 +186,15 @@ class Registry:
             raise DuplicateRegistrationError(
                 f"{self.kind} name '{name}' is already taken by {existing.owner}; "
                 f"refusing to register {owner or _owner_of(obj)} under the same name")
+
+    def snapshot(self) -> dict[str, Entry]:
+        """A copy of the entries, for :meth:`restore` (loads nothing)."""
+        return dict(self._entries)
+
+    def restore(self, saved: dict[str, Entry]) -> None:
+        """Put the entries back as they were at :meth:`snapshot`."""
+        self._entries.clear()
+        self._entries.update(saved)
 
     def unregister(self, name: str) -> None:
         """Remove ``name`` (for tests and plugin reloading)."""
@@ -240,13 +256,31 @@ def restored_registries() -> Iterator[dict[str, Registry]]:
     """Yield :data:`REGISTRIES` (built-ins loaded) and put every registry back as it was on
     exit, so a test can register plugins or specs without leaking them into other tests."""
     load_builtins()
-    saved = {kind: dict(registry._entries) for kind, registry in REGISTRIES.items()}
+    saved = {kind: registry.snapshot() for kind, registry in REGISTRIES.items()}
     try:
         yield REGISTRIES
     finally:
         for kind, entries in saved.items():
-            REGISTRIES[kind]._entries.clear()
-            REGISTRIES[kind]._entries.update(entries)
+            REGISTRIES[kind].restore(entries)
+
+
+@contextlib.contextmanager
+def all_or_nothing(registries: dict[str, Registry] | None = None) -> Iterator[None]:
+    """Undo every registration made inside the block when it raises anything (an exception,
+    ``SystemExit``, ``KeyboardInterrupt``), then let it propagate: a plugin or spec that fails
+    half-way leaves no component behind. Loads nothing.
+
+    Args:
+        registries: ``{kind: Registry}`` (default: :data:`REGISTRIES`).
+    """
+    registries = REGISTRIES if registries is None else registries
+    saved = {kind: registry.snapshot() for kind, registry in registries.items()}
+    try:
+        yield
+    except BaseException:
+        for kind, registry in registries.items():
+            registry.restore(saved[kind])
+        raise
 
 
 # -- built-ins and plugins ------------------------------------------------------------------
@@ -290,8 +324,13 @@ def load_builtins() -> None:
 def load_plugins(entry_points: list | None = None) -> None:
     """Call ``register(REGISTRIES)`` for every ``multimodal.plugins`` entry point.
 
-    A plugin that fails gives one warning naming it and the error, and is skipped; with the
-    environment variable ``MULTIMODAL_STRICT_PLUGINS=1`` the failure is raised instead.
+    A plugin that fails, at import (``ep.load()``: a missing dependency, a syntax error, a
+    ``sys.exit()`` at import) or in its ``register`` (any exception, ``SystemExit`` or other
+    ``BaseException`` but ``KeyboardInterrupt``), is skipped whole: whatever it registered
+    before failing is removed again (:func:`all_or_nothing`), it gives one warning naming it
+    and the error, and it is listed in :data:`plugin_failures` (``multimodal list`` prints
+    them); every other component keeps working. With the environment variable
+    ``MULTIMODAL_STRICT_PLUGINS=1`` the failure is raised instead (still undone).
 
     Args:
         entry_points: The entry points to load (for tests); default: the installed ones.
@@ -300,16 +339,38 @@ def load_plugins(entry_points: list | None = None) -> None:
         entry_points = list(installed_entry_points(group=PLUGIN_GROUP))
     strict = os.environ.get("MULTIMODAL_STRICT_PLUGINS", "") not in ("", "0")
     for ep in entry_points:
+        name = str(getattr(ep, "name", "?"))
         try:
-            register: Callable = ep.load()
-            register(REGISTRIES)
-        except Exception as exc:  # a broken plugin must not break the core
-            plugin_failures[ep.name] = f"{type(exc).__name__}: {exc}"
+            with all_or_nothing():
+                register: Callable = ep.load()
+                register(REGISTRIES)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a broken plugin must not break the core
+            error = describe_failure(exc)
+            plugin_failures[name] = error
             if strict:
                 raise
             warnings.warn(
-                f"multimodal plugin '{ep.name}' ({ep.value}) failed to load and is skipped: "
-                f"{type(exc).__name__}: {exc}",
+                f"multimodal plugin '{clip(name)}' ({clip(str(getattr(ep, 'value', '?')))}) "
+                f"failed to load and is skipped: {error}",
                 RuntimeWarning,
                 stacklevel=2,
             )
+        else:
+            plugin_failures.pop(name, None)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """``"TypeName: message"`` of an error (bounded), never raising: ``SystemExit: exit
+    code 3`` for ``sys.exit(3)``."""
+    try:
+        if isinstance(exc, SystemExit):
+            code = exc.code
+            message = code if isinstance(code, str) else f"exit code {excerpt(code)}"
+        else:
+            message = str(exc)
+    except Exception:  # noqa: BLE001 - an error whose str() fails
+        message = ""
+    name = type(exc).__name__
+    return f"{name}: {clip(message)}" if message else name

@@ -14,11 +14,12 @@ with every other problem of the file.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from multimodal.errors import did_you_mean
+from multimodal.errors import did_you_mean, excerpt
 from multimodal.nn.lora import DEFAULT_LORA_MODULES
 
 Problems = list[tuple[str, str]]
@@ -152,17 +153,19 @@ def train_problems(config: dict) -> Problems:
     for key in ("max_steps", "batch_size", "grad_accum_steps"):
         value = section.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value < 1:
-            problems.append((f"train.{key}", f"'train.{key}' must be at least 1, got {value}"))
+            problems.append((f"train.{key}", f"'train.{key}' must be at least 1, got "
+                                             f"{excerpt(value)}"))
     device = section.get("device")
     if isinstance(device, str) and not _DEVICE.match(device):
-        problems.append(("train.device", f"'train.device' is {device!r}; accepted: 'auto', "
+        problems.append(("train.device", f"'train.device' is {excerpt(device)}; accepted: 'auto', "
                                          "'cpu', 'cuda', 'cuda:N' or 'mps'"))
     ema = section.get("ema_decay")
     if _is_number(ema) and not 0 < ema < 1:
         problems.append(("train.ema_decay", f"'train.ema_decay' must be in (0, 1), e.g. 0.999; "
-                                            f"got {ema}"))
-    for name, accepted in (("loss_weights", "a number"), ("sampling", "a share of steps in "
-                                                                      "[0, 1] (0 rests it)")):
+                                            f"got {excerpt(ema)}"))
+    for name, accepted in (("loss_weights", "a finite number >= 0 (a negative weight would "
+                                             "climb the loss)"),
+                           ("sampling", "a share of steps in [0, 1] (0 rests it)")):
         shares = section.get(name)
         if not isinstance(shares, dict):
             continue
@@ -172,8 +175,9 @@ def train_problems(config: dict) -> Problems:
                 problems.append((key, f"'{key}': no such modality"
                                       f"{did_you_mean(modality, modalities)}; the config's "
                                       f"modalities (decoders): {known}"))
-            elif not _is_number(value) or (name == "sampling" and not 0 <= value <= 1):
-                problems.append((key, f"'{key}' must be {accepted}, got {value!r}"))
+            elif (not _is_number(value) or not math.isfinite(value) or value < 0
+                  or (name == "sampling" and value > 1)):
+                problems.append((key, f"'{key}' must be {accepted}, got {excerpt(value)}"))
     sampling = section.get("sampling")
     if (isinstance(sampling, dict) and modalities
             and all(_is_number(sampling.get(m, 1)) and sampling.get(m, 1) == 0
@@ -191,13 +195,13 @@ def _lora_problems(lora: Any) -> Problems:
     rank, alpha, dropout = lora.get("rank"), lora.get("alpha"), lora.get("dropout")
     if isinstance(rank, int) and rank < 1:
         problems.append(("train.lora.rank", f"'train.lora.rank' must be an integer >= 1, got "
-                                            f"{rank!r}"))
+                                            f"{excerpt(rank)}"))
     if _is_number(alpha) and alpha <= 0:
         problems.append(("train.lora.alpha", f"'train.lora.alpha' must be a positive number, "
-                                             f"got {alpha!r}"))
+                                             f"got {excerpt(alpha)}"))
     if _is_number(dropout) and not 0 <= dropout < 1:
         problems.append(("train.lora.dropout", f"'train.lora.dropout' must be in [0, 1), got "
-                                               f"{dropout!r}"))
+                                               f"{excerpt(dropout)}"))
     if isinstance(lora.get("modules"), str):
         try:
             re.compile(lora["modules"])
@@ -253,7 +257,7 @@ def init_from_entries(value: Any) -> tuple[list[InitEntry], Problems]:
     if value is None:
         return [], []
     if not isinstance(value, (str, list)):
-        return [], [("init_from", f"'init_from' is {value!r}; {INIT_FROM_ACCEPTED}")]
+        return [], [("init_from", f"'init_from' is {excerpt(value)}; {INIT_FROM_ACCEPTED}")]
     entries, problems = [], []
     for i, entry in enumerate(value if isinstance(value, list) else [value]):
         where = f"init_from[{i}]" if isinstance(value, list) else "init_from"
@@ -269,7 +273,7 @@ def _init_entry(where: str, entry: Any) -> tuple[InitEntry | None, str]:
     if isinstance(entry, str):
         return InitEntry(where, entry), ""
     if not isinstance(entry, dict) or "from" not in entry or set(entry) - {"from", "take", "skip"}:
-        return None, f"got {entry!r}"
+        return None, f"got {excerpt(entry)}"
     take, skip = entry.get("take"), entry.get("skip", [])
     if "take" not in entry:
         pairs = None  # everything the checkpoint has
@@ -279,14 +283,15 @@ def _init_entry(where: str, entry: Any) -> tuple[InitEntry | None, str]:
         pairs = [(t, t) for t in take] if isinstance(take, list) else []
     if not isinstance(entry["from"], str) or pairs == [] or not all(
             isinstance(p, str) and p for pair in pairs or [] for p in pair):
-        return None, f"'from' must be a path and 'take' a non-empty list of prefixes, got {entry!r}"
+        return None, ("'from' must be a path and 'take' a non-empty list of prefixes, got "
+                      f"{excerpt(entry)}")
     if not isinstance(skip, list) or not all(isinstance(p, str) and p
                                              and not p.startswith("tokenizers.") for p in skip):
-        return None, f"'skip' must be a list of weight prefixes, got {skip!r}"
+        return None, f"'skip' must be a list of weight prefixes, got {excerpt(skip)}"
     crossed = [f"{t}: {s}" for t, s in pairs or []
                if t.startswith("tokenizers.") != s.startswith("tokenizers.")]
     if crossed:
-        return None, f"take maps a tokenizer to weights or back: {', '.join(crossed)}"
+        return None, f"take maps a tokenizer to weights or back: {excerpt(', '.join(crossed))}"
     return InitEntry(where, entry["from"], None if pairs is None else tuple(pairs),
                      tuple(skip)), ""
 

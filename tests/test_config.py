@@ -263,3 +263,11 @@ def test_nested_components_and_dataclass_arguments_are_checked_and_built(tmp_pat
         with pytest.raises(ConfigError, match=r"'tokenizers.audio.vocoders.fast' "
                                               r"\(test_vocoder\): channels must be >= 1"):
             build_component("tokenizers", broken, "tokenizers.audio")
+
+
+@pytest.mark.parametrize("weight", ["-1", ".nan", ".inf"])
+def test_a_negative_or_non_finite_loss_weight_is_refused(weight):
+    # A negative weight trained by gradient ascent (found by a new user); NaN/inf poison it.
+    with pytest.raises(ConfigError) as info:
+        load_config("configs/text_tiny.yaml", [f"train.loss_weights.text={weight}"])
+    assert "'train.loss_weights.text' must be a finite number >= 0" in str(info.value)

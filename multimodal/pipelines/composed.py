@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from multimodal.config import parse_yaml
+from multimodal.config import read_yaml_file
 from multimodal.errors import CheckpointError, ConfigError, InputError, did_you_mean
 from multimodal.pipelines import load_pipeline
 from multimodal.pipelines.base import draw_seed
@@ -143,11 +143,7 @@ def read_task_file(path: str | Path) -> dict:
             combiner, or combiner arguments it does not take. Every problem is listed.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read task file {path}: {exc.strerror or exc}") from None
-    data = parse_yaml(text, str(path))
+    data = read_yaml_file(path, "task file")  # a regular file, within parse_yaml's limits
     if not isinstance(data, dict):
         raise ConfigError("a task file is a mapping with task, steps and combine",
                           source=str(path))
