@@ -34,13 +34,13 @@ from multimodal.demo import run_demo
 from multimodal.errors import MultimodalError, UnknownComponentError, did_you_mean
 from multimodal.evaluation import evaluate
 from multimodal.io import OutputFiles, atomic_write_text
-from multimodal.outputs import write_outputs
+from multimodal.outputs import check_overwrite, output_stems, write_outputs
 from multimodal.pipelines import check_device, load_pipeline
 from multimodal.pipelines.composed import composed_task
 from multimodal.pipelines.text_generation import TextStreamer
 from multimodal.registry import KINDS, get_registry, pipelines, plugin_failures
 from multimodal.replay import replay
-from multimodal.safety import EXIT_BLOCKED, PromptBlockedError, policy_of
+from multimodal.safety import EXIT_BLOCKED, PromptBlockedError
 from multimodal.training.init_from import init_from_problems
 from multimodal.training.trainer import train
 
@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                          "STEP=DIR, repeatable")
     rp.add_argument("--out", default="out/replay", help="output directory (default out/replay)")
     rp.add_argument("--device", default="cpu", help="cpu or cuda")
+    rp.add_argument("--overwrite", action="store_true",
+                    help="replace files of the same names in --out (default: refuse them)")
 
     ls = sub.add_parser("list", help="list registered components")
     ls.add_argument("kind", nargs="?", help="one kind (backbones, decoders, pipelines, ...)")
@@ -158,7 +160,8 @@ def _cmd_generate(args) -> int:
     if "no_progress" in ns:
         kwargs["progress"] = not ns.no_progress
     output, written = run_task(task, pipe, kwargs, out=ns.out, grid=getattr(ns, "grid", False),
-                               strip=getattr(ns, "strip", False), stream=True)
+                               strip=getattr(ns, "strip", False), stream=True,
+                               overwrite=ns.overwrite)
     report(task, output, written, kwargs)
     return 0
 
@@ -262,6 +265,9 @@ def task_parser(cls, task: str, options: list[Option], *, prog: str) -> argparse
     else:
         parser.add_argument("--out", default=f"out/{task}",
                             help=f"output directory (default out/{task})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files of the same names in --out (default: refuse them, "
+                             "naming them, before generating)")
     produces = getattr(cls, "produces", "")
     if produces == "image":
         parser.add_argument("--grid", action="store_true", help="also write grid.png")
@@ -354,27 +360,40 @@ def _plain(text: str) -> str:
 
 # -- generating and reporting -------------------------------------------------------------------
 def run_task(task: str, pipe, kwargs: dict[str, Any], *, out: str | Path | None,
-             grid: bool = False, strip: bool = False, stream: bool = False
-             ) -> tuple[Any, list[Path]]:
+             grid: bool = False, strip: bool = False, stream: bool = False,
+             overwrite: bool = False) -> tuple[Any, list[Path]]:
     """``pipe(**kwargs)``, written into ``out`` (``None``: no files) through
-    :func:`write_outputs`. The directory is checked before generating, and a failed run leaves
-    nothing behind. With ``stream``, text-generation prints its one sample as it is made.
+    :func:`write_outputs`. The directory is checked before generating (files of the names this
+    run writes are refused unless ``overwrite``), and a failed run leaves nothing behind. With
+    ``stream``, text-generation prints its one sample as it is made: the prompt is echoed once
+    the pipeline has accepted its arguments, so a refused call prints nothing on stdout.
 
     Returns:
         ``(output, paths written)``.
     """
+    if out:
+        check_overwrite(out, output_stems(_expected_samples(kwargs), grid), overwrite)
     with (OutputFiles(out) if out else contextlib.nullcontext()) as files:
         if task == "text-generation" and stream:
             kwargs = dict(kwargs)
-            policy_of(pipe).check(kwargs.get("prompt", ""), task=task)  # before echoing it
             if kwargs.get("num_samples", 1) == 1:
-                sys.stdout.write(kwargs.get("prompt", ""))
-                sys.stdout.flush()
-                kwargs["streamer"] = TextStreamer(pipe.tokenizer)
+                kwargs["streamer"] = TextStreamer(pipe.tokenizer,
+                                                  prefix=kwargs.get("prompt", ""))
         output = pipe(**kwargs)
         written = [] if files is None else write_outputs(
-            output, files.out, produces=pipe.produces, grid=grid, strip=strip)
+            output, files.out, produces=pipe.produces, grid=grid, strip=strip,
+            overwrite=overwrite)
     return output, written
+
+
+def _expected_samples(kwargs: dict[str, Any]) -> int:
+    """How many samples a call with ``kwargs`` makes, as far as they tell (``num_samples``, or
+    the images to caption; else 1): the files checked before generating."""
+    count = kwargs.get("num_samples")
+    if isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= 4096:
+        return count
+    images = kwargs.get("images")
+    return len(images) if isinstance(images, (list, tuple)) and images else 1
 
 
 def report(task: str, output: Any, written: list[Path], kwargs: dict[str, Any],
@@ -412,7 +431,8 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_replay(args) -> int:
-    result = replay(args.file, checkpoint=args.checkpoint, out=args.out, device=args.device)
+    result = replay(args.file, checkpoint=args.checkpoint, out=args.out, device=args.device,
+                    overwrite=args.overwrite)
     report(result["task"], result["output"], result["written"], result["kwargs"],
            streamed=False)
     verdict = "identical to" if result["identical"] else "DIFFERENT from"

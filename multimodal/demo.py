@@ -11,6 +11,10 @@ model is there (else a "skipped" line):
   10 frames per second (the MP4 is skipped with a warning when no ffmpeg is available), and
   ``video.png``: every prompt's clip as one row of frames (48x48 each, upscaled 2x), its
   prompts and settings in the PNG's text chunk.
+
+The demo writes these fixed names and nothing else, and a rerun replaces them (the README's
+command is meant to be run again and again); ``multimodal generate`` instead refuses files it
+would overwrite unless given ``--overwrite``.
 """
 
 from __future__ import annotations

@@ -33,6 +33,17 @@ def prepare_out_dir(out_dir: str | Path) -> Path:
     return out
 
 
+def existing_files(out_dir: str | Path, stems: list[str]) -> list[Path]:
+    """The files in ``out_dir`` whose stem is one of ``stems`` (``000`` matches ``000.png``
+    and ``000.json``), sorted; none when ``out_dir`` does not exist."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    wanted = set(stems)
+    return sorted(p for p in out.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.name.split(".")[0] in wanted)
+
+
 def default_mode(directory: bool = False) -> int:
     """The permission bits a plain ``open``/``mkdir`` would give under the current umask
     (``mkstemp``/``mkdtemp`` create private 0600/0700 files)."""
@@ -71,16 +82,26 @@ class OutputFiles:
 
         with OutputFiles(args.out) as files:
             files.write("000.wav", data)
+
+    With ``overwrite=False``, :meth:`write` refuses a name that is already a file there.
     """
 
-    def __init__(self, out_dir: str | Path):
+    def __init__(self, out_dir: str | Path, *, overwrite: bool = True):
         self.existed = Path(out_dir).exists()
         self.out = prepare_out_dir(out_dir)
+        self.overwrite = overwrite
         self.written: list[Path] = []
 
     def write(self, name: str, data: bytes | str) -> Path:
-        """Write ``out_dir/name`` (text as UTF-8) atomically; return its path."""
+        """Write ``out_dir/name`` (text as UTF-8) atomically; return its path.
+
+        Raises:
+            InputError: ``name`` exists and this instance does not overwrite.
+        """
         path = self.out / name
+        if not self.overwrite and path.exists() and path not in self.written:
+            raise InputError(f"{path} already exists; nothing was written over it (give "
+                             "another output directory, or --overwrite)")
         atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
         self.written.append(path)
         return path

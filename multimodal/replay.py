@@ -6,7 +6,8 @@ chunk, a WAV, MP4, GIF or TXT in the sidecar JSON of the same stem (``000.wav`` 
 embedded one), refuses one whose id differs from the file's, calls the pipeline with the
 recorded settings (those named like its ``__call__``'s arguments), writes the output into
 ``--out`` through :func:`multimodal.outputs.write_outputs`, and compares the regenerated file
-with the original.
+with the original. Files of the same names already in ``--out`` (the original itself, when
+``--out`` is its folder) are refused before generating unless ``--overwrite`` is given.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from PIL import Image
 from multimodal.errors import InputError
 from multimodal.io import OutputFiles
 from multimodal.modalities.image.files import read_png_metadata
-from multimodal.outputs import write_outputs
+from multimodal.outputs import check_overwrite, output_stems, write_outputs
 from multimodal.pipelines import load_pipeline
 from multimodal.registry import pipelines
 
@@ -66,12 +67,17 @@ def read_settings(path: str | Path) -> dict[str, Any]:
 
 
 def replay(path: str | Path, *, checkpoint: str | list[str] | None = None,
-           out: str | Path = "out/replay", device: str = "cpu") -> dict[str, Any]:
+           out: str | Path = "out/replay", device: str = "cpu", overwrite: bool = False
+           ) -> dict[str, Any]:
     """Regenerate ``path`` and compare.
 
     Args:
         checkpoint: The model that made it (default: the task's embedded one); for a composed
             task, ``"STEP=DIR"`` strings, one per step that did not use its default.
+        out: The directory the rerun is written into.
+        device: ``"cpu"`` or ``"cuda"``.
+        overwrite: Replace files of the names the rerun writes that are already in ``out``
+            (default: refuse them before generating).
 
     Returns:
         ``{"task", "original", "replayed", "identical", "output", "written", "kwargs"}``
@@ -81,7 +87,8 @@ def replay(path: str | Path, *, checkpoint: str | list[str] | None = None,
 
     Raises:
         InputError: unreadable settings, a task whose inputs were not recorded (editing
-            tasks need their input image), or a checkpoint other than the one that made it.
+            tasks need their input image), a checkpoint other than the one that made it,
+            recorded settings the pipeline refuses, or files in ``out`` it would overwrite.
         CheckpointError: the checkpoint cannot be loaded.
     """
     path = Path(path)
@@ -115,9 +122,13 @@ def replay(path: str | Path, *, checkpoint: str | list[str] | None = None,
                              "--checkpoint with the model that made it"
                              + (" (STEP=DIR for each step)" if composed else ""))
     kwargs = call_kwargs(cls, task, settings)
+    count = kwargs.get("num_samples", 1)
+    check_overwrite(out, output_stems(count if isinstance(count, int) and 1 <= count <= 4096
+                                      else 1), overwrite)
     with OutputFiles(out) as files:  # checked before generating; removed on failure
         output = pipe(**kwargs)
-        written = write_outputs(output, files.out, produces=pipe.produces)
+        written = write_outputs(output, files.out, produces=pipe.produces,
+                                overwrite=overwrite)
     index = int(settings.get("sample") or 0)
     name = f"{index:03d}{path.suffix}" if path.suffix.lower() != ".json" else None
     replayed = Path(out) / name if name else None

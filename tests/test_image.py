@@ -14,6 +14,7 @@ from multimodal.errors import CheckpointError, InputError, UnknownComponentError
 from multimodal.modalities.image import (ImageVAETokenizer, LatentPatchEmbed, patchify,
                                          unpatchify)
 from multimodal.pipelines import load_pipeline
+from multimodal.pipelines.base import sample_generators
 from multimodal.modalities.image.files import image_grid, png_bytes, read_png_metadata
 from multimodal.registry import decoders, schedulers
 from multimodal.testing import TINY, tiny_backbone, tiny_image_checkpoint, tiny_image_pipeline
@@ -151,6 +152,7 @@ def bare_diffusers_loop(pipe, name, *, prompt, seed, steps, guidance_scale, num_
     scheduler = _diffusers_scheduler(name, pipe.denoiser.noise_schedule)
     generator = torch.Generator().manual_seed(seed)
     latents = torch.randn((num_samples, 4, 8, 8), generator=generator) * scheduler.init_noise_sigma
+    step_generators = sample_generators(seed, generator, num_samples)
     tok = pipe.tokenizer
     rows = [[tok.eos_id], [tok.eos_id] + tok.encode(prompt)]
     ids = torch.full((2, len(rows[1])), tok.pad_id)
@@ -166,7 +168,8 @@ def bare_diffusers_loop(pipe, name, *, prompt, seed, steps, guidance_scale, num_
         eps = pipe.denoiser(model_input, t.expand(2 * num_samples), context, mask)
         uncond, cond = eps.chunk(2)
         eps = uncond + guidance_scale * (cond - uncond)
-        latents = scheduler.step(eps, t, latents, generator=generator).prev_sample
+        # each sample's step noise from its own generator (sample i whatever num_samples is)
+        latents = scheduler.step(eps, t, latents, generator=step_generators).prev_sample
     return latents
 
 

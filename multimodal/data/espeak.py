@@ -4,6 +4,10 @@
 clause from ``espeak-ng -q --ipa``, joined by ``" , "`` so a clause break is a token (a pause).
 Only the language part of a voice (``en-us`` of ``en-us+f3``) changes the phonemes.
 
+espeak-ng reads letters of a script its voice does not speak letter-name by letter-name
+("Chinese letter ..."): :func:`foreign_letters` finds them (for the voices of Latin-script
+languages), so the speech pipeline can refuse such a prompt instead.
+
 It sits with the data readers, which phonemize their transcripts, one floor below the audio
 modality's ``espeak_phonemes`` tokenizer, which maps the IPA to ids.
 """
@@ -11,10 +15,15 @@ modality's ``espeak_phonemes`` tokenizer, which maps the IPA to ids.
 from __future__ import annotations
 
 import subprocess
+import unicodedata
 
 from multimodal.errors import DataError
 
 DEFAULT_VOICES = ("en-us", "en-us+f3", "en-gb+m3", "en-us+m7")
+# Languages (the part of a voice before "-") written in the Latin script.
+LATIN_SCRIPT_LANGUAGES = frozenset(
+    "af ca cs cy da de en eo es et eu fi fr ga gd hr hu id is it lt lv ms mt nl no pl pt ro sk "
+    "sl sq sv sw tr vi".split())
 
 
 def language_of(voice: str) -> str:
@@ -22,12 +31,31 @@ def language_of(voice: str) -> str:
     return voice.split("+", 1)[0]
 
 
+def foreign_letters(text: str, voice: str) -> list[str]:
+    """The letters of ``text`` outside the script of ``voice``'s language, in order of first
+    appearance: for a Latin-script language (:data:`LATIN_SCRIPT_LANGUAGES`) every letter whose
+    Unicode name is not LATIN (Chinese, Cyrillic, Greek, ...); for other languages none (not
+    checked)."""
+    if language_of(voice).split("-", 1)[0].lower() not in LATIN_SCRIPT_LANGUAGES:
+        return []
+    found: dict[str, None] = {}
+    for ch in text:
+        if unicodedata.category(ch).startswith("L") and \
+                not unicodedata.name(ch, "").startswith("LATIN"):
+            found.setdefault(ch)
+    return list(found)
+
+
 def phonemize(text: str, voice: str = "en-us") -> str:
     """IPA phonemes of ``text`` from espeak-ng in the language of ``voice``.
 
     Raises:
-        DataError: espeak-ng is missing or does not know the voice.
+        DataError: espeak-ng is missing or does not know the voice, or ``text`` or ``voice``
+            holds a NUL character (a command line cannot carry one).
     """
+    if "\0" in text or "\0" in voice:
+        raise DataError("espeak-ng cannot read a NUL character (text and voice go on its "
+                        "command line)")
     try:
         out = subprocess.run(["espeak-ng", "-q", "--ipa", "-v", language_of(voice), "--", text],
                              capture_output=True, check=True, timeout=60)

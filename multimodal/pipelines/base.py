@@ -4,17 +4,174 @@ A pipeline class names the checkpoint parts its constructor takes in ``parts`` (
 argument -> config key, e.g. ``{"denoiser": "decoders.image"}``) and what to train when they
 are missing in ``needs``; :meth:`Pipeline.from_checkpoint` does the rest, so no pipeline
 copies the load / check / build stanza.
+
+The argument checks every pipeline shares live here too (:func:`check_int`,
+:func:`check_float`, :func:`check_bool`, :func:`check_seed`, :func:`check_text`): each raises
+one :class:`~multimodal.errors.InputError` naming the argument, an excerpt of the value and
+what is accepted, so the command line, ``replay`` and the Python API refuse alike.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import numbers
+import unicodedata
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from multimodal.checkpoint import LoadedCheckpoint, load_checkpoint
-from multimodal.errors import CheckpointError
+from multimodal.errors import CheckpointError, InputError, excerpt
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
+MAX_SAMPLES = 4096  # samples of one call: more is a typo, not a batch that fits
+# Control characters a prompt may hold: a subprocess's argv cannot carry NUL, and the files
+# the settings go into (JSON sidecars, PNG text chunks) are no place for the rest.
+ALLOWED_CONTROLS = "\t\n\r"
+
+
+# -- argument checks ---------------------------------------------------------------------------
+def _refuse(name: str, value: Any, accepted: str) -> InputError:
+    return InputError(f"{name} must be {accepted}, got {excerpt(value)}")
+
+
+def _range_text(lo: Any, hi: Any, lo_open: bool = False, hi_open: bool = False) -> str:
+    if lo is not None and hi is not None:
+        if isinstance(lo, int) and isinstance(hi, int) and not (lo_open or hi_open):
+            return f"in {lo}..{hi}"
+        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo:g}"
+    if hi is not None:
+        return f"{'<' if hi_open else '<='} {hi:g}"
+    return ""
+
+
+def check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None, *,
+              optional: bool = False, accepted: str | None = None) -> int | None:
+    """``value`` as an ``int`` when it is an integer (not a bool) in ``lo..hi``; ``None``
+    passes when ``optional``.
+
+    Raises:
+        InputError: naming ``name``, an excerpt of ``value`` and ``accepted`` (default: the
+            range).
+    """
+    if value is None and optional:
+        return None
+    what = accepted or " ".join(filter(None, ["an integer", _range_text(lo, hi)]))
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _refuse(name, value, what + (" or None" if optional and not accepted else ""))
+    value = int(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise _refuse(name, value, what)
+    return value
+
+
+def check_float(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
+                lo_open: bool = False, hi_open: bool = False, optional: bool = False,
+                accepted: str | None = None) -> float | None:
+    """``value`` as a finite ``float`` when it is a real number (not a bool) within
+    ``[lo, hi]`` (``lo_open``/``hi_open``: the bound itself excluded); ``None`` passes when
+    ``optional``.
+
+    Raises:
+        InputError: not a number, not finite (``inf``, ``nan``), or out of range; the message
+            names ``name``, an excerpt of ``value`` and ``accepted`` (default: the range).
+    """
+    if value is None and optional:
+        return None
+    bounded = lo is not None and hi is not None  # "in [lo, hi]" says finite
+    what = accepted or " ".join(filter(None, ["a number" if bounded else "a finite number",
+                                              _range_text(lo, hi, lo_open, hi_open)]))
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _refuse(name, value, what + (" or None" if optional and not accepted else ""))
+    try:
+        number = float(value)
+    except (OverflowError, ValueError):  # an int too large for a float
+        raise _refuse(name, value, what) from None
+    if not math.isfinite(number):
+        raise _refuse(name, value, what)
+    if lo is not None and (number < lo or (lo_open and number == lo)):
+        raise _refuse(name, value, what)
+    if hi is not None and (number > hi or (hi_open and number == hi)):
+        raise _refuse(name, value, what)
+    return number
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` when it is ``True`` or ``False`` (a number is not a switch).
+
+    Raises:
+        InputError: anything else.
+    """
+    if not isinstance(value, bool):
+        raise _refuse(name, value, "True or False")
+    return value
+
+
+def check_num_samples(value: Any) -> int:
+    """``value`` when it is an integer in ``1 .. MAX_SAMPLES``.
+
+    Raises:
+        InputError: a bool, a non-integer, or out of range.
+    """
+    return check_int("num_samples", value, 1, MAX_SAMPLES,
+                     accepted=f"an integer >= 1 (at most {MAX_SAMPLES})")
+
+
+def check_seed(seed: Any) -> int | None:
+    """``seed`` as an ``int`` in ``0 .. 2**64 - 1`` (what ``torch.Generator.manual_seed``
+    takes), or ``None`` (a random seed is drawn and recorded).
+
+    Raises:
+        InputError: a bool, a non-integer, a negative seed or one beyond 64 bits.
+    """
+    return check_int("seed", seed, 0, MAX_SEED, optional=True,
+                     accepted=f"an integer in 0..2**64-1 ({MAX_SEED}) or None")
+
+
+def check_text(name: str, value: Any, *, optional: bool = False) -> str | None:
+    """``value`` when it is a string every output file and subprocess can carry: no NUL or
+    other control character (but tab and newlines) and no lone surrogate (what Python makes
+    of bytes that are not UTF-8); ``None`` passes when ``optional``.
+
+    Raises:
+        InputError: not a string, or a character it cannot hold (named with its position).
+    """
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise _refuse(name, value, "a string" + (" or None" if optional else ""))
+    for i, ch in enumerate(value):
+        category = unicodedata.category(ch)
+        if (category == "Cc" and ch not in ALLOWED_CONTROLS) or category == "Cs":
+            kind = "a lone surrogate (not UTF-8)" if category == "Cs" else "a control character"
+            raise InputError(f"{name} holds {kind} {ch!r} at position {i}, which the output "
+                             f"files cannot carry; got {excerpt(value)}")
+    return value
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """A 64-bit seed for sample ``index`` of a call seeded with ``seed`` (SHA-256 of both:
+    unrelated to ``seed + 1``'s samples)."""
+    digest = hashlib.sha256(f"{seed}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def sample_generators(seed: int | None, generator: torch.Generator, num_samples: int
+                      ) -> list[torch.Generator]:
+    """One CPU generator per sample for the draws a sampler makes after the initial noise (a
+    scheduler step's noise), so sample ``i`` is the same whatever ``num_samples`` is.
+
+    Seeded with :func:`derive_seed` from ``seed``; with a caller's ``generator`` and no seed,
+    from a number drawn from a copy of it (``generator`` itself is not advanced).
+    """
+    if seed is None:
+        copy = torch.Generator(device=generator.device).set_state(generator.get_state())
+        seed = int(torch.randint(0, 2**62, (), generator=copy).item())
+    return [torch.Generator().manual_seed(derive_seed(seed, i)) for i in range(num_samples)]
 
 
 def draw_seed() -> int:
@@ -26,8 +183,15 @@ def draw_seed() -> int:
 def seeded(seed: int | None, generator: torch.Generator | None = None
            ) -> tuple[torch.Generator, int | None]:
     """``(generator, seed)``: ``generator`` itself when one is given (``seed`` returned as is),
-    else a CPU generator seeded with ``seed``, drawn by :func:`draw_seed` when ``None``."""
+    else a CPU generator seeded with ``seed``, drawn by :func:`draw_seed` when ``None``.
+
+    Raises:
+        InputError: a seed :func:`check_seed` refuses, or a ``generator`` that is not one.
+    """
+    seed = check_seed(seed)
     if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise _refuse("generator", generator, "a torch.Generator or None")
         return generator, seed
     if seed is None:
         seed = draw_seed()

@@ -32,7 +32,7 @@ import numpy as np
 from multimodal.config import read_yaml_file
 from multimodal.errors import CheckpointError, ConfigError, InputError, did_you_mean
 from multimodal.pipelines import load_pipeline
-from multimodal.pipelines.base import draw_seed
+from multimodal.pipelines.base import check_bool, check_seed, check_text, draw_seed
 from multimodal.registry import combiners, pipelines
 from multimodal.safety import policy_of
 
@@ -294,6 +294,9 @@ class ComposedPipeline:
         Raises:
             InputError: bad prompt or settings (from the step that rejects them).
         """
+        check_text("prompt", prompt)
+        seed = check_seed(seed)
+        check_bool("progress", progress)
         for pipe in self.steps.values():  # refuse before any step generates
             policy_of(pipe).check(prompt, task=self.task)
         if seed is None:

@@ -26,7 +26,8 @@ from multimodal.backbone.transformer import MODALITY_IDS
 from multimodal.data.images import pil_to_array
 from multimodal.errors import InputError
 from multimodal.modalities.image.files import load_image_array
-from multimodal.pipelines.base import Pipeline, seeded
+from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_int,
+                                       check_seed, check_text, seeded)
 from multimodal.pipelines.sampling import sample_next_token
 from multimodal.registry import pipelines
 
@@ -138,12 +139,17 @@ class ImageToTextPipeline(Pipeline):
             InputError: bad images or settings.
         """
         limit = self.backbone.max_seq_len - self.captioner.num_image_tokens - 1
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or \
-                not 1 <= max_new_tokens <= limit:
-            raise InputError(f"max_new_tokens must be an integer in 1..{limit}, "
-                             f"got {max_new_tokens!r}")
-        if do_sample and not temperature > 0:
-            raise InputError(f"temperature must be > 0, got {temperature!r}")
+        check_int("max_new_tokens", max_new_tokens, 1, limit)
+        check_bool("do_sample", do_sample)
+        temperature = check_float("temperature", temperature, 0.0, lo_open=do_sample)
+        top_k = check_int("top_k", top_k, 1, optional=True, accepted="a positive integer or None")
+        top_p = check_float("top_p", top_p, 0.0, 1.0, lo_open=True, optional=True,
+                            accepted="a number in (0, 1] or None")
+        check_seed(seed)
+        for i, item in enumerate(images if isinstance(images, (list, tuple)) else [images]):
+            if isinstance(item, str):
+                check_text("images" if isinstance(images, (list, tuple)) and len(images) > 1
+                           else "image", item)
         pixels = self.pixels(images)
         generator = None
         if do_sample:

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import torch
 
-from multimodal.errors import InputError
-from multimodal.pipelines.base import Pipeline, seeded
+from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_int,
+                                       check_num_samples, check_text, seeded)
 from multimodal.pipelines.sampling import sample_next_token
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
@@ -64,25 +64,39 @@ class TextStreamer:
     Args:
         tokenizer: Decodes the ids seen so far.
         write: Called with each new piece of text (default: ``sys.stdout`` write + flush).
+        prefix: Written before the first piece (the prompt, echoed): only once generation
+            runs, so a call its pipeline refuses prints nothing.
     """
 
-    def __init__(self, tokenizer, write: Callable[[str], None] | None = None):
+    def __init__(self, tokenizer, write: Callable[[str], None] | None = None,
+                 prefix: str = ""):
         self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.printed = 0
+        self.prefix = prefix
         self.write = write or (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+
+    def _emit(self, piece: str) -> None:
+        if self.prefix:
+            piece, self.prefix = self.prefix + piece, ""
+        self.write(piece)
+
+    def start(self) -> None:
+        """Called by the pipeline once its arguments are checked: writes the prefix."""
+        if self.prefix:
+            self._emit("")
 
     def put(self, token_id: int) -> None:
         self.ids.append(token_id)
         text = self.tokenizer.decode(self.ids)
         if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its other bytes
             return
-        self.write(text[self.printed:])
+        self._emit(text[self.printed:])
         self.printed = len(text)
 
     def end(self) -> None:
         text = self.tokenizer.decode(self.ids)
-        self.write(text[self.printed:])
+        self._emit(text[self.printed:])
         self.printed = len(text)
 
 
@@ -153,25 +167,28 @@ class TextGenerationPipeline(Pipeline):
         Raises:
             InputError: an argument outside the ranges above, or a prompt that is not a string.
         """
-        if not isinstance(prompt, str):
-            raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
+        check_text("prompt", prompt)
         policy_of(self).check(prompt, task="text-generation")
         limit = self.backbone.max_seq_len - 1
         if max_new_tokens is None:
             max_new_tokens = min(100, self.backbone.max_seq_len // 2)
-        if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= limit:
-            raise InputError(f"max_new_tokens must be an integer in 1..{limit} (the context "
-                             f"is {self.backbone.max_seq_len}), got {max_new_tokens!r}")
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise InputError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-        if do_sample and not temperature > 0:
-            raise InputError(f"temperature must be > 0 (use do_sample=False for greedy), "
-                             f"got {temperature!r}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-            raise InputError(f"top_k must be a positive integer or None, got {top_k!r}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise InputError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+        check_int("max_new_tokens", max_new_tokens, 1, limit,
+                  accepted=f"an integer in 1..{limit} (the context is "
+                           f"{self.backbone.max_seq_len})")
+        check_num_samples(num_samples)
+        check_bool("do_sample", do_sample)
+        check_bool("stop_at_eos", stop_at_eos)
+        temperature = check_float(
+            "temperature", temperature, 0.0, lo_open=do_sample,
+            accepted="a finite number > 0 (use do_sample=False for greedy)" if do_sample
+            else "a finite number >= 0")
+        top_k = check_int("top_k", top_k, 1, optional=True,
+                          accepted="a positive integer or None")
+        top_p = check_float("top_p", top_p, 0.0, 1.0, lo_open=True, optional=True,
+                            accepted="a number in (0, 1] or None")
         generator, seed = seeded(seed, generator)
+        if streamer is not None and hasattr(streamer, "start"):
+            streamer.start()
 
         ids = self.encode_prompt(prompt, max_new_tokens)
         prompt_used = self.tokenizer.decode(ids)

@@ -8,7 +8,9 @@ vocoder (``parallel``: Parallel WaveGAN, ``autoregressive``: WaveNet with cached
 
 Long prompts are cut into sentences (at ``.``, ``!``, ``?``, ``;`` and ``:``) that are spoken
 one after the other with :data:`PAUSE_SECONDS` of silence between them; a single sentence
-longer than the model's limit is an :class:`~multimodal.errors.InputError` naming the limit.
+longer than the model's limit is an :class:`~multimodal.errors.InputError` naming the limit,
+and so is a prompt with letters of a script the voice does not speak (Chinese to an English
+voice), which espeak-ng would read out letter name by letter name.
 Random draws come from one ``torch.Generator`` seeded with ``seed``: the vocoder's noise
 (parallel) or its sampling (autoregressive), sample after sample.
 
@@ -25,8 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from multimodal.errors import InputError
-from multimodal.pipelines.base import Pipeline, seeded
+from multimodal.data.espeak import foreign_letters
+from multimodal.errors import InputError, excerpt
+from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_num_samples,
+                                       check_seed, check_text, seeded)
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
 
@@ -121,10 +125,15 @@ class TextToAudioPipeline(Pipeline):
         Raises:
             InputError: empty or unpronounceable prompt, or a sentence above the limit.
         """
-        if not isinstance(prompt, str):
-            raise InputError(f"the prompt must be a str, got {type(prompt).__name__}")
+        check_text("prompt", prompt)
         if not prompt.strip():
             raise InputError("the prompt is empty: give the text to speak")
+        foreign = foreign_letters(prompt, voice)
+        if foreign:
+            raise InputError(f"voice {voice!r} cannot speak {''.join(foreign[:10])!r} (letters "
+                             "outside its language's Latin script would be read out letter "
+                             f"name by letter name) in prompt {excerpt(prompt)}; give text in "
+                             "the voice's language")
         limit = self.max_phonemes
         chunks: list[list[int]] = []
         for sentence in split_sentences(prompt):
@@ -166,22 +175,25 @@ class TextToAudioPipeline(Pipeline):
             :class:`AudioGenerationOutput`.
 
         Raises:
-            InputError: empty, unpronounceable or too long prompt; unknown voice or vocoder;
-                a bad ``num_samples`` or ``length_scale``; a silent result.
+            InputError: empty, unpronounceable or too long prompt, or one with letters the
+                voice's language is not written in; unknown voice or vocoder; a bad
+                ``num_samples``, ``length_scale`` or ``seed``; a silent result.
         """
-        voice = self.voices[0] if voice is None else voice
+        check_text("prompt", prompt)
+        voice = self.voices[0] if voice is None else check_text("voice", voice)
+        if voice not in self.voices:
+            raise InputError(f"unknown voice {excerpt(voice)}; this model knows: "
+                             f"{', '.join(self.voices)}")
         voice_id = self.phonemes.voice_id(voice)
         name = vocoder or self.audio.default_vocoder
+        check_text("vocoder", name)
         if name not in self.audio.available_vocoders:
-            raise InputError(f"unknown vocoder {name!r}; this model has: "
+            raise InputError(f"unknown vocoder {excerpt(name)}; this model has: "
                              f"{', '.join(self.audio.available_vocoders)}")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise InputError(f"num_samples must be a positive integer, got {num_samples!r}")
-        if isinstance(length_scale, bool) or not isinstance(length_scale, (int, float)) or \
-                not 0 < length_scale <= 10:
-            raise InputError(f"length_scale must be a number in (0, 10], got {length_scale!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise InputError(f"seed must be an integer, got {seed!r}")
+        check_num_samples(num_samples)
+        length_scale = check_float("length_scale", length_scale, 0.0, 10.0, lo_open=True)
+        check_bool("progress", progress)
+        check_seed(seed)
         policy_of(self).check(prompt, task="text-to-audio")
         chunks = self.phoneme_chunks(prompt, voice)
         generator, seed = seeded(seed, generator)

@@ -19,9 +19,17 @@ One loop serves the three tasks (:class:`LatentDiffusionPipeline`):
   unchanged exactly.
 
 The empty prompt ``""`` samples unconditionally (it is the caption the model saw for dropped
-captions in training). Random draws, in order, from one ``torch.Generator`` seeded with
-``seed``: the initial noise (num_samples, l, y, x), then whatever each scheduler step draws
-(DDPM's and Euler's noise), so a seed reproduces the samples exactly.
+captions in training). Random draws: the initial noise (num_samples, l, y, x) from one
+``torch.Generator`` seeded with ``seed``; whatever each scheduler step draws (DDPM's and
+Euler's noise) from one generator per sample (:func:`~multimodal.pipelines.base.
+sample_generators`), so a seed reproduces the samples exactly and sample ``i`` is the same
+whatever ``num_samples`` is.
+
+Image-to-image runs ``int(num_inference_steps * strength)`` steps of the schedule, and at
+least one whenever ``strength > 0`` (diffusers' rule since 0.27; before, a small strength
+returned the input unchanged); strength 0 runs none and returns the input. Outputs record the
+steps actually run as ``steps_run`` where that is not ``int(num_inference_steps * strength)``
+(the bumped single step) or is 0.
 
 Input images are read with Pillow and converted to the model's format: grayscale (or RGB for
 an RGB model) at 32x32; 28x28 images (Fashion-MNIST's size) are padded with black like the
@@ -50,7 +58,8 @@ from multimodal.errors import InputError
 from multimodal.modalities.image.files import load_image_array
 from multimodal.modalities.image.modality import encode_captions
 from multimodal.modalities.image.schedulers import make_scheduler
-from multimodal.pipelines.base import Pipeline, seeded
+from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_int,
+                                       check_num_samples, check_text, sample_generators, seeded)
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
 
@@ -71,6 +80,8 @@ class ImageGenerationOutput:
         latents: The final latents (s, l, y, x) before decoding (``None`` when no step ran).
         task, prompt, negative_prompt, seed, num_inference_steps, guidance_scale, scheduler,
             checkpoint_id, strength: The settings used (``strength`` for editing tasks).
+        steps_run: The scheduler steps that ran, where it is not what ``num_inference_steps``
+            and ``strength`` say (``None``: as they say); 0 when nothing ran.
     """
 
     images: list[np.ndarray]
@@ -84,6 +95,7 @@ class ImageGenerationOutput:
     scheduler: str = DEFAULT_SCHEDULER
     checkpoint_id: str = "none"
     strength: float | None = None
+    steps_run: int | None = None
 
     def metadata(self, index: int | None = None) -> dict[str, Any]:
         """The settings of sample ``index`` as written into its PNG."""
@@ -94,6 +106,8 @@ class ImageGenerationOutput:
                 "checkpoint_id": self.checkpoint_id}
         if self.strength is not None:
             meta["strength"] = self.strength
+        if self.steps_run is not None:
+            meta["steps_run"] = self.steps_run
         return meta
 
     @property
@@ -227,11 +241,14 @@ class LatentDiffusionPipeline(Pipeline):
                 the image, an unreadable or non-image file.
             UnknownComponentError: an unknown scheduler name.
         """
-        steps, guidance_scale = self._check_arguments(
+        steps, guidance_scale, strength = self._check_arguments(
             prompt, negative_prompt, num_inference_steps, guidance_scale, num_samples, strength)
+        check_text("scheduler", scheduler, optional=True)
+        check_bool("progress", progress)
         sched = self.make_scheduler(scheduler)
         init_pixels, pixel_mask = self._load_inputs(image, mask)
         generator, seed = seeded(seed, generator)
+        step_generators = sample_generators(seed, generator, num_samples)
         output = ImageGenerationOutput(
             images=[], task=self.task, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
             num_inference_steps=steps, guidance_scale=guidance_scale,
@@ -249,9 +266,13 @@ class LatentDiffusionPipeline(Pipeline):
             self.denoiser.check_latents(x0)
             x0 = x0.expand(num_samples, -1, -1, -1)  # (s, l, y, x)
         if strength < 1.0:  # SDEdit: start part-way, from the noised image
-            start = steps - min(int(steps * strength), steps)
+            run = min(int(steps * strength), steps)
+            if strength > 0 and run == 0:  # a small strength still runs one step
+                run = output.steps_run = 1
+            start = steps - run
             timesteps = timesteps[start * sched.order:]
             if len(timesteps) == 0:  # strength 0: nothing to denoise
+                output.steps_run = 0
                 output.images = [self._to_output(init_pixels[0])] * num_samples
                 return output
             if hasattr(sched, "set_begin_index"):
@@ -276,12 +297,14 @@ class LatentDiffusionPipeline(Pipeline):
         for i, t in enumerate(tqdm(timesteps, desc=self.task, disable=not progress,
                                    leave=False)):
             model_output = self.predict(latents, t, sched, context, context_mask, guidance_scale)
-            latents = sched.step(model_output, t, latents, generator=generator).prev_sample
+            latents = sched.step(model_output, t, latents,
+                                 generator=step_generators).prev_sample
             if latent_mask is not None:  # keep the known region on the noise level of t_next
                 known = x0 if i == len(timesteps) - 1 else sched.add_noise(
                     x0, noise, timesteps[i + 1 : i + 2].repeat(num_samples))
                 latents = latent_mask * latents + (1 - latent_mask) * known
 
+        check_finite(latents, guidance_scale)
         pixels = self._to_uint8(self.vae.decode(latents))  # (s, c, h, w)
         if pixel_mask is not None:  # the kept pixels, exactly
             keep = pixel_mask.to(torch.bool).logical_not().cpu()
@@ -292,26 +315,19 @@ class LatentDiffusionPipeline(Pipeline):
 
     # -- input checks and conversions -------------------------------------------------------
     def _check_arguments(self, prompt, negative_prompt, steps, guidance_scale, num_samples,
-                         strength) -> tuple[int, float]:
-        if not isinstance(prompt, str):
-            raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
-        if negative_prompt is not None and not isinstance(negative_prompt, str):
-            raise InputError(f"negative_prompt must be a string or None, "
-                             f"got {type(negative_prompt).__name__}")
+                         strength) -> tuple[int, float, float]:
+        """``(steps, guidance_scale, strength)`` checked (see :meth:`generate`'s Raises)."""
+        check_text("prompt", prompt)
+        check_text("negative_prompt", negative_prompt, optional=True)
         policy_of(self).check(prompt, task=getattr(self, "task", ""))
-        limit = self.denoiser.num_train_timesteps
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
-            raise InputError(f"num_inference_steps must be an integer in 1..{limit}, "
-                             f"got {steps!r}")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise InputError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-        if not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
-            raise InputError(f"guidance_scale must be a number >= 0 (1 turns guidance off), "
-                             f"got {guidance_scale!r}")
-        if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
-            raise InputError(f"strength must be in [0, 1] (0 keeps the image, 1 ignores it), "
-                             f"got {strength!r}")
-        return steps, float(guidance_scale)
+        steps = check_int("num_inference_steps", steps, 1, self.denoiser.num_train_timesteps)
+        check_num_samples(num_samples)
+        guidance_scale = check_float(
+            "guidance_scale", guidance_scale, 0.0,
+            accepted="a finite number >= 0 (1 turns guidance off, 0 ignores the prompt)")
+        strength = check_float("strength", strength, 0.0, 1.0,
+                               accepted="in [0, 1] (0 keeps the image, 1 ignores it)")
+        return steps, guidance_scale, strength
 
     @property
     def _image_format(self) -> tuple[int, int]:
@@ -352,6 +368,18 @@ class LatentDiffusionPipeline(Pipeline):
         """(c, h, w) 0..255 -> uint8 (h, w) or (h, w, c)."""
         array = pixels.to(torch.uint8).numpy()
         return array[0] if array.shape[0] == 1 else rearrange(array, "c h w -> h w c")
+
+
+def check_finite(latents: torch.Tensor, guidance_scale: float) -> None:
+    """Refuse to decode latents that left the numbers (a guidance scale so large that the
+    prediction overflowed): they would decode to a black image, written as if all went well.
+
+    Raises:
+        InputError: naming the guidance scale.
+    """
+    if not bool(torch.isfinite(latents).all()):
+        raise InputError(f"sampling diverged (the latents hold inf or NaN) with guidance_scale="
+                         f"{guidance_scale:g}; use a smaller guidance_scale (e.g. 1 to 10)")
 
 
 def _refuse(task: str, editing: dict[str, Any], other: str) -> None:

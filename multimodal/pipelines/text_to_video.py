@@ -8,9 +8,10 @@ Models", https://arxiv.org/abs/2204.03458), guided by the prompt with classifier
 branches run in ONE batched forward; a negative prompt replaces the empty prompt in the
 unconditional branch. The VAE then decodes the frames one by one.
 
-Random draws, in order, from one ``torch.Generator`` seeded with ``seed``: the initial noise
-(num_samples, t, l, y, x), then whatever each scheduler step draws, so a seed reproduces the
-clips exactly.
+Random draws: the initial noise (num_samples, t, l, y, x) from one ``torch.Generator`` seeded
+with ``seed``, whatever each scheduler step draws from one generator per sample
+(:func:`~multimodal.pipelines.base.sample_generators`), so a seed reproduces the clips exactly
+and clip ``i`` is the same whatever ``num_samples`` is.
 
 Prompts name an item and a motion ("a sneaker moving left"). A direction word the model never
 saw in training ("diagonally", "in circles") is not an error: the clip is generated anyway,
@@ -35,11 +36,12 @@ import torch
 from einops import rearrange, repeat
 from tqdm.auto import tqdm
 
-from multimodal.errors import InputError
 from multimodal.modalities.video.vae import decode_video
-from multimodal.pipelines.base import seeded
+from multimodal.modalities.video.files import gif_timing, mp4_padding
+from multimodal.pipelines.base import (check_bool, check_float, check_int, check_text,
+                                       sample_generators, seeded)
 from multimodal.pipelines.text_to_image import (DEFAULT_GUIDANCE, DEFAULT_SCHEDULER,
-                                                LatentDiffusionPipeline)
+                                                LatentDiffusionPipeline, check_finite)
 from multimodal.registry import pipelines
 
 DEFAULT_FPS = 10.0  # a whole number of GIF centiseconds per frame
@@ -73,13 +75,29 @@ class VideoGenerationOutput:
     checkpoint_id: str = "none"
 
     def metadata(self, index: int | None = None) -> dict[str, Any]:
-        """The settings of sample ``index``, as written into its sidecar JSON."""
-        return {"task": self.task, "prompt": self.prompt, "negative_prompt": self.negative_prompt,
+        """The settings of sample ``index``, as written into its sidecar JSON.
+
+        Where the files cannot hold them exactly it also says what they hold: ``gif_fps``, the
+        GIF's real mean rate when centisecond frame durations cannot make ``fps`` exactly, and
+        ``frame_size`` and ``mp4_padded_size`` ``[h, w]`` when the MP4's frames are padded to
+        multiples of 16 (:func:`~multimodal.modalities.video.files.read_video_frames` crops
+        them back to ``frame_size``).
+        """
+        meta = {"task": self.task, "prompt": self.prompt, "negative_prompt": self.negative_prompt,
                 "seed": self.seed, "sample": index, "num_samples": len(self.videos),
                 "num_frames": self.num_frames, "fps": self.fps,
                 "num_inference_steps": self.num_inference_steps,
                 "guidance_scale": self.guidance_scale, "scheduler": self.scheduler,
                 "checkpoint_id": self.checkpoint_id}
+        if self.videos:
+            clip = self.videos[0 if index is None else index]
+            real_fps = gif_timing(len(clip), self.fps)[1]
+            if real_fps != self.fps:
+                meta["gif_fps"] = real_fps
+            padded = mp4_padding(clip.shape[1:3])
+            if padded is not None:
+                meta["frame_size"], meta["mp4_padded_size"] = list(clip.shape[1:3]), list(padded)
+        return meta
 
     @property
     def samples(self) -> list[np.ndarray]:
@@ -145,13 +163,15 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
             InputError: an argument outside the ranges above (the message names the limit).
             UnknownComponentError: an unknown scheduler name.
         """
-        steps, guidance_scale = self._check_arguments(
+        steps, guidance_scale, _ = self._check_arguments(
             prompt, negative_prompt, num_inference_steps, guidance_scale, num_samples, 1.0)
         num_frames = self._check_frames(num_frames)
-        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= MAX_FPS:
-            raise InputError(f"fps must be a number in (0, {MAX_FPS:g}], got {fps!r}")
+        fps = check_float("fps", fps, 0.0, MAX_FPS, lo_open=True)
+        check_text("scheduler", scheduler, optional=True)
+        check_bool("progress", progress)
         sched = self.make_scheduler(scheduler)
         generator, seed = seeded(seed, generator)
+        step_generators = sample_generators(seed, generator, num_samples)
         device = self.device
         sched.set_timesteps(steps, device=device)
         noise = torch.randn((num_samples, num_frames, *self.denoiser.frame_shape),
@@ -161,7 +181,9 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
                                                       num_samples)
         for t in tqdm(sched.timesteps, desc=self.task, disable=not progress, leave=False):
             model_output = self.predict(latents, t, sched, context, context_mask, guidance_scale)
-            latents = sched.step(model_output, t, latents, generator=generator).prev_sample
+            latents = sched.step(model_output, t, latents,
+                                 generator=step_generators).prev_sample
+        check_finite(latents, guidance_scale)
         frames = self._to_uint8(
             decode_video(self.vae, latents).flatten(0, 1)).to(torch.uint8)  # ((s t), c, h, w)
         frames = rearrange(frames, "(s t) c h w -> s t h w c", s=num_samples).numpy()
@@ -191,9 +213,6 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
         limit = self.denoiser.max_frames
         if num_frames is None:
             return self.denoiser.num_frames
-        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or \
-                not MIN_FRAMES <= num_frames <= limit:
-            raise InputError(f"num_frames must be an integer from {MIN_FRAMES} (the minimum) to "
-                             f"{limit} (the most this model supports: its max_frames), "
-                             f"got {num_frames!r}")
-        return num_frames
+        return check_int("num_frames", num_frames, MIN_FRAMES, limit,
+                         accepted=f"an integer from {MIN_FRAMES} (the minimum) to {limit} (the "
+                                  "most this model supports: its max_frames)")

@@ -3,10 +3,17 @@ Hugging Face ``tokenizers``.
 
 Byte-level pre-tokenisation maps every UTF-8 byte to a symbol, so any Unicode string encodes
 and decodes back exactly, and there is no unknown token.
+
+Text is text: a string that spells a special token (``"<|endoftext|>"``) encodes as its
+ordinary bytes, never as the control token (HF ``tokenizers`` matches added tokens in any
+text it encodes, so :meth:`ByteBPETokenizer.encode` cuts those spellings out and encodes them
+through the BPE model alone). The code adds special tokens by id (``eos_id``) where it means
+them. Text without such a spelling encodes exactly as before.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -18,6 +25,7 @@ from multimodal.registry import tokenizers
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)
 
 
 @tokenizers.register("byte_bpe")
@@ -116,11 +124,45 @@ class ByteBPETokenizer:
         return self._require_trained().token_to_id(PAD_TOKEN)
 
     def encode(self, text: str) -> list[int]:
-        """Ids of ``text`` (no special tokens added)."""
-        return self._require_trained().encode(text).ids
+        """Ids of ``text`` as text: no special token added, and none made of a spelling of one
+        (``"<|endoftext|>"`` in ``text`` encodes as its bytes)."""
+        tok = self._require_trained()
+        if not self._spells_special(text):
+            return tok.encode(text).ids
+        ids: list[int] = []
+        for i, piece in enumerate(self._special_pattern().split(text)):
+            if not piece:
+                continue
+            ids += self._encode_plain(piece) if i % 2 else tok.encode(piece).ids
+        return ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """:meth:`encode` of each text (batched where no text spells a special token)."""
+        if any(self._spells_special(text) for text in texts):
+            return [self.encode(text) for text in texts]
         return [e.ids for e in self._require_trained().encode_batch(texts)]
+
+    def _special_pattern(self) -> re.Pattern:
+        """Splits text at the spellings of the special tokens (kept, at odd indices)."""
+        tok = self._require_trained()
+        if getattr(self, "_pattern_of", None) is not tok:  # once per trained or loaded model
+            tokens = sorted({t.content for t in tok.get_added_tokens_decoder().values()}
+                            | set(SPECIAL_TOKENS), key=len, reverse=True)
+            self._pattern = re.compile("(" + "|".join(map(re.escape, tokens)) + ")")
+            self._pattern_of = tok
+        return self._pattern
+
+    def _spells_special(self, text: str) -> bool:
+        return isinstance(text, str) and self._special_pattern().search(text) is not None
+
+    def _encode_plain(self, text: str) -> list[int]:
+        """Ids of ``text`` through the pre-tokenizer and the BPE model only (no added-token
+        matching): what the text's bytes are, as for any other text."""
+        tok = self._require_trained()
+        ids: list[int] = []
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(text):
+            ids += [token.id for token in tok.model.tokenize(word)]
+        return ids
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; special tokens are dropped. Bytes that do not yet form a whole
