@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from multimodal.builders import build_model, component_kwargs
@@ -67,8 +67,26 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
 
     Returns:
         ``path``.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be written (a full disk, no permission): names
+            the path and the reason; nothing is left under ``path``'s name.
     """
     path = Path(path)
+    try:
+        return _save_checkpoint(path, model=model, config=config, tokenizers=tokenizers,
+                                step=step, optimizer=optimizer, trainer_state=trainer_state,
+                                dtype=dtype, ema=ema, extra_files=extra_files,
+                                tokenizer_dtype=tokenizer_dtype)
+    except (OSError, SafetensorError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason}{where}") from None
+
+
+def _save_checkpoint(path: Path, *, model, config, tokenizers, step, optimizer, trainer_state,
+                     dtype, ema, extra_files, tokenizer_dtype) -> Path:
+    """See :func:`save_checkpoint`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -159,14 +177,17 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list) -> dict
     return {"state": state, "param_groups": groups}
 
 
-def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` complete checkpoints of a run (and stale temps)."""
+def prune_checkpoints(run_dir: str | Path, keep: int, *, protect: Path | None = None) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints of a run, and the leftovers
+    of interrupted saves (``.step_N.tmp-*`` and ``.step_N.old-PID``); ``protect`` (the
+    checkpoint just written) is never deleted. Call it only while holding the run's lock."""
     directory = Path(run_dir) / "checkpoints"
-    for stale in directory.glob(".*.tmp-*"):
+    for stale in [*directory.glob(".*.tmp-*"), *directory.glob(".*.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)
     complete = list_checkpoints(run_dir)
     for old in complete[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        if protect is None or old.resolve() != Path(protect).resolve():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # -- finding -----------------------------------------------------------------------------------
@@ -245,6 +266,8 @@ def read_config(path: Path) -> dict:
 def read_meta(path: Path) -> dict:
     try:
         meta = json.loads((path / "meta.json").read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("expected a JSON mapping")
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} has an unreadable meta.json: {exc}") from None
     if meta.get("format") != FORMAT:
@@ -393,13 +416,50 @@ def load_optimizer_state(path: Path, optimizer: torch.optim.Optimizer) -> dict:
     file, state_file = path / "optimizer.safetensors", path / "trainer_state.json"
     if not file.is_file() or not state_file.is_file():
         raise CheckpointError(f"checkpoint {path} holds no optimizer state to resume from")
-    state = json.loads(state_file.read_text())
+    state = read_trainer_state(path)
+    tensors = read_weights(file)
     try:
-        optimizer.load_state_dict(_unflatten_optimizer(load_file(str(file)),
-                                                       state.pop("param_groups")))
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, state.pop("param_groups")))
     except (ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"optimizer state in {path} does not fit this model: {exc}") from None
     return state
+
+
+def read_trainer_state(path: Path) -> dict:
+    """A checkpoint's ``trainer_state.json`` (the step, the optimizer's parameter groups).
+
+    Raises:
+        CheckpointError: unreadable or malformed, naming the file.
+    """
+    file = path / "trainer_state.json"
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int) \
+                or not isinstance(state.get("param_groups", []), list):
+            raise ValueError("expected a mapping with an integer step")
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {file}: {exc}") from None
+    return state
+
+
+def check_checkpoint_files(path: Path) -> None:
+    """Open every file a ``--resume`` reads from checkpoint ``path`` (the safetensors
+    headers, which also catch a truncated file, and the JSON files), without loading weights.
+
+    Raises:
+        CheckpointError: naming the first broken file.
+    """
+    read_meta(path)
+    read_trainer_state(path)
+    for name in ("model.safetensors", "optimizer.safetensors", "ema.safetensors"):
+        file = path / name
+        if name == "ema.safetensors" and not file.exists():
+            continue
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot read weights {file}: {exc}") from None
 
 
 def export_checkpoint(source: str | Path, destination: str | Path, *,

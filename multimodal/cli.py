@@ -54,12 +54,21 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    train = sub.add_parser("train", help="train a model from a YAML config")
+    train = sub.add_parser(
+        "train", help="train a model from a YAML config",
+        description="A run directory holds one run: a new run refuses one that already holds "
+                    "checkpoints (use --resume, another --out-dir, or remove it), and a run "
+                    "in progress locks it.")
+    train.__class__ = _IntermixedParser  # flags may follow the overrides
     train.add_argument("config", help="YAML config file")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="dotted overrides, e.g. train.max_steps=100 backbone.depth=4")
     train.add_argument("--resume", action="store_true",
-                       help="continue from the newest checkpoint in the run directory")
+                       help="continue from the newest checkpoint in the run directory, with "
+                            "the same train settings (a change is refused, listed)")
+    train.add_argument("--allow-changes", metavar="KEY[,KEY]", action="append", default=[],
+                       help="with --resume: train settings this run may change on purpose, "
+                            "e.g. --allow-changes max_steps to extend a run")
     train.add_argument("--out-dir", help="run directory (default: out_dir of the config)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -96,6 +105,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """``train``'s parser: options anywhere among the positionals
+    (``train CONFIG key=value --resume key=value``), through ``parse_known_intermixed_args``."""
+
+    _inner = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inner:  # parse_known_intermixed_args calls back here
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one plain line (``warning: ...``), not Python's file:line format."""
     print(f"warning: {message}", file=file or sys.stderr)
@@ -129,7 +154,7 @@ def _cmd_train(args) -> int:
     config = load_config(args.config, args.overrides,
                          checks=() if args.resume else (init_from_problems,))
     result = train(config, out_dir=args.out_dir, resume=args.resume,
-                   progress=not args.no_progress)
+                   allow_changes=args.allow_changes, progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, once
         print(json.dumps(result, default=str))
     return 0

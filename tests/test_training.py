@@ -55,6 +55,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     interrupted.save()
     for _ in range(2):
         interrupted.train_step()
+    interrupted.close()  # the killed run's lock is gone with its process
     del interrupted
     resumed = Trainer(config, out_dir=tmp_path / "part", resume=True, progress=False)
     assert resumed.step == 4
@@ -222,6 +223,7 @@ def test_ema_weights_follow_the_formula_resume_exactly_and_are_what_pipelines_lo
     for _ in range(3):
         part.train_step()
     part.save()
+    part.close()  # as if killed: its lock is gone with it
     Trainer(config, out_dir=tmp_path / "part", resume=True, progress=False).fit()
     a = load_file(find_checkpoint(tmp_path / "full") / "ema.safetensors")
     b = load_file(find_checkpoint(tmp_path / "part") / "ema.safetensors")

@@ -25,6 +25,8 @@ from multimodal.errors import ConfigError, InputError
 DEFAULT_BLOCKLIST = Path(__file__).resolve().parent / "blocklist.txt"
 CHECKPOINT_BLOCKLIST = "safety_blocklist.txt"  # a config's own blocklist, copied into checkpoints
 EXIT_BLOCKED = 3
+MAX_BLOCKLIST_BYTES = 1 << 20  # a blocklist is copied into every checkpoint: keep it a list
+MAX_TERM_CHARS = 200  # one term (a word or a phrase) a line
 
 
 class PromptBlockedError(InputError):
@@ -126,13 +128,38 @@ class SafetyPolicy:
 def read_blocklist(path: str) -> list[str]:
     """The terms of a blocklist file (comments and blank lines skipped).
 
+    The file must be UTF-8 text of at most :data:`MAX_BLOCKLIST_BYTES`, one term of at most
+    :data:`MAX_TERM_CHARS` characters a line (a trainer copies it into every checkpoint, so a
+    binary or a huge file is refused rather than copied).
+
     Raises:
-        ConfigError: the file cannot be read.
+        ConfigError: the file cannot be read, or is not such a list.
     """
+    file = Path(path)
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        if file.exists() and not file.is_file():
+            raise ConfigError(f"safety.blocklist: {path} is not a file; give a text file of "
+                              "blocked terms, one a line")
+        size = file.stat().st_size
+        if size > MAX_BLOCKLIST_BYTES:
+            raise ConfigError(f"safety.blocklist: {path} is {size} bytes; a blocklist is a "
+                              f"text file of at most {MAX_BLOCKLIST_BYTES} bytes, one term a "
+                              "line")
+        text = file.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"safety.blocklist: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"safety.blocklist: {path} is not UTF-8 text (byte {exc.start}); "
+                          "give a text file of blocked terms, one a line") from None
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
+        if any(unicodedata.category(c) == "Cc" and c != "\t" for c in line):
+            raise ConfigError(f"safety.blocklist: {path} line {number} holds control "
+                              "characters; it does not look like a text file of terms")
+        if len(line.strip()) > MAX_TERM_CHARS:
+            raise ConfigError(f"safety.blocklist: {path} line {number} is "
+                              f"{len(line.strip())} characters long; give one term (a word "
+                              f"or a phrase of at most {MAX_TERM_CHARS} characters) a line")
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 

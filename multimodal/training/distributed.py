@@ -11,18 +11,25 @@ all-reduce over a flat bucket, which is what ``DistributedDataParallel`` compute
 modality's ``loss(backbone, decoder, batch)`` separately, which does not fit DDP's
 one-forward-per-backward contract. Rank 0 alone fits the tokenizers, writes checkpoints and
 logs, and shows the progress bar.
+
+Fitting the tokenizers can take longer than the process group's timeout (gloo's default is 30
+minutes; a speech config's vocoder fits for about 40), so the other ranks do not wait for it in
+a collective: they poll for the file rank 0 writes when it is done (:func:`wait_for_file`, no
+time limit; torchrun ends them if rank 0 fails), then meet it at a barrier.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from multimodal.errors import ConfigError
+from multimodal.errors import ConfigError, TrainingError
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,20 @@ def check_shardable(dist: Distributed, batch_size: int) -> None:
             f"{dist.world_size} processes (one shard each); use a multiple of "
             f"{dist.world_size} (e.g. {dist.world_size * (batch_size // dist.world_size + 1)}) "
             f"or fewer processes")
+
+
+def wait_for_file(path: Path, *, failed: Path | None = None, poll_s: float = 1.0) -> None:
+    """Block, with no time limit, until ``path`` exists (written by rank 0 when a long step
+    is done).
+
+    Raises:
+        TrainingError: ``failed`` appeared instead (rank 0 gave up; its own error says why).
+    """
+    while not path.exists():
+        if failed is not None and failed.exists():
+            raise TrainingError(f"process 0 failed while this one waited for {path}; see "
+                                "its error")
+        time.sleep(poll_s)
 
 
 def shutdown(dist: Distributed) -> None:

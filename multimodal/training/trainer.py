@@ -10,12 +10,15 @@ optional bf16 autocast, periodic validation and atomic checkpoints.
 Every random draw of step ``s`` comes from generators seeded with ``(seed, s)``, and the learning
 rate is a function of ``s`` alone, so a run resumed from a checkpoint continues exactly as the
 uninterrupted run would have.
+
+The run directory follows the rules of :mod:`multimodal.training.run_dir`: checked for writing
+and locked before any set-up, never shared by two runs, its ``log.csv`` rewound to the resumed
+step, and removed again when this run created it and failed before writing anything.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import inspect
 import shutil
 import time
@@ -26,24 +29,58 @@ from typing import Any
 
 import torch
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from multimodal.builders import build_datasets, build_modalities, build_model, build_tokenizers
-from multimodal.checkpoint import (find_checkpoint, load_optimizer_state, load_tokenizers,
-                                   load_weights, prune_checkpoints, read_config, save_checkpoint)
+from multimodal.builders import (
+    build_datasets,
+    build_modalities,
+    build_model,
+    build_tokenizers,
+)
+from multimodal.checkpoint import (
+    check_checkpoint_files,
+    find_checkpoint,
+    list_checkpoints,
+    load_optimizer_state,
+    load_tokenizers,
+    load_weights,
+    prune_checkpoints,
+    read_config,
+    read_weights,
+    save_checkpoint,
+)
 from multimodal.config import validate_config
 from multimodal.errors import CheckpointError, ConfigError, DataError, TrainingError
+from multimodal.io import atomic_write_text, prepare_out_dir
 from multimodal.nn.lora import apply_lora, freeze
 from multimodal.nn.schedules import cosine_with_warmup
 from multimodal.outputs import write_outputs
 from multimodal.registry import pipelines
 from multimodal.safety import CHECKPOINT_BLOCKLIST, SafetyPolicy
 from multimodal.train_config import TrainConfig, sampling_shares
-from multimodal.training.distributed import (check_shardable, init_distributed, metric_tensor,
-                                             shutdown)
-from multimodal.training.init_from import (init_from_problems, load_init_tokenizers,
-                                          merge_init_weights, parse_init_from)
+from multimodal.training.distributed import (
+    check_shardable,
+    init_distributed,
+    metric_tensor,
+    shutdown,
+    wait_for_file,
+)
+from multimodal.training.init_from import (
+    init_from_problems,
+    load_init_tokenizers,
+    merge_init_weights,
+    parse_init_from,
+)
+from multimodal.training.run_dir import (
+    LOCK_FILE,
+    RunLock,
+    RunLog,
+    allowed_change_keys,
+    check_fresh,
+    resume_changes,
+)
+
+_SHARED_TOKENIZERS = ".tokenizers-shared"  # rank 0 hands its fitted tokenizers to the others
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,16 +127,23 @@ class Trainer:
         config: The resolved config (see :func:`multimodal.config.load_config`); validated
             here, with the ``init_from`` checkpoints opened, before any work.
         out_dir: Run directory (default ``config["out_dir"]`` or ``runs/<task>``); holds
-            ``checkpoints/step_*`` and ``log.csv``.
-        resume: Continue from the newest checkpoint in ``out_dir``.
+            ``checkpoints/step_*`` and ``log.csv``. A new run refuses one that already holds
+            checkpoints; it is locked (``out_dir/.lock``) from here until :meth:`fit` returns
+            or :meth:`close`, so a second run into it is refused.
+        resume: Continue from the newest checkpoint in ``out_dir``, with the same settings.
+        allow_changes: With ``resume``, the ``train.*`` settings (``max_steps`` or
+            ``train.max_steps``) this config may change from the checkpoint's, on purpose
+            (extending a run); any other change that shapes the run is refused.
         progress: Show a tqdm progress bar.
 
     Raises:
         ConfigError, DataError, CheckpointError: on bad config, data or checkpoint.
+        TrainingError: ``out_dir`` is in use by another run.
+        InputError: ``out_dir`` cannot be written.
     """
 
     def __init__(self, config: dict, *, out_dir: str | Path | None = None, resume: bool = False,
-                 progress: bool = True):
+                 allow_changes: tuple[str, ...] | list[str] = (), progress: bool = True):
         # Every problem of the config at once, before any work (the init_from checkpoints are
         # opened unless resuming, which does not read them).
         validate_config(config, checks=() if resume else (init_from_problems,))
@@ -108,20 +152,31 @@ class Trainer:
         self.seed = int(config.get("seed", 0))
         self.out_dir = Path(out_dir or config.get("out_dir") or f"runs/{config.get('task', 'run')}")
         self.progress = progress
+        self.allow_changes = allowed_change_keys(allow_changes)
+        if self.allow_changes and not resume:
+            raise ConfigError("--allow-changes applies to --resume only: a new run takes its "
+                              "settings from the config")
         self.extra_files = _safety_files(config)
+        self.lock: RunLock | None = None
+        self._created_out_dir = False
         self._setup_device()
-        resume_from, init_sources = self._resolve_start(resume)
-        train_sets = self._setup_datasets()
-        self._setup_tokenizers(resume_from, init_sources, train_sets)
-        self._setup_model(init_sources)
-        self._setup_data(train_sets)
-        self._setup_optimizer()
-        self._setup_ema()
-        self.step = 0
-        self.last_checkpoint: Path | None = None
-        self.history: list[dict] = []
-        if resume_from is not None:
-            self._resume(resume_from)
+        self._claim_out_dir(resume)
+        try:
+            resume_from, init_sources = self._resolve_start(resume)
+            train_sets = self._setup_datasets()
+            self._setup_tokenizers(resume_from, init_sources, train_sets)
+            self._setup_model(init_sources)
+            self._setup_data(train_sets)
+            self._setup_optimizer()
+            self._setup_ema()
+            self.step = 0
+            self.last_checkpoint: Path | None = None
+            self.history: list[dict] = []
+            if resume_from is not None:
+                self._resume(resume_from)
+        except BaseException:
+            self._abandon_out_dir()
+            raise
 
     # -- set-up steps -----------------------------------------------------------------------
     def _setup_device(self) -> None:
@@ -137,6 +192,38 @@ class Trainer:
             torch.set_num_threads(1)  # one thread per rank: ranks must not oversubscribe
         torch.manual_seed(self.seed)
 
+    def _claim_out_dir(self, resume: bool) -> None:
+        """Before any set-up: rank 0 creates ``out_dir``, checks that it can be written and
+        locks it; a new run refuses a folder that holds another run's checkpoints."""
+        if self.dist.is_main:
+            self._created_out_dir = not self.out_dir.exists()
+            prepare_out_dir(self.out_dir)
+            try:
+                self.lock = RunLock(self.out_dir)
+            except BaseException:
+                self._abandon_out_dir()
+                raise
+        try:
+            if not resume:
+                check_fresh(self.out_dir)
+        except BaseException:
+            self._abandon_out_dir()
+            raise
+
+    def _abandon_out_dir(self) -> None:
+        """A set-up that failed: let go of the lock, and remove ``out_dir`` if this run
+        created it and wrote nothing there."""
+        if self.lock is not None:
+            self.lock.release()
+        if self._created_out_dir and self.out_dir.is_dir() and all(
+                p.name in (LOCK_FILE, _SHARED_TOKENIZERS) for p in self.out_dir.iterdir()):
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+
+    def close(self) -> None:
+        """Release ``out_dir``'s lock (:meth:`fit` does when it returns)."""
+        if self.lock is not None:
+            self.lock.release()
+
     def _resolve_start(self, resume: bool) -> tuple[Path | None, list]:
         """``(checkpoint to resume from, init_from sources)``: at most one is set."""
         if not resume:
@@ -145,8 +232,26 @@ class Trainer:
             resume_from = find_checkpoint(self.out_dir)
         except CheckpointError as exc:
             raise CheckpointError(f"--resume: {exc}") from None
-        self._check_resumable(resume_from)
+        with self._naming_fallback(resume_from):
+            saved = read_config(resume_from)
+            check_checkpoint_files(resume_from)  # a truncated file fails now, not after set-up
+        self._check_resumable(resume_from, saved)
         return resume_from, []
+
+    @contextlib.contextmanager
+    def _naming_fallback(self, path: Path):
+        """Turn an unreadable file of checkpoint ``path`` into a :class:`CheckpointError`
+        that names the complete checkpoint before it, to fall back to."""
+        try:
+            yield
+        except (CheckpointError, OSError, ValueError, KeyError) as exc:
+            older = [p for p in list_checkpoints(self.out_dir)
+                     if int(p.name.split("_")[1]) < int(path.name.split("_")[1])]
+            fallback = (f"the previous complete checkpoint is {older[-1]}: move {path} out of "
+                        f"{path.parent} and --resume again to continue from it"
+                        if older else "there is no earlier checkpoint to fall back to")
+            message = str(exc) if str(exc).startswith("--resume") else f"--resume: {exc}"
+            raise CheckpointError(f"{message}; {fallback}") from None
 
     def _setup_datasets(self) -> dict[str, Any]:
         """Each modality's objective and share of steps; the training datasets of those that
@@ -160,7 +265,8 @@ class Trainer:
                           train_sets: dict) -> None:
         """Load the tokenizers a checkpoint gives; fit the others (rank 0 under torchrun)."""
         if resume_from is not None:
-            self.tokenizers = load_tokenizers(resume_from, self.config)
+            with self._naming_fallback(resume_from):
+                self.tokenizers = load_tokenizers(resume_from, self.config)
             return
         given = load_init_tokenizers(init_sources, self.config)
         if set(given) == set(self.config.get("tokenizers") or {}):
@@ -169,11 +275,23 @@ class Trainer:
             self.tokenizers = {**build_tokenizers(self.config), **given}
             self._fit_tokenizers(train_sets)
         else:  # rank 0 fits, the others load what it saved
-            shared = self.out_dir / ".tokenizers-shared"
+            shared = self.out_dir / _SHARED_TOKENIZERS
+            done, failed = shared / "DONE", shared / "FAILED"
             if self.dist.is_main:
-                self.tokenizers = {**build_tokenizers(self.config), **given}
-                self._fit_tokenizers(train_sets)
-                _save_tokenizers(self.tokenizers, shared)
+                shutil.rmtree(shared, ignore_errors=True)  # a killed run's leftovers
+            self.dist.barrier()  # no rank looks for DONE before the old one is gone
+            if self.dist.is_main:
+                try:
+                    self.tokenizers = {**build_tokenizers(self.config), **given}
+                    self._fit_tokenizers(train_sets)
+                    _save_tokenizers(self.tokenizers, shared)
+                except BaseException:
+                    shared.mkdir(parents=True, exist_ok=True)
+                    failed.touch()
+                    raise
+                atomic_write_text(done, "")
+            else:  # fitting can outlast the process group's timeout: wait on a file
+                wait_for_file(done, failed=failed)
             self.dist.barrier()
             if not self.dist.is_main:
                 self.tokenizers = load_tokenizers(shared, self.config)
@@ -244,29 +362,45 @@ class Trainer:
                 data = train_sets[tok.fit_on]
             tok.fit(data, seed=self.seed, device=self.device, progress=self.progress)
 
-    def _check_resumable(self, path: Path) -> None:
-        saved = read_config(path)
-        diffs = [k for k in ("tokenizers", "backbone", "decoders", "seed")
+    def _check_resumable(self, path: Path, saved: dict) -> None:
+        """Refuse a checkpoint (whose config is ``saved``) of another model, or a config that
+        changes how the run goes on (``train.*`` settings that shape it, the seed) unless
+        ``allow_changes`` names them."""
+        diffs = [k for k in ("tokenizers", "backbone", "decoders")
                  if saved.get(k) != self.config.get(k)]
         if diffs:
             raise CheckpointError(
                 f"--resume: the checkpoint {path} was made with a different "
                 f"{', '.join(diffs)} than this config; resume with the same model config, or "
                 "start a new run in another out_dir")
+        changes = {k: v for k, v in resume_changes(saved, self.config).items()
+                   if k not in self.allow_changes}
+        if changes:
+            listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+            raise CheckpointError(
+                f"--resume: this config changes settings of the run in {path}: {listed}. "
+                "Resuming would silently change the run (its schedule, its batches); resume "
+                "with the checkpoint's settings, or change them on purpose with "
+                f"--allow-changes {','.join(changes)}")
 
     def _resume(self, path: Path) -> None:
-        load_weights(self.model, path / "model.safetensors")
-        state = load_optimizer_state(path, self.optimizer)
-        self.step = int(state["step"])
-        if self.ema is not None:
-            file = path / "ema.safetensors"
-            if not file.is_file():
-                raise CheckpointError(f"--resume: {path} has no ema.safetensors, but "
-                                      "train.ema_decay is set; resume with the same config")
-            saved = load_file(str(file))
-            self.ema.shadow_params = [saved[name].to(p) for name, p in
-                                      self.model.named_parameters()]
-            self.ema.optimization_step = self.step
+        file = path / "ema.safetensors"
+        if self.ema is not None and not file.is_file():
+            raise CheckpointError(f"--resume: {path} has no ema.safetensors, but "
+                                  "train.ema_decay is set; resume with the same config")
+        with self._naming_fallback(path):
+            load_weights(self.model, path / "model.safetensors")
+            state = load_optimizer_state(path, self.optimizer)
+            self.step = int(state["step"])
+            if self.ema is not None:
+                saved = read_weights(file)
+                missing = [n for n, _ in self.model.named_parameters() if n not in saved]
+                if missing:
+                    raise CheckpointError(f"{file} lacks {len(missing)} of the model's "
+                                          f"weights (first: {missing[0]})")
+                self.ema.shadow_params = [saved[name].to(p) for name, p in
+                                          self.model.named_parameters()]
+                self.ema.optimization_step = self.step
         self.last_checkpoint = path
 
     # -- the loop ---------------------------------------------------------------------------
@@ -347,13 +481,19 @@ class Trainer:
         if not self.dist.is_main:  # rank 0 writes; the weights are the same everywhere
             self.last_checkpoint = self.out_dir / "checkpoints" / f"step_{self.step:06d}"
             return self.last_checkpoint
-        path = save_checkpoint(
-            self.out_dir / "checkpoints" / f"step_{self.step:06d}", model=self.model,
-            config=self.config, tokenizers=self.tokenizers, step=self.step,
-            optimizer=self.optimizer, trainer_state={"step": self.step,
-                                                     "train": asdict(self.cfg)},
-            ema=self.ema_state_dict(), extra_files=self.extra_files)
-        prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints)
+        try:
+            path = save_checkpoint(
+                self.out_dir / "checkpoints" / f"step_{self.step:06d}", model=self.model,
+                config=self.config, tokenizers=self.tokenizers, step=self.step,
+                optimizer=self.optimizer, trainer_state={"step": self.step,
+                                                         "train": asdict(self.cfg)},
+                ema=self.ema_state_dict(), extra_files=self.extra_files)
+        except CheckpointError as exc:
+            where = (f"the last good checkpoint is {self.last_checkpoint}"
+                     if self.last_checkpoint else "no checkpoint was written yet")
+            raise TrainingError(f"{exc}; stopped at step {self.step}, {where}. Free space (or "
+                                "fix the folder) and continue with --resume") from None
+        prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints, protect=path)
         self.last_checkpoint = path
         if self.cfg.preview_prompts:
             self.preview(path)
@@ -370,7 +510,8 @@ class Trainer:
             quiet = {"progress": False} if "progress" in inspect.signature(pipe).parameters else {}
             for k, prompt in enumerate(self.cfg.preview_prompts):
                 output = pipe(prompt, seed=0, **quiet)
-                write_outputs(output, out / f"{k:02d}", produces=pipe.produces)
+                # a run resumed from an earlier checkpoint draws its previews again
+                write_outputs(output, out / f"{k:02d}", produces=pipe.produces, overwrite=True)
         except Exception as exc:  # noqa: BLE001 - a preview never stops training
             warnings.warn(f"preview at step {self.step} failed: {type(exc).__name__}: {exc}",
                           stacklevel=2)
@@ -387,10 +528,19 @@ class Trainer:
         return state
 
     def fit(self) -> dict[str, Any]:
-        """Train to ``max_steps``; return the final metrics and the last checkpoint path."""
+        """Train to ``max_steps``; return the final metrics and the last checkpoint path.
+        Releases ``out_dir``'s lock when it returns (taken again if called again)."""
+        if self.dist.is_main and (self.lock is None or not self.lock.held):
+            self.lock = RunLock(prepare_out_dir(self.out_dir))  # fit() called again
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        log = _CsvLog(self.out_dir / "log.csv") if self.dist.is_main else None
+        log = RunLog(self.out_dir / "log.csv", start_step=self.step) if self.dist.is_main \
+            else None
         bar = tqdm(total=cfg.max_steps, initial=self.step,
                    disable=not self.progress or not self.dist.is_main,
                    desc=f"train {self.out_dir.name}", dynamic_ncols=True)
@@ -423,33 +573,6 @@ class Trainer:
         return {"step": self.step, "checkpoint": str(self.last_checkpoint), **last}
 
 
-class _CsvLog:
-    """Appends metric rows to a CSV file, widening the header when new metrics appear."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fields: list[str] = []
-        if path.is_file():
-            with open(path, newline="") as fh:
-                self.fields = next(csv.reader(fh), [])
-
-    def write(self, row: dict) -> None:
-        new = [k for k in row if k not in self.fields]
-        if new:
-            rows = []
-            if self.path.is_file() and self.fields:
-                with open(self.path, newline="") as fh:
-                    rows = list(csv.DictReader(fh))
-            self.fields += new
-            with open(self.path, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=self.fields)
-                writer.writeheader()
-                writer.writerows(rows)
-        with open(self.path, "a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=self.fields).writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-
 def _safety_files(config: dict) -> dict[str, bytes]:
     """Check the config's safety policy now (not at the first generation) and return its own
     blocklist, to be copied into every checkpoint.
@@ -457,7 +580,7 @@ def _safety_files(config: dict) -> dict[str, bytes]:
     Raises:
         ConfigError: the blocklist cannot be read.
     """
-    SafetyPolicy.from_config(config)
+    SafetyPolicy.from_config(config)  # checks the file: UTF-8 text, one term a line, bounded
     blocklist = (config.get("safety") or {}).get("blocklist")
     return {CHECKPOINT_BLOCKLIST: Path(blocklist).read_bytes()} if blocklist else {}
 
@@ -476,4 +599,5 @@ def train(config: dict, **kwargs) -> dict[str, Any]:
     try:
         return trainer.fit()
     finally:
+        trainer.close()
         shutdown(trainer.dist)
