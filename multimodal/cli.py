@@ -31,7 +31,7 @@ from typing import Any, Callable, Literal
 
 from multimodal.config import load_config
 from multimodal.demo import run_demo
-from multimodal.errors import MultimodalError, UnknownComponentError, did_you_mean
+from multimodal.errors import InputError, MultimodalError, UnknownComponentError, did_you_mean
 from multimodal.evaluation import evaluate
 from multimodal.io import OutputFiles, atomic_write_text
 from multimodal.outputs import check_overwrite, output_stems, write_outputs
@@ -101,7 +101,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="replace files of the same names in --out (default: refuse them)")
 
     ls = sub.add_parser("list", help="list registered components")
-    ls.add_argument("kind", nargs="?", help="one kind (backbones, decoders, pipelines, ...)")
+    ls.add_argument("kind", nargs="?", help="one kind (backbones, decoders, pipelines, ...), "
+                    "or voices: the speakers of a speech checkpoint and their languages")
+    ls.add_argument("--checkpoint", help="with voices: the checkpoint or run directory "
+                    "(default: the embedded model)")
     return parser
 
 
@@ -472,6 +475,15 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_list(args) -> int:
+    if args.kind == "voices":
+        pipe = load_pipeline("text-to-audio", checkpoint=args.checkpoint)
+        width = max(len(v) for v in pipe.voices)
+        print("voices (speaker, the espeak-ng language its prompts are read in):")
+        for voice in pipe.voices:
+            print(f"  {voice:<{width}}  {pipe.phonemes.language_of(voice)}")
+        return 0
+    if args.checkpoint:
+        raise InputError("--checkpoint applies to `list voices` only")
     kinds = [args.kind] if args.kind else list(KINDS)
     for kind in kinds:
         registry = get_registry(kind)

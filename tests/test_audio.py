@@ -2,6 +2,7 @@
 the tiny config end to end, the pipeline's outputs and its answers to bad input."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -334,3 +335,64 @@ def test_every_english_phoneme_espeak_prints_is_in_the_table():
         ipa = phonemize("Three thin things: the quick brown fox jumps over a lazy dog, "
                         "measure, judge, church, sing, yes, hour, ochre, bird, cure.", voice)
         assert tok.unknown_symbols(ipa) == [], voice
+
+
+# -- your own voice: the speaker and the phoneme language are two things ---------------------
+@pytest.fixture(scope="module")
+def own_voice_folder(tmp_path_factory):
+    from multimodal.data.audio import speak
+
+    if not _espeak():
+        pytest.skip("espeak-ng not installed")
+    root = tmp_path_factory.mktemp("me")
+    (root / "wavs").mkdir()
+    lines = []
+    for k, text in enumerate(["one", "two", "three", "four", "five", "six", "seven", "eight"]):
+        wave, _ = speak(text, "en-gb")  # stands in for recordings of a speaker called "me"
+        sf.write(root / "wavs" / f"c{k}.wav", wave, 16000)
+        lines.append(f"c{k}|{text}")
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _own_voice_config(folder, language="en-gb", *more):
+    return load_config("configs/text_to_audio_tiny.yaml", [
+        "tokenizers.phonemes.voices=[me]", f"tokenizers.phonemes.languages={{me: {language}}}",
+        f"data.audio={{type: audio_folder, path: {folder}, voice: me, language: en-gb, "
+        "val_fraction: 0.25}", *more])
+
+
+def test_an_own_voice_folder_trains_and_generates_under_the_speakers_name(own_voice_folder,
+                                                                          tmp_path, capsys):
+    from multimodal.pipelines import load_pipeline
+    from multimodal.training.trainer import train
+
+    config = _own_voice_config(own_voice_folder, "en-gb", "train.max_steps=2",
+                               "train.eval_every=2", "train.checkpoint_every=2")
+    result = train(config, out_dir=tmp_path / "run", progress=False)
+    pipe = load_pipeline("text-to-audio", checkpoint=result["checkpoint"])
+    assert pipe.voices == ["me"]
+    out = pipe("nine", voice="me", seed=0, vocoder="griffin-lim", progress=False)
+    assert out.metadata(0)["voice"] == "me" and out.metadata(0)["language"] == "en-gb"
+    assert np.isfinite(out.audios[0]).all() and np.abs(out.audios[0]).max() > 0
+    with pytest.raises(InputError, match="unknown voice 'en-us'.*knows: me"):
+        pipe("nine", voice="en-us", progress=False)
+    from multimodal.cli import main
+    assert main(["list", "voices", "--checkpoint", str(tmp_path / "run")]) == 0
+    assert re.search(r"^\s+me\s+en-gb$", capsys.readouterr().out, re.M)
+
+
+def test_a_speaker_phonemised_in_another_language_than_the_tokenizer_says_is_refused(
+        own_voice_folder, tmp_path):
+    from multimodal.modalities.audio.phonemes import PhonemeTokenizer
+    from multimodal.training.trainer import Trainer
+
+    tok = PhonemeTokenizer(voices=("me", "en-us"), languages={"me": "en-gb"})
+    assert tok.language_of("me") == "en-gb" and tok.language_of("en-us") == "en-us"
+    assert tok.language_of(None) == "en-gb"
+    with pytest.raises(ValueError, match="languages names 'you'"):
+        PhonemeTokenizer(voices=("me",), languages={"you": "en-gb"})
+    with pytest.raises(DataError, match=r"phonemised in 'en-gb'.*languages: \{me: en-gb\}"):
+        Trainer(_own_voice_config(own_voice_folder, "en-us"), out_dir=tmp_path / "r",
+                progress=False)
+    assert not (tmp_path / "r").exists()  # a failed set-up leaves no folder behind

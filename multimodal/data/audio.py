@@ -189,11 +189,14 @@ def espeak_texts(*, num_words: int, num_phrases: int, num_sentences: int, seed: 
 
 
 class _SpeechItems(Sequence[dict]):
-    """Items from parallel lists ``texts``, ``voices``, ``phonemes`` and a ``_audio(i)``."""
+    """Items from parallel lists ``texts``, ``voices``, ``phonemes`` and a ``_audio(i)``;
+    ``language`` (the espeak-ng voice that made ``phonemes``) is :attr:`language` when set,
+    else the item's voice (espeak-ng's own voices speak their own language)."""
 
     texts: list[str]
     voices: list[str]
     phonemes: list[str]
+    language: str | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -204,7 +207,8 @@ class _SpeechItems(Sequence[dict]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         return {"text": self.texts[index], "audio": torch.from_numpy(self._audio(index)),
-                "voice": self.voices[index], "phonemes": self.phonemes[index]}
+                "voice": self.voices[index], "phonemes": self.phonemes[index],
+                "language": self.language or self.voices[index]}
 
     @property
     def durations(self) -> list[float]:
@@ -333,9 +337,11 @@ class AudioFolderDataset(_SpeechItems):
     Args:
         path: The dataset directory.
         split: ``"train"`` or ``"val"`` (set by the builder).
-        voice: Name of the speaker (default ``"speaker"``); also the espeak-ng voice whose
-            language phonemises the texts unless ``language`` is given.
-        language: espeak-ng voice used for phonemes (default ``"en-us"``).
+        voice: Name of the speaker (default ``"speaker"``), any name: the voice a fine-tuned
+            model generates under (list it in ``tokenizers.phonemes.voices``).
+        language: The espeak-ng voice that phonemises the texts (default ``"en-us"``); give
+            the same in ``tokenizers.phonemes.languages`` (``{speaker: en-us}``) so that
+            generation reads prompts the way training read the texts.
         val_fraction: Share of clips held out (checksum of the id; default 0.05).
         max_seconds: Longer clips are skipped (default 10.0).
 
@@ -358,6 +364,7 @@ class AudioFolderDataset(_SpeechItems):
             raise DataError(f"audio_folder: {meta} not found; expected the LJSpeech layout "
                             "(metadata.csv with 'id|text' lines and wavs/<id>.wav)")
         self.texts, self.voices, self.phonemes, self._waves = [], [], [], []
+        self.language = language
         with meta.open(encoding="utf-8", errors="strict", newline="") as fh:
             rows = list(csv.reader(fh, delimiter="|", quoting=csv.QUOTE_NONE))
         for line, row in enumerate(rows, 1):

@@ -47,6 +47,7 @@ class AudioGenerationOutput:
         audios: One float32 waveform (t,) per sample, 16,000 Hz, in [-0.95, 0.95].
         sample_rate: Hz (16,000).
         prompt, voice, vocoder, seed, length_scale, checkpoint_id: The settings used.
+        language: The espeak-ng voice that phonemised the prompt (the speaker's language).
         phonemes: The IPA the model read.
         mels: The normalised log-mel (m, f) of each sample (before the vocoder).
     """
@@ -55,6 +56,7 @@ class AudioGenerationOutput:
     sample_rate: int = 16_000
     prompt: str = ""
     voice: str = ""
+    language: str = ""
     vocoder: str = "parallel"
     seed: int | None = None
     length_scale: float = 1.0
@@ -65,7 +67,8 @@ class AudioGenerationOutput:
     def metadata(self, index: int) -> dict[str, Any]:
         """The settings of sample ``index`` (written next to its WAV)."""
         return {"task": "text-to-audio", "prompt": self.prompt, "voice": self.voice,
-                "vocoder": self.vocoder, "seed": self.seed, "sample": index,
+                "language": self.language or self.voice, "vocoder": self.vocoder,
+                "seed": self.seed, "sample": index,
                 "length_scale": self.length_scale, "sample_rate": self.sample_rate,
                 "seconds": round(len(self.audios[index]) / self.sample_rate, 3),
                 "phonemes": self.phonemes, "checkpoint": self.checkpoint_id}
@@ -128,7 +131,7 @@ class TextToAudioPipeline(Pipeline):
         check_text("prompt", prompt)
         if not prompt.strip():
             raise InputError("the prompt is empty: give the text to speak")
-        foreign = foreign_letters(prompt, voice)
+        foreign = foreign_letters(prompt, self.phonemes.language_of(voice))
         if foreign:
             raise InputError(f"voice {voice!r} cannot speak {''.join(foreign[:10])!r} (letters "
                              "outside its language's Latin script would be read out letter "
@@ -161,8 +164,9 @@ class TextToAudioPipeline(Pipeline):
 
         Args:
             prompt: English text (numbers are read out).
-            voice: A voice of the checkpoint's phoneme tokenizer, e.g. ``en-us`` or
-                ``en-us+f3`` (``pipe.voices`` lists them; default: the first).
+            voice: A voice (speaker) of the checkpoint's phoneme tokenizer, e.g. ``en-us``,
+                ``en-us+f3`` or a fine-tuned speaker's own name (``pipe.voices`` lists them;
+                default: the first).
             vocoder: ``"parallel"``, ``"autoregressive"`` or ``"griffin-lim"`` (default: the
                 checkpoint's ``default_vocoder``).
             num_samples: Takes of the same text (they differ in the vocoder's randomness).
@@ -215,7 +219,8 @@ class TextToAudioPipeline(Pipeline):
             audios.append(peak_normalise(np.concatenate(pieces[:-1]), prompt))
         return AudioGenerationOutput(
             audios=audios, sample_rate=self.audio.sample_rate, prompt=prompt, voice=voice,
-            vocoder=name, seed=seed, length_scale=length_scale,
+            language=self.phonemes.language_of(voice), vocoder=name, seed=seed,
+            length_scale=length_scale,
             checkpoint_id=self.checkpoint_id,
             phonemes=" | ".join(self.phonemes.decode(ids) for ids in chunks),
             mels=[torch.cat(mels, -1)])

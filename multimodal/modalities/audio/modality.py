@@ -85,7 +85,8 @@ class AudioModality:
 
         Raises:
             DataError: the dataset is empty, a tokenizer is missing, or a clip's voice is not
-                one of the ``phonemes`` tokenizer's voices.
+                one of the ``phonemes`` tokenizer's voices or was phonemised in another
+                language than the tokenizer gives that voice.
         """
         missing = [k for k in ("phonemes", "audio") if k not in tokenizers]
         if missing:
@@ -105,6 +106,13 @@ class AudioModality:
                 raise DataError(f"clip {i} ({item['text']!r}) has voice {item['voice']!r}, "
                                 f"which the phoneme tokenizer's voices do not list: "
                                 f"{', '.join(front.voices)}") from None
+            language = item.get("language", item["voice"])
+            if front.language_of(item["voice"]) != language:
+                raise DataError(
+                    f"clip {i} ({item['text']!r}) of voice {item['voice']!r} was phonemised in "
+                    f"{language!r}, but the phoneme tokenizer reads that voice's prompts in "
+                    f"{front.language_of(item['voice'])!r}; set tokenizers.phonemes.languages: "
+                    f"{{{item['voice']}: {language}}}")
             ids = torch.tensor(front.ids_from_ipa(item["phonemes"]), dtype=torch.long)
             if len(ids) > seq_len or mel.shape[-1] < len(ids):
                 skipped += 1

@@ -32,24 +32,43 @@ class PhonemeTokenizer:
     ``[bos] + symbols + [eos]``. Characters outside the table are dropped (and counted in
     ``unknown_count``).
 
-    It also holds the table of voices the acoustic decoder learns one embedding for (a voice
-    names both a speaker and the language its text is phonemised in).
+    It also holds the table of voices (speakers) the acoustic decoder learns one embedding
+    for, and the language each one's text is phonemised in: a speaker named in ``languages``
+    (a user's own voice, ``me``) reads that espeak-ng language; any other voice name is itself
+    an espeak-ng voice (``en-gb+m3``) and reads its own.
 
     Args:
-        voices: espeak-ng voice names (``language[+variant]``); the first is the default
-            (default ``en-us``, ``en-us+f3``, ``en-gb+m3``, ``en-us+m7``).
+        voices: Speaker names; the first is the default (default ``en-us``, ``en-us+f3``,
+            ``en-gb+m3``, ``en-us+m7``, espeak-ng's own voices).
+        languages: ``{speaker: espeak-ng voice}`` for speakers that are not espeak-ng voices,
+            e.g. ``{me: en-gb}`` for recordings of British English (default none).
         max_phonemes: Longest accepted phoneme sequence, start and end included (default 256);
             :meth:`encode` raises :class:`InputError` above it.
+
+    Raises:
+        ValueError: no voice, or ``languages`` naming a speaker ``voices`` does not list.
     """
 
     fit_on = "text"
     is_trained = True
 
-    def __init__(self, *, voices: tuple[str, ...] = DEFAULT_VOICES, max_phonemes: int = 256):
+    def __init__(self, *, voices: tuple[str, ...] = DEFAULT_VOICES,
+                 languages: dict[str, str] | None = None, max_phonemes: int = 256):
         voices = tuple(voices)
         if not voices:
             raise ValueError("espeak_phonemes needs at least one voice")
+        languages = dict(languages or {})
+        unknown = [k for k in languages if k not in voices]
+        if unknown:
+            raise ValueError(f"espeak_phonemes: languages names {', '.join(map(repr, unknown))}, "
+                             f"which voices does not list ({', '.join(voices)}); give each "
+                             "speaker in voices and its espeak-ng language here")
+        bad = [k for k, v in languages.items() if not isinstance(v, str) or not v.strip()]
+        if bad:
+            raise ValueError(f"espeak_phonemes: the language of {bad[0]!r} must be an espeak-ng "
+                             "voice name such as en-us or en-gb")
         self.voices = voices
+        self.languages = languages
         self.max_phonemes = max_phonemes
         self.symbols = list(SYMBOLS)
         self.index = {s: i for i, s in enumerate(self.symbols)}
@@ -68,6 +87,12 @@ class PhonemeTokenizer:
             raise InputError(f"unknown voice {voice!r}; this model knows: "
                              f"{', '.join(self.voices)}")
         return self.voices.index(voice)
+
+    def language_of(self, voice: str | None) -> str:
+        """The espeak-ng voice that phonemises text for speaker ``voice`` (``None``: the
+        default voice's)."""
+        voice = self.voices[0] if voice is None else voice
+        return self.languages.get(voice, voice)
 
     @property
     def vocab_size(self) -> int:
@@ -89,7 +114,8 @@ class PhonemeTokenizer:
 
     def encode(self, text: str, voice: str = "en-us", *, max_phonemes: int | None = None
                ) -> list[int]:
-        """Phoneme ids of ``text`` read in ``voice``'s language, at most ``max_phonemes``
+        """Phoneme ids of ``text`` read in speaker ``voice``'s language (:meth:`language_of`),
+        at most ``max_phonemes``
         (default: the tokenizer's ``max_phonemes``).
 
         Raises:
@@ -102,7 +128,7 @@ class PhonemeTokenizer:
             raise InputError("the prompt is empty: give the text to speak")
         if not any(c.isalnum() for c in text):  # espeak-ng would spell out the symbols
             raise InputError(f"nothing pronounceable in {text!r}: give words or numbers")
-        ipa = phonemize(text, voice)
+        ipa = phonemize(text, self.language_of(voice))
         ids = self.ids_from_ipa(ipa)
         dropped = self.unknown_symbols(ipa)
         if dropped:
