@@ -1,6 +1,6 @@
 """Generate garment images from prompts, then edit one (image-to-image and inpainting).
 
-    .venv/bin/python examples/text_to_image.py "a pair of sneakers"
+    .venv/bin/python examples/text_to_image.py "a sneaker"
     .venv/bin/python examples/text_to_image.py "a dress" --checkpoint runs/text_to_image_fashion
 
 Writes out/example_image/{samples,edited,inpainted}.png.
@@ -15,7 +15,7 @@ from PIL import Image
 import multimodal
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("prompt", nargs="?", default="a pair of sneakers")
+parser.add_argument("prompt", nargs="?", default="a sneaker")
 parser.add_argument("--checkpoint", default=None, help="checkpoint or run directory")
 parser.add_argument("--out", default="out/example_image")
 parser.add_argument("--steps", type=int, default=25)
