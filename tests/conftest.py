@@ -31,3 +31,12 @@ def _has_espeak() -> bool:
 
 requires_espeak = pytest.mark.skipif(not _has_espeak(),
                                      reason="Debian package 'espeak-ng' not installed")
+
+
+@pytest.fixture(scope="session")
+def serve_engine(tmp_path_factory):
+    """The tiny joint checkpoint (configs/tiny.yaml), trained once per session and loaded as
+    the server's Engine: shared by tests/test_serve.py and tests/test_serve_page.py."""
+    from live_server import train_tiny_engine
+
+    return train_tiny_engine(tmp_path_factory.mktemp("serve"))

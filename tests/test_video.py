@@ -180,7 +180,7 @@ def test_bad_pipeline_input_names_the_limit(pipe):
         pipe("a bag", num_frames=1)
     with pytest.raises(InputError, match="to 8 .*max_frames.*got 9"):
         pipe("a bag", num_frames=9)
-    with pytest.raises(InputError, match=r"fps must be a number in \(0, 100\]"):
+    with pytest.raises(InputError, match=r"fps must be a number in \[0.1, 100\]"):
         pipe("a bag", fps=0)
     with pytest.raises(InputError, match="num_inference_steps"):
         pipe("a bag", num_inference_steps=0)

@@ -41,12 +41,14 @@ from multimodal.modalities.video.files import gif_timing, mp4_padding
 from multimodal.pipelines.base import (check_bool, check_float, check_int, check_text,
                                        sample_generators, seeded)
 from multimodal.pipelines.text_to_image import (DEFAULT_GUIDANCE, DEFAULT_SCHEDULER,
-                                                LatentDiffusionPipeline, check_finite)
+                                                LatentDiffusionPipeline, StepCallback,
+                                                check_finite)
 from multimodal.registry import pipelines
 
 DEFAULT_FPS = 10.0  # a whole number of GIF centiseconds per frame
 MIN_FRAMES = 2
 MAX_FPS = 100.0  # GIF's finest frame duration is 1/100 s
+MIN_FPS = 0.1  # ten seconds a frame; far slower rates overflow GIF's and MP4's time fields
 
 
 @dataclass
@@ -111,7 +113,7 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
 
     Call it as ``pipe(prompt, *, negative_prompt=None, num_frames=None, fps=10.0,
     num_inference_steps=25, guidance_scale=4.0, num_samples=1, seed=None, generator=None,
-    scheduler=None, progress=True)``; see :meth:`generate`.
+    scheduler=None, progress=True, callback_on_step_end=None)``; see :meth:`generate`.
 
     Args:
         backbone: The shared Transformer (encodes prompts).
@@ -136,8 +138,8 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
                  num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
                  num_samples: int = 1, seed: int | None = None,
                  generator: torch.Generator | None = None,
-                 scheduler: str = DEFAULT_SCHEDULER, progress: bool = True
-                 ) -> VideoGenerationOutput:
+                 scheduler: str = DEFAULT_SCHEDULER, progress: bool = True,
+                 callback_on_step_end: StepCallback | None = None) -> VideoGenerationOutput:
         """Generate ``num_samples`` clips of ``num_frames`` frames.
 
         Args:
@@ -146,7 +148,7 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
             negative_prompt: What to steer away from (default none).
             num_frames: Frames per clip, 2 .. the denoiser's ``max_frames`` (default: the
                 length it was trained on).
-            fps: Frames per second of the written files, in (0, 100] (default 10).
+            fps: Frames per second of the written files, in [0.1, 100] (default 10).
             num_inference_steps: Scheduler steps (1 .. num_train_timesteps; default 25).
             guidance_scale: Classifier-free guidance weight >= 0; 1 turns guidance off, 0
                 ignores the prompt (default 4.0).
@@ -155,6 +157,9 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
             generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
             scheduler: ``ddpm``, ``ddim``, ``dpm_solver_multistep`` (default) or ``euler``.
             progress: Show a tqdm bar over the steps.
+            callback_on_step_end: Called after every scheduler step as
+                ``callback_on_step_end(step, num_steps, latents)`` with the latents
+                (s, t, l, y, x) (progress, previews, cancelling by raising).
 
         Returns:
             :class:`VideoGenerationOutput` with ``num_samples`` clips (t, h, w) uint8.
@@ -166,7 +171,7 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
         steps, guidance_scale, _ = self._check_arguments(
             prompt, negative_prompt, num_inference_steps, guidance_scale, num_samples, 1.0)
         num_frames = self._check_frames(num_frames)
-        fps = check_float("fps", fps, 0.0, MAX_FPS, lo_open=True)
+        fps = check_float("fps", fps, MIN_FPS, MAX_FPS)
         check_text("scheduler", scheduler, optional=True)
         check_bool("progress", progress)
         sched = self.make_scheduler(scheduler)
@@ -179,10 +184,14 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
         latents = noise * sched.init_noise_sigma
         context, context_mask = self.guidance_context(prompt, negative_prompt, guidance_scale,
                                                       num_samples)
-        for t in tqdm(sched.timesteps, desc=self.task, disable=not progress, leave=False):
+        timesteps = sched.timesteps
+        for i, t in enumerate(tqdm(timesteps, desc=self.task, disable=not progress,
+                                   leave=False)):
             model_output = self.predict(latents, t, sched, context, context_mask, guidance_scale)
             latents = sched.step(model_output, t, latents,
                                  generator=step_generators).prev_sample
+            if callback_on_step_end is not None:
+                callback_on_step_end(i, len(timesteps), latents)
         check_finite(latents, guidance_scale)
         frames = self._to_uint8(
             decode_video(self.vae, latents).flatten(0, 1)).to(torch.uint8)  # ((s t), c, h, w)
