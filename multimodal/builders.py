@@ -78,13 +78,17 @@ def build_datasets(config: dict, split: str, names: Iterable[str] | None = None)
             for name, section in sections.items() if names is None or name in names}
 
 
-def build_model(config: dict, tokenizers: dict[str, Any], *, adapters: bool = True):
+def build_model(config: dict, tokenizers: dict[str, Any], *, adapters: bool = True,
+                checkpoint_dir: Any = None):
     """The backbone and decoders of a validated ``config``, with injected sizes from
     ``tokenizers``, and the LoRA adapters of ``train.lora`` unless ``adapters`` is false (the
-    trainer adds them after loading ``init_from``).
+    trainer adds them after loading ``init_from``). ``checkpoint_dir`` (a checkpoint being
+    loaded) is injected where a component asks for it: a transformers backbone rebuilds itself
+    from the files it stored there instead of reading its pretrained folder.
     """
     text = tokenizers.get("text")
-    context = {"vocab_size": text.vocab_size if text is not None else 1}
+    context = {"vocab_size": text.vocab_size if text is not None else 1,
+               "checkpoint_dir": checkpoint_dir}
     backbone = build_component("backbones", config["backbone"], "backbone", **context)
     built = {name: build_component("decoders", section, f"decoders.{name}",
                                    backbone=backbone, tokenizers=tokenizers, **context)

@@ -32,7 +32,7 @@ def test_unknown_name_suggests_closest_and_lists_registered():
         get_registry("backbones").get("transformr")
     message = str(info.value)
     assert "did you mean 'transformer'" in message
-    assert "registered backbones: transformer" in message
+    assert "registered backbones: hf_causal_lm, transformer" in message
 
 
 def test_unknown_kind():

@@ -20,7 +20,9 @@ class LMHead(nn.Module):
 
     Args:
         backbone: The shared backbone (set by the builder); its ``tok_embeddings`` give the
-            weight when ``tie_weights`` is true.
+            weight when ``tie_weights`` is true, or its ``output_embeddings`` where it has
+            them (a transformers model's own LM head: ``hf_causal_lm``), so the logits are
+            that model's.
         tie_weights: Share the weight with the token embeddings (default ``True``).
     """
 
@@ -32,7 +34,8 @@ class LMHead(nn.Module):
         if tie_weights:
             # Held in a list so the embedding is not registered twice: the weight lives (and
             # is saved) once, under the backbone.
-            self._embedding = [backbone.tok_embeddings]
+            self._embedding = [getattr(backbone, "output_embeddings", None)
+                               or backbone.tok_embeddings]
         else:
             self.proj = nn.Linear(backbone.dim, backbone.vocab_size, bias=False)
             nn.init.normal_(self.proj.weight, std=0.02)
