@@ -10,6 +10,18 @@ Layout of one checkpoint::
       trainer_state.json       step, optimizer hyper-parameters, metrics
       meta.json                written last: format, step, checkpoint id
 
+A run with ``train.strategy: fsdp`` writes *sharded* checkpoints instead: ``model.safetensors``
+and ``optimizer.safetensors`` are replaced by ``sharded/``, one safetensors file per process
+written by ``torch.distributed.checkpoint`` (its Hugging Face storage writer: each file's JSON
+header records where its pieces sit in the whole tensors), holding ``model.<name>`` and
+``optim.<name>.<state>`` tensors; the optimizer's parameter groups are JSON in
+``trainer_state.json``. Any number of processes reads it back, one plain process included
+(:func:`read_sharded`), so a sharded checkpoint resumes at another process count, loads for
+generation as it is, and converts to the single-folder format
+(:func:`consolidate_checkpoint`). Reading it unpickles nothing: the reader takes its layout from
+the safetensors headers (JSON), never from DCP's pickled ``.metadata`` file, which is not
+written.
+
 A checkpoint is written into a temporary sibling directory and renamed into place only when
 complete, so a killed run never leaves a broken checkpoint under a real name. A run directory
 holds ``checkpoints/step_*``; wherever a checkpoint is asked for, a run directory means its
@@ -18,6 +30,7 @@ newest complete checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,12 +47,14 @@ from safetensors.torch import load_file, save_file
 
 from multimodal.builders import build_model, component_kwargs
 from multimodal.config import dump_yaml, parse_yaml, validate_config
-from multimodal.errors import CheckpointError, ConfigError
+from multimodal.errors import CheckpointError, ConfigError, excerpt
 from multimodal.io import default_mode
 from multimodal.safety import CHECKPOINT_BLOCKLIST
 
 FORMAT = "multimodal-checkpoint/1"
 REQUIRED_FILES = ("config.yaml", "model.safetensors", "meta.json")
+SHARDED_DIR = "sharded"  # a sharded checkpoint's weights and optimizer state, in place of
+# model.safetensors and optimizer.safetensors
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -94,6 +109,12 @@ def _save_checkpoint(path: Path, *, model, config, tokenizers, step, optimizer, 
         weights = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
                    .detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
+        # Files a module needs beside its weights to be rebuilt (a transformers backbone's
+        # config.json), so a model loads after the folder it was read from is gone.
+        for name, data in getattr(getattr(model, "backbone", None), "checkpoint_files",
+                                  dict)().items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
         if ema is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()},
                       tmp / "ema.safetensors", metadata={"format": "pt"})
@@ -120,17 +141,7 @@ def _save_checkpoint(path: Path, *, model, config, tokenizers, step, optimizer, 
         meta = {"format": FORMAT, "step": step,
                 "checkpoint_id": _file_digest(tmp / "model.safetensors")[:12]}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        for f in tmp.rglob("*"):  # safetensors writes 0600 files; give the usual permissions
-            os.chmod(f, default_mode(directory=f.is_dir()))
-        _fsync_dir(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        _move_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -177,6 +188,22 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list) -> dict
     return {"state": state, "param_groups": groups}
 
 
+def _move_into_place(tmp: Path, path: Path) -> None:
+    """Make the complete checkpoint folder ``tmp`` the checkpoint ``path``, atomically: the
+    usual permissions (safetensors writes 0600 files), synced, renamed over any older one."""
+    for f in tmp.rglob("*"):
+        os.chmod(f, default_mode(directory=f.is_dir()))
+    _fsync_dir(tmp)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
 def prune_checkpoints(run_dir: str | Path, keep: int, *, protect: Path | None = None) -> None:
     """Delete all but the newest ``keep`` complete checkpoints of a run, and the leftovers
     of interrupted saves (``.step_N.tmp-*`` and ``.step_N.old-PID``); ``protect`` (the
@@ -192,7 +219,15 @@ def prune_checkpoints(run_dir: str | Path, keep: int, *, protect: Path | None = 
 
 # -- finding -----------------------------------------------------------------------------------
 def is_complete(path: Path) -> bool:
+    if is_sharded(path):
+        return all((path / f).is_file() for f in REQUIRED_FILES if f != "model.safetensors")
     return path.is_dir() and all((path / f).is_file() for f in REQUIRED_FILES)
+
+
+def is_sharded(path: Path) -> bool:
+    """Whether ``path`` is a sharded checkpoint (``sharded/`` with safetensors files)."""
+    directory = Path(path) / SHARDED_DIR
+    return directory.is_dir() and any(directory.glob("*.safetensors"))
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -308,6 +343,9 @@ def generation_weights(path: Path) -> Path:
 
 
 def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    file = Path(file)
+    if file.name == "model.safetensors" and not file.exists() and is_sharded(file.parent):
+        return sharded_model_weights(file.parent)  # a sharded checkpoint, read whole
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -398,10 +436,13 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
     config = read_config(path)
     tokenizers = load_tokenizers(path, config)
     try:
-        model = build_model(config, tokenizers)
+        model = build_model(config, tokenizers, checkpoint_dir=path)
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path}: cannot build its model: {exc}") from None
-    load_weights(model, generation_weights(path) if ema else path / "model.safetensors")
+    if is_sharded(path):  # converted in memory: read every shard into the whole model
+        load_weights(model, sharded_model_weights(path))
+    else:
+        load_weights(model, generation_weights(path) if ema else path / "model.safetensors")
     model.to(device).eval()
     return LoadedCheckpoint(path=path, config=config, model=model, tokenizers=tokenizers,
                             meta=meta)
@@ -434,11 +475,16 @@ def read_trainer_state(path: Path) -> dict:
     file = path / "trainer_state.json"
     try:
         state = json.loads(file.read_text(encoding="utf-8"))
-        if not isinstance(state, dict) or not isinstance(state.get("step"), int) \
+        step = state.get("step") if isinstance(state, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0 \
                 or not isinstance(state.get("param_groups", []), list):
-            raise ValueError("expected a mapping with an integer step")
+            raise ValueError("expected a mapping with an integer step >= 0")
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {file}: {exc}") from None
+    meta_step = read_meta(path).get("step")
+    if step != meta_step:
+        raise CheckpointError(f"{file} says step {excerpt(step)} but the checkpoint's meta.json "
+                              f"says {excerpt(meta_step)}: the files disagree")
     return state
 
 
@@ -451,6 +497,9 @@ def check_checkpoint_files(path: Path) -> None:
     """
     read_meta(path)
     read_trainer_state(path)
+    if is_sharded(path):
+        sharded_keys(path)
+        return
     for name in ("model.safetensors", "optimizer.safetensors", "ema.safetensors"):
         file = path / name
         if name == "ema.safetensors" and not file.exists():
@@ -474,5 +523,172 @@ def export_checkpoint(source: str | Path, destination: str | Path, *,
     return save_checkpoint(destination, model=loaded.model, config=loaded.config,
                            tokenizers=loaded.tokenizers, step=loaded.meta.get("step", 0),
                            dtype=dtype, tokenizer_dtype=dtype,
+                           extra_files={CHECKPOINT_BLOCKLIST: blocklist.read_bytes()}
+                           if blocklist.is_file() else None)
+
+
+# -- sharded checkpoints (train.strategy: fsdp) ------------------------------------------------
+def save_sharded_checkpoint(path: str | Path, *, state: dict[str, torch.Tensor], config: dict,
+                            tokenizers: dict[str, Any], step: int, trainer_state: dict,
+                            is_main: bool, extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write a sharded checkpoint; every process of the job calls it (a collective).
+
+    Args:
+        path: The checkpoint directory to create (replaced if it exists).
+        state: ``{"model.<name>": tensor, "optim.<name>.<state>": tensor}``: this process's
+            ``DTensor`` shards, or plain tensors (the same on every process; one writes them).
+        config, tokenizers, step, extra_files: As for :func:`save_checkpoint` (process 0
+            writes them).
+        trainer_state: JSON state: the step, the train settings, the optimizer's parameter
+            groups (``param_groups``, with parameter names).
+        is_main: Whether this is process 0, which writes everything but the shards.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be written, naming the path and the reason.
+    """
+    # deferred: torch.distributed.checkpoint is needed by sharded checkpoints only
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-sharded"  # one name all processes know
+    barrier = torch.distributed.barrier if torch.distributed.is_initialized() else (lambda: None)
+    try:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / SHARDED_DIR).mkdir(parents=True)
+        barrier()
+        with _single_process_is_meant():
+            dcp.save({k: v.detach() for k, v in state.items()},
+                     storage_writer=HuggingFaceStorageWriter(str(tmp / SHARDED_DIR),
+                                                             save_distributed=True))
+        if is_main:
+            os.chmod(tmp, default_mode(directory=True))
+            (tmp / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
+            for name, data in (extra_files or {}).items():
+                (tmp / name).write_bytes(data)
+            if tokenizers:
+                (tmp / "tokenizers").mkdir()
+                for name, tok in tokenizers.items():
+                    (tmp / "tokenizers" / name).mkdir()
+                    tok.save(tmp / "tokenizers" / name)
+            (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+            digest = hashlib.sha256("".join(
+                _file_digest(f) for f in sorted((tmp / SHARDED_DIR).glob("*"))).encode())
+            shards = len(list((tmp / SHARDED_DIR).glob("*.safetensors")))
+            meta = {"format": FORMAT, "step": step, "sharded": {"files": shards},
+                    "checkpoint_id": digest.hexdigest()[:12]}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+            _move_into_place(tmp, path)
+    except (OSError, SafetensorError, RuntimeError) as exc:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason}") from None
+    barrier()  # no process goes on (or prunes) before the checkpoint is in place
+    return path
+
+
+@contextlib.contextmanager
+def _single_process_is_meant():
+    """Silence DCP's warning that, without a process group, it saves or loads in one
+    process: here that is the intent (a reader on its own, a one-process writer)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable")
+        yield
+
+
+def sharded_keys(path: Path) -> dict[str, tuple[int, ...]]:
+    """``{name: whole shape}`` of every tensor of sharded checkpoint ``path``, from the
+    safetensors headers of its files (JSON; nothing is unpickled).
+
+    Raises:
+        CheckpointError: a file that does not open, named.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in sorted((Path(path) / SHARDED_DIR).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                extra = json.loads((f.metadata() or {}).get("DCP_SHARDING_INFO", "{}"))
+                for key in f.keys():
+                    shape = f.get_slice(key).get_shape()
+                    offsets = extra.get(key, {}).get("saved_offsets", [0] * len(shape))
+                    whole = tuple(s + o for s, o in zip(shape, offsets))
+                    shapes[key] = tuple(max(a, b) for a, b in zip(shapes.get(key, whole), whole))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot read weights {file}: {exc}") from None
+    return shapes
+
+
+def read_sharded(path: Path, template: dict[str, torch.Tensor]) -> None:
+    """Fill ``template`` (``{name: tensor}``, plain tensors or this process's ``DTensor``
+    shards) in place from sharded checkpoint ``path``, whatever the process count that wrote
+    it. Each process reads on its own (no collective).
+
+    Raises:
+        CheckpointError: a name the checkpoint lacks, a shape that differs, an unreadable file.
+    """
+    # deferred: torch.distributed.checkpoint is needed by sharded checkpoints only
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    saved = sharded_keys(path)
+    missing = sorted(set(template) - set(saved))
+    mismatched = [f"{k}: checkpoint {saved[k]} vs model {tuple(v.shape)}"
+                  for k, v in template.items() if k in saved and saved[k] != tuple(v.shape)]
+    if missing or mismatched:
+        raise CheckpointError(f"sharded checkpoint {path} does not fit this model: "
+                              + " | ".join(filter(None, [
+                                  f"missing ({len(missing)}): {', '.join(missing[:10])}"
+                                  if missing else "",
+                                  "shape mismatch: " + "; ".join(mismatched[:10])
+                                  if mismatched else ""])))
+    try:
+        with _single_process_is_meant():
+            dcp.load(template, no_dist=True,
+                     storage_reader=HuggingFaceStorageReader(str(path / SHARDED_DIR)))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot read sharded checkpoint {path}: {exc}") from None
+
+
+def sharded_model_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The whole model weights of sharded checkpoint ``path`` (``{name: tensor}``, as
+    ``model.safetensors`` would hold them)."""
+    saved = sharded_keys(path)
+    template = {}
+    with safe_open(str(next((path / SHARDED_DIR).glob("*.safetensors"))), framework="pt") as f:
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    for key, shape in saved.items():
+        if key.startswith("model."):
+            dtype = _SAFETENSORS_DTYPES.get(dtypes.get(key, "F32"), torch.float32)
+            template[key] = torch.empty(shape, dtype=dtype)
+    read_sharded(path, template)
+    return {k[len("model."):]: v for k, v in template.items()}
+
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "F64": torch.float64, "I64": torch.int64, "I32": torch.int32,
+                       "BOOL": torch.bool, "U8": torch.uint8}
+
+
+def consolidate_checkpoint(source: str | Path, destination: str | Path) -> Path:
+    """Convert a sharded checkpoint (or a run's newest) into the single-folder format
+    (``model.safetensors``, the config, the tokenizers; no optimizer state), for generation
+    and for tools that read that format. One process, no ``torchrun``.
+
+    Raises:
+        CheckpointError: ``source`` is not a sharded checkpoint, or does not load.
+    """
+    path = find_checkpoint(source)
+    if not is_sharded(path):
+        raise CheckpointError(f"{path} is not a sharded checkpoint (it holds "
+                              "model.safetensors already)")
+    loaded = load_checkpoint(path)
+    blocklist = loaded.path / CHECKPOINT_BLOCKLIST
+    return save_checkpoint(destination, model=loaded.model, config=loaded.config,
+                           tokenizers=loaded.tokenizers, step=loaded.meta.get("step", 0),
                            extra_files={CHECKPOINT_BLOCKLIST: blocklist.read_bytes()}
                            if blocklist.is_file() else None)

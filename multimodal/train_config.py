@@ -90,6 +90,15 @@ class TrainConfig:
         preview_prompts: After every checkpoint, generate from these prompts with the config's
             task (seed 0) into ``<run>/previews/step_N/``, to watch a run as it learns
             (default none; a preview that fails is a warning, not a stop).
+        strategy: How a ``torchrun`` job splits the work (default ``"ddp"``): ``"ddp"`` keeps
+            a whole copy of the model on every process and averages the gradients;
+            ``"fsdp"`` shards parameters, gradients and optimizer state over the processes
+            (PyTorch's FSDP2 ``fully_shard``; bf16 compute with fp32 gradient reductions on
+            CUDA with ``precision: bf16``) and writes sharded checkpoints. ``"fsdp"`` needs
+            ``torchrun`` (any ``--nproc_per_node``, 1 included).
+        activation_checkpointing: Keep only each repeated block's input during the forward
+            pass and recompute the rest in the backward pass (``torch.utils.checkpoint``,
+            non-reentrant): less activation memory for about one more forward of compute.
     """
 
     max_steps: int = 1000
@@ -117,6 +126,8 @@ class TrainConfig:
     freeze: list[str] | None = None
     lora: LoRASettings | None = None
     preview_prompts: list[str] | None = None
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    activation_checkpointing: bool = False
 
     @classmethod
     def from_config(cls, config: dict) -> "TrainConfig":
@@ -131,6 +142,29 @@ class TrainConfig:
 
 # -- checks that need more than a type -----------------------------------------------------------
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
+
+# The range of each number of the train section: (lower test, upper test, what is accepted).
+# Every float must also be finite: an infinite lr trains to NaN weights.
+_ANY = lambda v: True  # noqa: E731 - a table of one-line tests reads best as lambdas
+_RANGES = {
+    "max_steps": (lambda v: v >= 1, _ANY, "an integer >= 1"),
+    "batch_size": (lambda v: v >= 1, _ANY, "an integer >= 1"),
+    "grad_accum_steps": (lambda v: v >= 1, _ANY, "an integer >= 1"),
+    "seq_len": (lambda v: v >= 1, _ANY, "an integer >= 1"),
+    "lr": (lambda v: v > 0, _ANY, "a finite number > 0, e.g. 1e-3"),
+    "min_lr_ratio": (lambda v: v >= 0, lambda v: v <= 1, "a number in [0, 1]"),
+    "warmup_steps": (lambda v: v >= 0, _ANY, "an integer >= 0"),
+    "weight_decay": (lambda v: v >= 0, _ANY, "a finite number >= 0"),
+    "betas": (lambda v: v >= 0, lambda v: v < 1, "two numbers in [0, 1), e.g. [0.9, 0.95]"),
+    "grad_clip": (lambda v: v >= 0, _ANY, "a finite number >= 0 (0 turns clipping off)"),
+    "eval_every": (lambda v: v >= 0, _ANY, "an integer >= 0 (0: only at the end)"),
+    "eval_batches": (lambda v: v >= 1, _ANY, "an integer >= 1"),
+    "checkpoint_every": (lambda v: v >= 0, _ANY, "an integer >= 0 (0: only at the end)"),
+    "keep_checkpoints": (lambda v: v >= 1, _ANY, "an integer >= 1"),
+    "log_every": (lambda v: v >= 1, _ANY, "an integer >= 1"),
+    "num_threads": (lambda v: v >= 1, _ANY, "an integer >= 1"),
+}
 
 
 def _is_number(value: Any) -> bool:
@@ -150,11 +184,17 @@ def train_problems(config: dict) -> Problems:
     modalities = list(decoders) if isinstance(decoders, dict) else []
     known = ", ".join(modalities) or "(none)"
     problems: Problems = []
-    for key in ("max_steps", "batch_size", "grad_accum_steps"):
-        value = section.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
-            problems.append((f"train.{key}", f"'train.{key}' must be at least 1, got "
-                                             f"{excerpt(value)}"))
+    seed = config.get("seed")
+    if _is_number(seed) and not 0 <= seed <= MAX_SEED:
+        problems.append(("seed", f"'seed' must be an integer in 0..2**64-1, got {excerpt(seed)}"))
+    for key, (low, high, accepted) in _RANGES.items():
+        values = section.get(key)
+        for value in (values if key == "betas" and isinstance(values, (list, tuple))
+                      else [values]):
+            if _is_number(value) and not (math.isfinite(value) and low(value) and high(value)):
+                problems.append((f"train.{key}", f"'train.{key}' must be {accepted}, got "
+                                                 f"{excerpt(value)}"))
+                break
     device = section.get("device")
     if isinstance(device, str) and not _DEVICE.match(device):
         problems.append(("train.device", f"'train.device' is {excerpt(device)}; accepted: 'auto', "
@@ -185,6 +225,15 @@ def train_problems(config: dict) -> Problems:
         problems.append(("train.sampling", "'train.sampling' rests every modality (all 0); give "
                                            "at least one a share above 0"))
     problems += _lora_problems(section.get("lora"))
+    if section.get("strategy") == "fsdp":
+        for key, value, why in (
+                ("ema_decay", section.get("ema_decay"), "the EMA copy is not sharded yet"),
+                ("compile", section.get("compile"), "the backbone is compiled before it is "
+                                                    "sharded; not supported yet")):
+            if value not in (None, False):
+                problems.append((f"train.{key}", f"'train.{key}' does not work with "
+                                                 f"'train.strategy: fsdp' ({why}); remove it, "
+                                                 "or use strategy ddp"))
     return problems
 
 

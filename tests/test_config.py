@@ -144,7 +144,7 @@ def test_semantic_problems_are_reported_with_every_other_problem(tmp_path):
         load_config(write(tmp_path, bad))
     message = str(info.value)
     for expected in ("unknown key 'backbone.dpth'",
-                     "'train.batch_size' must be at least 1, got 0",
+                     "'train.batch_size' must be an integer >= 1, got 0",
                      "'train.device' is 'gpu'; accepted: 'auto', 'cpu', 'cuda'",
                      "'train.ema_decay' must be in (0, 1)",
                      "'train.loss_weights.txet': no such modality (did you mean 'text'?)",

@@ -316,3 +316,43 @@ def test_a_torchrun_run_that_fails_on_too_little_data_leaves_no_out_dir(tmp_path
         env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300, check=False)
     assert run.returncode != 0 and "fewer than one training window" in run.stderr
     assert not (tmp_path / "run").exists()
+
+
+# -- the trial's findings: numbers of the train section, a state file that lies ------------------
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=.inf", "'train.lr' must be a finite number > 0"),
+    ("train.lr=.nan", "'train.lr' must be a finite number > 0"),
+    ("train.lr=-1", "'train.lr' must be a finite number > 0"),
+    ("train.lr=1e-400", "'train.lr' must be a finite number > 0, e.g. 1e-3, got 0.0"),
+    ("train.betas=[2, -1]", "'train.betas' must be two numbers in [0, 1)"),
+    ("train.grad_clip=.inf", "'train.grad_clip' must be a finite number >= 0"),
+    ("train.min_lr_ratio=2", "'train.min_lr_ratio' must be a number in [0, 1]"),
+    ("train.keep_checkpoints=0", "'train.keep_checkpoints' must be an integer >= 1"),
+    ("seed=18446744073709551616", "'seed' must be an integer in 0..2**64-1"),
+    ("seed=-1", "'seed' must be an integer in 0..2**64-1"),
+])
+def test_train_numbers_out_of_range_are_config_errors(override, message):
+    from multimodal.config import load_config
+
+    with pytest.raises(ConfigError) as info:
+        load_config("configs/text_tiny.yaml", [override])
+    assert message in str(info.value)
+
+
+def test_the_largest_seed_seeds_every_generator():
+    from multimodal.training.trainer import step_generator
+
+    assert step_generator(2**64 - 1, 10**9, 3, 1).initial_seed() < 2**64
+
+
+@requires_fortunes
+@pytest.mark.parametrize("step", ["true", "-5", "7", "1e21"])
+def test_a_trainer_state_whose_step_disagrees_is_refused(two_checkpoints, tmp_path, step):
+    config, run = two_checkpoints
+    shutil.copytree(run, tmp_path / "run")
+    file = tmp_path / "run" / "checkpoints" / "step_000004" / "trainer_state.json"
+    state = json.loads(file.read_text())
+    file.write_text(json.dumps(state).replace('"step": 4', f'"step": {step}', 1))
+    with pytest.raises(CheckpointError, match="trainer_state.json") as info:
+        Trainer(config, out_dir=tmp_path / "run", resume=True, progress=False)
+    assert "previous complete checkpoint is" in str(info.value)

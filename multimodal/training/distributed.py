@@ -10,7 +10,14 @@ all-reduce over a flat bucket, which is what ``DistributedDataParallel`` compute
 2020, https://arxiv.org/abs/2006.15704), without its module wrapper: the trainer calls each
 modality's ``loss(backbone, decoder, batch)`` separately, which does not fit DDP's
 one-forward-per-backward contract. Rank 0 alone fits the tokenizers, writes checkpoints and
-logs, and shows the progress bar.
+logs, and shows the progress bar. ``train.strategy: fsdp`` shards the model instead
+(:mod:`multimodal.training.fsdp`); batches are drawn and cut the same way.
+
+Several machines: ``torchrun --nnodes=2 --nproc_per_node=N --rdzv-backend=c10d
+--rdzv-endpoint=HOST:PORT -m multimodal train CONFIG`` on each (the same command; HOST is one
+of them). ``LOCAL_RANK`` picks the GPU on each machine, ``RANK`` the slice of the batch; the
+run directory must be on a file system every machine sees (rank 0 hands its fitted tokenizers
+over through it, and every rank writes its shard of a sharded checkpoint there).
 
 Fitting the tokenizers can take longer than the process group's timeout (gloo's default is 30
 minutes; a speech config's vocoder fits for about 40), so the other ranks do not wait for it in
@@ -39,6 +46,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    group: bool = False  # whether this process joined a process group (fsdp: even alone)
 
     @property
     def enabled(self) -> bool:
@@ -88,14 +96,33 @@ class Distributed:
         return out
 
 
-def init_distributed(device: torch.device) -> Distributed:
-    """Join the process group torchrun describes in the environment (no-op without one).
+def under_torchrun() -> bool:
+    """Whether this process was started by ``torchrun`` (which sets ``RANK`` and
+    ``WORLD_SIZE``)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(device: torch.device, *, strategy: str = "ddp") -> Distributed:
+    """Join the process group torchrun describes in the environment (no-op without one,
+    and for a single ``ddp`` process).
+
+    Args:
+        device: This process's device type decides the backend: NCCL on CUDA, else gloo.
+        strategy: ``"fsdp"`` needs ``torchrun`` and joins a group even as its only process
+            (FSDP's collectives need one).
 
     Raises:
-        ConfigError: CUDA training with more processes than GPUs.
+        ConfigError: CUDA training with more processes than GPUs; ``fsdp`` without
+            ``torchrun``.
     """
+    if strategy == "fsdp" and not under_torchrun():
+        raise ConfigError(
+            "train.strategy is 'fsdp', which shards the model over the processes of a "
+            "torchrun job, but this process was not started by torchrun; launch it with "
+            "`torchrun --standalone --nproc_per_node=N -m multimodal train CONFIG` (N >= 1), "
+            "or train without sharding: train.strategy=ddp")
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and strategy != "fsdp":
         return Distributed()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
@@ -111,7 +138,7 @@ def init_distributed(device: torch.device) -> Distributed:
         # exception"). Imported before the group exists, it keeps none.
         importlib.import_module("torch._dynamo")
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank=rank, world_size=world, local_rank=local)
+    return Distributed(rank=rank, world_size=world, local_rank=local, group=True)
 
 
 def check_shardable(dist: Distributed, batch_size: int) -> None:
@@ -139,7 +166,7 @@ def wait_for_file(path: Path, *, failed: Path | None = None, poll_s: float = 1.0
 
 
 def shutdown(dist: Distributed) -> None:
-    if dist.enabled and torch.distributed.is_initialized():
+    if dist.group and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from multimodal.checkpoint import (find_checkpoint, generation_weights, load_tokenizer,
-                                   read_weights, tokenizer_names)
+from multimodal.checkpoint import (find_checkpoint, generation_weights, is_sharded,
+                                   load_tokenizer, read_weights, sharded_keys, tokenizer_names)
 from multimodal.config import fit_on_problems
 from multimodal.errors import CheckpointError, ConfigError
 from multimodal.train_config import InitEntry, init_from_entries, tokenizers_taken
@@ -132,6 +132,8 @@ def _require_part(path: Path, part: str, keys) -> None:
 
 
 def _weight_names(file: Path) -> list[str]:
+    if not file.exists() and is_sharded(file.parent):  # a sharded checkpoint (strategy fsdp)
+        return [k[len("model."):] for k in sharded_keys(file.parent) if k.startswith("model.")]
     try:
         with safe_open(str(file), framework="pt") as f:
             return list(f.keys())

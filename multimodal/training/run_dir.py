@@ -36,7 +36,7 @@ LOCK_FILE = ".lock"
 # train.* settings that do not change what the run computes: a --resume may change them freely.
 HARMLESS_CHANGES = frozenset({"eval_every", "log_every", "checkpoint_every", "keep_checkpoints",
                               "num_threads", "device", "preview_prompts", "eval_batches",
-                              "compile"})
+                              "compile", "strategy", "activation_checkpointing"})
 
 
 def check_fresh(out_dir: Path) -> None:

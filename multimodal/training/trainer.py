@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import shutil
 import time
 import warnings
@@ -40,14 +41,19 @@ from multimodal.builders import (
 from multimodal.checkpoint import (
     check_checkpoint_files,
     find_checkpoint,
+    is_sharded,
     list_checkpoints,
     load_optimizer_state,
     load_tokenizers,
     load_weights,
     prune_checkpoints,
     read_config,
+    read_sharded,
+    read_trainer_state,
     read_weights,
     save_checkpoint,
+    save_sharded_checkpoint,
+    sharded_keys,
 )
 from multimodal.config import validate_config
 from multimodal.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -65,6 +71,8 @@ from multimodal.training.distributed import (
     shutdown,
     wait_for_file,
 )
+from multimodal.training.fsdp import apply_activation_checkpointing, full_value, shard_model
+from multimodal.training.plan import MemoryPlan, default_memory, memory_plan
 from multimodal.training.init_from import (
     init_from_problems,
     load_init_tokenizers,
@@ -106,7 +114,8 @@ def autocast_for(device: torch.device, precision: str):
 def step_generator(seed: int, step: int, micro: int = 0, stream: int = 0) -> torch.Generator:
     """The generator for one micro-batch: a pure function of its coordinates."""
     g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + step) * 1_009 + micro * 17 + stream)
+    # modulo 2**64, what manual_seed takes (the same value as before for every usual seed)
+    g.manual_seed(((seed * 1_000_003 + step) * 1_009 + micro * 17 + stream) % 2**64)
     return g
 
 
@@ -135,6 +144,10 @@ class Trainer:
             ``train.max_steps``) this config may change from the checkpoint's, on purpose
             (extending a run); any other change that shapes the run is refused.
         progress: Show a tqdm progress bar.
+        memory: Bytes one process may use (``--memory``): a run whose memory plan
+            (:func:`multimodal.training.plan.memory_plan`) exceeds it is refused before any
+            set-up. Default: the GPU's memory on CUDA, the machine's available memory shared
+            by its processes on CPU.
 
     Raises:
         ConfigError, DataError, CheckpointError: on bad config, data or checkpoint.
@@ -143,7 +156,8 @@ class Trainer:
     """
 
     def __init__(self, config: dict, *, out_dir: str | Path | None = None, resume: bool = False,
-                 allow_changes: tuple[str, ...] | list[str] = (), progress: bool = True):
+                 allow_changes: tuple[str, ...] | list[str] = (), progress: bool = True,
+                 memory: int | None = None):
         # Every problem of the config at once, before any work (the init_from checkpoints are
         # opened unless resuming, which does not read them).
         validate_config(config, checks=() if resume else (init_from_problems,))
@@ -160,6 +174,7 @@ class Trainer:
         self.lock: RunLock | None = None
         self._created_out_dir = False
         self._setup_device()
+        self._check_memory(memory)
         self._claim_out_dir(resume)
         try:
             resume_from, init_sources = self._resolve_start(resume)
@@ -182,7 +197,7 @@ class Trainer:
     def _setup_device(self) -> None:
         """The device, this process's place in a ``torchrun`` job, and torch's threads."""
         self.device = resolve_device(self.cfg.device)
-        self.dist = init_distributed(self.device)
+        self.dist = init_distributed(self.device, strategy=self.cfg.strategy)
         check_shardable(self.dist, self.cfg.batch_size)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -191,6 +206,26 @@ class Trainer:
         elif self.dist.enabled and self.device.type == "cpu":
             torch.set_num_threads(1)  # one thread per rank: ranks must not oversubscribe
         torch.manual_seed(self.seed)
+
+    def _check_memory(self, memory: int | None) -> None:
+        """Refuse, before any set-up, a run whose memory plan does not fit ``memory`` (or the
+        device's memory), printing the plan."""
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world_size))
+        limit = memory if memory is not None else default_memory(self.device, local)
+        try:
+            self.plan: MemoryPlan | None = memory_plan(
+                self.config, processes=self.dist.world_size, device=self.device.type,
+                memory=limit)
+        except Exception as exc:  # noqa: BLE001 - a plan the model cannot be probed for
+            if memory is not None:  # asked for: say why there is none
+                raise TrainingError(f"--memory: no memory plan for this config: "
+                                    f"{type(exc).__name__}: {exc}") from None
+            self.plan = None  # (a safety check only: training goes on without it)
+            return
+        if not self.plan.fits:
+            raise TrainingError("this run does not fit in memory; lower train.batch_size "
+                                "(or use strategy fsdp, activation checkpointing, more "
+                                "processes):\n" + self.plan.format())
 
     def _claim_out_dir(self, resume: bool) -> None:
         """Before any set-up: rank 0 creates ``out_dir``, checks that it can be written and
@@ -316,6 +351,13 @@ class Trainer:
         self.dist.broadcast_(list(self.model.state_dict().values()))  # start identical
         if self.cfg.compile:
             self.model.backbone.compile(dynamic=False)  # in place: state_dict keys unchanged
+        if self.cfg.activation_checkpointing:
+            apply_activation_checkpointing(self.model)
+        self.runner = None  # strategy fsdp: the root unit every loss is computed through
+        if self.cfg.strategy == "fsdp":
+            self.runner = shard_model(self.model, device=self.device,
+                                      world_size=self.dist.world_size,
+                                      precision=self.cfg.precision)
 
     def _setup_data(self, train_sets: dict) -> None:
         """Each training modality's prepared data, and its validation data where it has
@@ -388,6 +430,16 @@ class Trainer:
         if self.ema is not None and not file.is_file():
             raise CheckpointError(f"--resume: {path} has no ema.safetensors, but "
                                   "train.ema_decay is set; resume with the same config")
+        if is_sharded(path):
+            with self._naming_fallback(path):
+                self._resume_sharded(path)
+            self.last_checkpoint = path
+            return
+        if self.runner is not None:
+            raise CheckpointError(
+                f"--resume: {path} is a whole (unsharded) checkpoint; a strategy fsdp run "
+                "resumes from sharded ones. Resume it with train.strategy=ddp, or start a "
+                f"sharded run from its weights with init_from={path}")
         with self._naming_fallback(path):
             load_weights(self.model, path / "model.safetensors")
             state = load_optimizer_state(path, self.optimizer)
@@ -413,7 +465,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        torch.manual_seed(self.seed * 7919 + self.step)  # dropout and other in-model noise
+        torch.manual_seed((self.seed * 7919 + self.step) % 2**64)  # dropout, in-model noise
         metrics: dict[str, float] = {"lr": lr, "loss": 0.0, "tokens": 0.0, "bad_loss": 0.0,
                                      **{f"loss_{name}": 0.0 for name in self.modalities}}
         bad = ""
@@ -429,8 +481,8 @@ class Trainer:
                 batch = {k: v.to(self.device) if torch.is_tensor(v) else v
                          for k, v in self.dist.shard(batch, cfg.batch_size).items()}
                 with self.autocast():
-                    loss, info = modality.loss(self.model.backbone, self.model.decoders[name], batch)
-                if not torch.isfinite(loss):  # stop on every rank together, below
+                    loss, info = self._loss(name, modality, batch)
+                if not self._all_finite(loss):  # stop on every rank together, below
                     bad, metrics["bad_loss"] = f"{name} loss is {loss.item()}", 1.0
                     continue
                 if loss.requires_grad:  # not when train.freeze covers all this loss reaches
@@ -443,8 +495,9 @@ class Trainer:
             self.dist.all_reduce_mean_([values])
             metrics.update({k: float(v) for k, v in zip(keys, values)})
             metrics["tokens"] *= self.dist.world_size
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            self.dist.all_reduce_mean_(grads)
+            if self.runner is None:  # (FSDP reduce-scattered them in the backward pass)
+                grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+                self.dist.all_reduce_mean_(grads)
         if metrics.pop("bad_loss"):
             where = (f"the last good checkpoint is {self.last_checkpoint}"
                      if self.last_checkpoint else "no checkpoint was written yet")
@@ -453,8 +506,8 @@ class Trainer:
                 f"stopped. {where}. Lower train.lr, raise train.warmup_steps, or use "
                 "precision fp32")
         if cfg.grad_clip > 0:
-            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(), cfg.grad_clip))
+            metrics["grad_norm"] = float(full_value(torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), cfg.grad_clip)))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
@@ -462,22 +515,46 @@ class Trainer:
         self.step += 1
         return metrics
 
+    def _loss(self, name: str, modality, batch: dict) -> tuple[torch.Tensor, dict]:
+        """``modality.loss`` on this rank's batch (through the FSDP root unit when sharded)."""
+        if self.runner is None:
+            return modality.loss(self.model.backbone, self.model.decoders[name], batch)
+        return self.runner(lambda model, b: modality.loss(model.backbone, model.decoders[name],
+                                                          b), batch)
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite here and, when sharded, on every rank: under FSDP the
+        backward pass is a collective, so every rank skips it or none does."""
+        finite = bool(torch.isfinite(loss))
+        if self.runner is None or not self.dist.enabled:
+            return finite
+        flag = torch.tensor([float(finite)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
+
     def evaluate(self) -> dict[str, float]:
         """Validation metrics of every modality with validation data, prefixed ``val_`` (on
-        rank 0 only under ``torchrun``)."""
-        if not self.dist.is_main:
+        rank 0 only under ``torchrun``; sharded, every rank computes them with it, since
+        every forward gathers weights from all)."""
+        if not self.dist.is_main and self.runner is None:
             return {}
         self.model.eval()
         out = {}
         for name, data in self.val_data.items():
-            result = self.modalities[name].evaluate(
-                self.model.backbone, self.model.decoders[name], data,
-                batch_size=self.cfg.batch_size, max_batches=self.cfg.eval_batches,
-                autocast=self.autocast)
+            def run(model, name=name, data=data):
+                return self.modalities[name].evaluate(
+                    model.backbone, model.decoders[name], data,
+                    batch_size=self.cfg.batch_size, max_batches=self.cfg.eval_batches,
+                    autocast=self.autocast)
+            result = run(self.model) if self.runner is None else self.runner(run)
             out.update({f"val_{name}_{k}": v for k, v in result.items()})
-        return out
+        if self.runner is not None:
+            self.runner.reshard()
+        return out if self.dist.is_main else {}
 
     def save(self) -> Path:
+        if self.runner is not None:
+            return self._save_sharded()
         if not self.dist.is_main:  # rank 0 writes; the weights are the same everywhere
             self.last_checkpoint = self.out_dir / "checkpoints" / f"step_{self.step:06d}"
             return self.last_checkpoint
@@ -498,6 +575,66 @@ class Trainer:
         if self.cfg.preview_prompts:
             self.preview(path)
         return path
+
+    def _save_sharded(self) -> Path:
+        """Every rank writes its shards of the weights and the optimizer state (strategy
+        fsdp); rank 0 the rest, prunes and previews."""
+        if self.runner is not None:
+            self.runner.reshard()
+        path = self.out_dir / "checkpoints" / f"step_{self.step:06d}"
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        state = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        for p, values in self.optimizer.state.items():
+            state.update({f"optim.{names[id(p)]}.{k}": v for k, v in values.items()
+                          if torch.is_tensor(v)})
+        groups = [{**{k: v for k, v in g.items() if k != "params"},
+                   "params": [names[id(p)] for p in g["params"]]}
+                  for g in self.optimizer.param_groups]
+        try:
+            save_sharded_checkpoint(
+                path, state=state, config=self.config, tokenizers=self.tokenizers,
+                step=self.step, is_main=self.dist.is_main, extra_files=self.extra_files,
+                trainer_state={"step": self.step, "train": asdict(self.cfg),
+                               "param_groups": groups})
+        except CheckpointError as exc:
+            where = (f"the last good checkpoint is {self.last_checkpoint}"
+                     if self.last_checkpoint else "no checkpoint was written yet")
+            raise TrainingError(f"{exc}; stopped at step {self.step}, {where}. Free space (or "
+                                "fix the folder) and continue with --resume") from None
+        self.last_checkpoint = path
+        if self.dist.is_main:
+            prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints, protect=path)
+            if self.cfg.preview_prompts:
+                self.preview(path)
+        return path
+
+    def _resume_sharded(self, path: Path) -> None:
+        """Restore the weights and optimizer state of a sharded checkpoint, written by any
+        number of processes, into this run (sharded or not)."""
+        saved = sharded_keys(path)
+        names = dict(self.model.named_parameters())
+        template = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        optim: dict[str, dict[str, torch.Tensor]] = {}
+        for name, p in names.items():
+            keys = [k for k in (f"optim.{name}.step", f"optim.{name}.exp_avg",
+                                f"optim.{name}.exp_avg_sq") if k in saved]
+            if not keys or not p.requires_grad:
+                continue
+            optim[name] = {
+                "step": torch.zeros((), dtype=torch.float32),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+            template.update({f"optim.{name}.{k}": v for k, v in optim[name].items()})
+        read_sharded(path, template)
+        self.model.load_state_dict({k[len("model."):]: v for k, v in template.items()
+                                    if k.startswith("model.")})
+        for name, values in optim.items():
+            self.optimizer.state[names[name]] = values
+        state = read_trainer_state(path)
+        for group, saved_group in zip(self.optimizer.param_groups, state.get("param_groups", [])):
+            group.update({k: (tuple(v) if k == "betas" else v)
+                          for k, v in saved_group.items() if k != "params"})
+        self.step = int(state["step"])
 
     def preview(self, checkpoint: Path) -> None:
         """Generate from ``train.preview_prompts`` with the checkpoint just written, through the
