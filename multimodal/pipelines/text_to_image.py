@@ -31,10 +31,14 @@ returned the input unchanged); strength 0 runs none and returns the input. Outpu
 steps actually run as ``steps_run`` where that is not ``int(num_inference_steps * strength)``
 (the bumped single step) or is 0.
 
-Input images are read with Pillow and converted to the model's format: grayscale (or RGB for
-an RGB model) at 32x32; 28x28 images (Fashion-MNIST's size) are padded with black like the
-training data, any other size is resized (bicubic; masks: nearest). Outputs are at the model's
-resolution. Masks: white (> 127) = regenerate, black = keep; a mask must have the image's size.
+Input images are read with Pillow and converted to the model's format: grayscale for a
+1-channel model (Fashion-MNIST, 32x32), RGB for a 3-channel one (emoji, 64x64), at the VAE's
+image size; 28x28 images (Fashion-MNIST's size) are padded with black like the training data
+of a 32x32 model, any other size is resized (bicubic; masks: nearest). A colour image given to
+a grayscale model for inpainting is refused (the kept pixels could not stay unchanged); for
+image-to-image it is converted to grayscale. Outputs are at the model's resolution and channels:
+(h, w) for grayscale, (h, w, 3) for RGB. Masks: white (> 127) = regenerate, black = keep; a
+mask must have the image's size.
 
 Axes: s samples, b batch (2 s with guidance), n prompt tokens, d backbone width, l latent
 channels, y x latent height and width, c image channels, h w image height and width.
@@ -45,7 +49,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
@@ -65,6 +69,10 @@ from multimodal.safety import policy_of
 
 DEFAULT_SCHEDULER = "dpm_solver_multistep"
 DEFAULT_GUIDANCE = 4.0
+
+# ``callback_on_step_end(step, num_steps, latents)``: called after each scheduler step (as
+# diffusers' ``callback_on_step_end``), e.g. to decode a preview or to stop by raising.
+StepCallback = Callable[[int, int, torch.Tensor], None]
 
 # What an image argument may be: a file path, a PIL image or a uint8 array (h, w[, c]).
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -213,7 +221,8 @@ class LatentDiffusionPipeline(Pipeline):
                  num_samples: int = 1, seed: int | None = None,
                  generator: torch.Generator | None = None, scheduler: str | None = None,
                  progress: bool = True, image: ImageInput | None = None,
-                 mask: ImageInput | None = None, strength: float = 1.0) -> ImageGenerationOutput:
+                 mask: ImageInput | None = None, strength: float = 1.0,
+                 callback_on_step_end: StepCallback | None = None) -> ImageGenerationOutput:
         """The loop behind every task's ``__call__``; see the module docstring.
 
         Args:
@@ -232,13 +241,17 @@ class LatentDiffusionPipeline(Pipeline):
             image: Start image (path, PIL image or uint8 array) for editing tasks.
             mask: Inpainting mask of the image's size; white = regenerate.
             strength: Share of the schedule to run from the noised ``image``, in [0, 1].
+            callback_on_step_end: Called after every scheduler step as
+                ``callback_on_step_end(step, num_steps, latents)`` with the current latents
+                (s, l, y, x) (diffusers' hook: previews, progress, cancelling by raising).
 
         Returns:
             :class:`ImageGenerationOutput` with ``num_samples`` images.
 
         Raises:
             InputError: an argument outside the ranges above, a mask whose size differs from
-                the image, an unreadable or non-image file.
+                the image, an unreadable or non-image file, a colour image to inpaint with a
+                grayscale model (the channel mismatch).
             UnknownComponentError: an unknown scheduler name.
         """
         steps, guidance_scale, strength = self._check_arguments(
@@ -303,6 +316,8 @@ class LatentDiffusionPipeline(Pipeline):
                 known = x0 if i == len(timesteps) - 1 else sched.add_noise(
                     x0, noise, timesteps[i + 1 : i + 2].repeat(num_samples))
                 latents = latent_mask * latents + (1 - latent_mask) * known
+            if callback_on_step_end is not None:
+                callback_on_step_end(i, len(timesteps), latents)
 
         check_finite(latents, guidance_scale)
         pixels = self._to_uint8(self.vae.decode(latents))  # (s, c, h, w)
@@ -341,6 +356,13 @@ class LatentDiffusionPipeline(Pipeline):
             return None, None
         channels, size = self._image_format
         raw = load_image_array(image, what="image")
+        if mask is not None and channels == 1 and has_colour(raw):
+            raise InputError(
+                "channel mismatch: this checkpoint's image model is grayscale (1 channel) but "
+                f"the image to inpaint is in colour ({raw.shape[2]} channels); inpainting keeps "
+                "the unmasked pixels exactly, which a grayscale model cannot do in colour. Use "
+                "a colour (3-channel) checkpoint, e.g. one trained with "
+                "configs/text_to_image_emoji.yaml, or give a grayscale image")
         pixels = pil_to_array(Image.fromarray(raw), size=size, channels=channels)
         pixels = torch.from_numpy(pixels.copy()).float()[None]  # (1, c, h, w), 0..255
         if mask is None:
@@ -368,6 +390,15 @@ class LatentDiffusionPipeline(Pipeline):
         """(c, h, w) 0..255 -> uint8 (h, w) or (h, w, c)."""
         array = pixels.to(torch.uint8).numpy()
         return array[0] if array.shape[0] == 1 else rearrange(array, "c h w -> h w c")
+
+
+def has_colour(pixels: np.ndarray) -> bool:
+    """Whether a uint8 image (h, w) or (h, w, c) holds colour: three or more channels that are
+    not all equal (a grayscale picture saved as RGB has none)."""
+    if pixels.ndim != 3 or pixels.shape[2] < 3:
+        return False
+    rgb = pixels[..., :3]
+    return bool((rgb != rgb[..., :1]).any())
 
 
 def check_finite(latents: torch.Tensor, guidance_scale: float) -> None:
@@ -404,7 +435,8 @@ class TextToImagePipeline(LatentDiffusionPipeline):
                  num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
                  num_samples: int = 1, seed: int | None = None,
                  generator: torch.Generator | None = None,
-                 scheduler: str = DEFAULT_SCHEDULER, progress: bool = True, **editing: Any
+                 scheduler: str = DEFAULT_SCHEDULER, progress: bool = True,
+                 callback_on_step_end: StepCallback | None = None, **editing: Any
                  ) -> ImageGenerationOutput:
         """Draw ``prompt``.
 
@@ -419,6 +451,7 @@ class TextToImagePipeline(LatentDiffusionPipeline):
             generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
             scheduler: ddpm, ddim, dpm_solver_multistep (default) or euler.
             progress: Show a tqdm bar over the steps.
+            callback_on_step_end: ``f(step, num_steps, latents)`` after every step.
 
         Returns:
             :class:`ImageGenerationOutput`; see :meth:`LatentDiffusionPipeline.generate`.
@@ -431,7 +464,8 @@ class TextToImagePipeline(LatentDiffusionPipeline):
         return self.generate(prompt, negative_prompt=negative_prompt,
                              num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale, num_samples=num_samples, seed=seed,
-                             generator=generator, scheduler=scheduler, progress=progress)
+                             generator=generator, scheduler=scheduler, progress=progress,
+                             callback_on_step_end=callback_on_step_end)
 
 
 @pipelines.register("image-to-image")
@@ -447,7 +481,8 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
                  negative_prompt: str | None = None, num_inference_steps: int = 25,
                  guidance_scale: float = DEFAULT_GUIDANCE, num_samples: int = 1,
                  seed: int | None = None, generator: torch.Generator | None = None,
-                 scheduler: str = DEFAULT_SCHEDULER, progress: bool = True, **editing: Any
+                 scheduler: str = DEFAULT_SCHEDULER, progress: bool = True,
+                 callback_on_step_end: StepCallback | None = None, **editing: Any
                  ) -> ImageGenerationOutput:
         """Redraw ``image`` toward ``prompt``.
 
@@ -463,6 +498,7 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
             generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
             scheduler: ddpm, ddim, dpm_solver_multistep (default) or euler.
             progress: Show a tqdm bar over the steps.
+            callback_on_step_end: ``f(step, num_steps, latents)`` after every step.
 
         Raises:
             InputError: a ``mask`` (inpainting takes one).
@@ -472,7 +508,8 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
                              negative_prompt=negative_prompt,
                              num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale, num_samples=num_samples, seed=seed,
-                             generator=generator, scheduler=scheduler, progress=progress)
+                             generator=generator, scheduler=scheduler, progress=progress,
+                             callback_on_step_end=callback_on_step_end)
 
 
 @pipelines.register("inpainting")
@@ -486,8 +523,8 @@ class InpaintingPipeline(LatentDiffusionPipeline):
                  num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
                  num_samples: int = 1, seed: int | None = None,
                  generator: torch.Generator | None = None,
-                 scheduler: str = DEFAULT_SCHEDULER, progress: bool = True
-                 ) -> ImageGenerationOutput:
+                 scheduler: str = DEFAULT_SCHEDULER, progress: bool = True,
+                 callback_on_step_end: StepCallback | None = None) -> ImageGenerationOutput:
         """Regenerate the white part of ``mask`` in ``image`` toward ``prompt``.
 
         Args:
@@ -503,9 +540,11 @@ class InpaintingPipeline(LatentDiffusionPipeline):
             generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
             scheduler: ddpm, ddim, dpm_solver_multistep (default) or euler.
             progress: Show a tqdm bar over the steps.
+            callback_on_step_end: ``f(step, num_steps, latents)`` after every step.
         """
         return self.generate(prompt, image=image, mask=mask, strength=strength,
                              negative_prompt=negative_prompt,
                              num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale, num_samples=num_samples, seed=seed,
-                             generator=generator, scheduler=scheduler, progress=progress)
+                             generator=generator, scheduler=scheduler, progress=progress,
+                             callback_on_step_end=callback_on_step_end)

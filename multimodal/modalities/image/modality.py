@@ -67,6 +67,29 @@ def encode_captions(tokenizer, captions: Sequence[str], *, max_len: int,
     return ids, mask, cut
 
 
+def encode_dataset(vae, dataset: Any) -> torch.Tensor:
+    """Latents (k, l, y, x) of every item of ``dataset``, encoded in chunks, on the CPU.
+
+    A dataset whose items share images (one image under several captions) says so with
+    ``item_images`` ((k,) ints: the distinct image of each item) and
+    ``get_distinct_images(indices)`` ((m, c, h, w) in [-1, 1]); each distinct image is then
+    encoded once.
+    """
+    item_images = getattr(dataset, "item_images", None)
+    if item_images is not None:
+        rows = torch.as_tensor(list(item_images), dtype=torch.long)
+        count = int(rows.max()) + 1 if len(rows) else 0
+        get = dataset.get_distinct_images
+    else:
+        rows, count = None, len(dataset)
+        get = lambda indices: dataset_images(dataset, indices)  # noqa: E731
+    latents = torch.cat([
+        vae.encode(get(list(range(i, min(count, i + ENCODE_CHUNK))))).cpu()
+        for i in tqdm(range(0, count, ENCODE_CHUNK), desc="encode images", leave=False,
+                      disable=None)])
+    return latents if rows is None else latents[rows]
+
+
 @dataclass
 class LatentCaptions:
     """A dataset encoded once: latents and tokenised captions.
@@ -118,10 +141,7 @@ class ImageModality:
             raise DataError("the image dataset is empty")
         vae, text = tokenizers["image"], tokenizers["text"]
         n = len(dataset)
-        latents = torch.cat([
-            vae.encode(dataset_images(dataset, range(i, min(n, i + ENCODE_CHUNK)))).cpu()
-            for i in tqdm(range(0, n, ENCODE_CHUNK), desc="encode images", leave=False,
-                          disable=None)])
+        latents = encode_dataset(vae, dataset)
         captions = list(self.text_corpus(dataset))
         ids, mask, cut = encode_captions(text, captions, max_len=seq_len)
         if cut:
