@@ -1,4 +1,4 @@
-"""Command line: ``multimodal {train,generate,evaluate,demo,replay,list} ...``.
+"""Command line: ``multimodal {train,generate,evaluate,demo,replay,serve,export,list} ...``.
 
 Errors a user can cause print one message and exit with status 2; ``--debug`` shows the
 traceback instead.
@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from multimodal.checkpoint import export_checkpoint
 from multimodal.config import load_config
 from multimodal.demo import run_demo
 from multimodal.errors import InputError, MultimodalError, UnknownComponentError, did_you_mean
 from multimodal.evaluation import evaluate
+from multimodal.interop import export_hf
 from multimodal.io import OutputFiles, atomic_write_text
 from multimodal.outputs import check_overwrite, output_stems, write_outputs
 from multimodal.pipelines import check_device, load_pipeline
@@ -42,7 +44,8 @@ from multimodal.registry import KINDS, get_registry, pipelines, plugin_failures
 from multimodal.replay import replay
 from multimodal.safety import EXIT_BLOCKED, PromptBlockedError
 from multimodal.training.init_from import init_from_problems
-from multimodal.training.trainer import train
+from multimodal.training.plan import memory_plan, parse_memory
+from multimodal.training.trainer import resolve_device, train
 
 EXIT_USAGE = 2
 
@@ -71,6 +74,17 @@ def _parser() -> argparse.ArgumentParser:
                             "e.g. --allow-changes max_steps to extend a run")
     train.add_argument("--out-dir", help="run directory (default: out_dir of the config)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--plan", action="store_true",
+                       help="print the memory plan per process (parameters, gradients, "
+                            "optimizer state, activations) and the largest batch that fits "
+                            "--memory, then exit without training")
+    train.add_argument("--memory", metavar="SIZE",
+                       help="memory one process may use, e.g. 24GB: a run whose plan exceeds "
+                            "it is refused before it starts (default: the GPU's memory; on "
+                            "CPU the available memory shared by the processes)")
+    train.add_argument("--processes", type=int, metavar="N",
+                       help="with --plan: the process count to plan for (default: torchrun's "
+                            "WORLD_SIZE, else 1)")
 
     gen = sub.add_parser("generate", help="generate from a prompt",
                          description="Options after TASK depend on the task; "
@@ -99,6 +113,31 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--device", default="cpu", help="cpu or cuda")
     rp.add_argument("--overwrite", action="store_true",
                     help="replace files of the same names in --out (default: refuse them)")
+
+    srv = sub.add_parser("serve", help="serve every task of a checkpoint over an "
+                                       "OpenAI-compatible HTTP API")
+    srv.add_argument("--checkpoint", help="checkpoint or run directory (default: embedded)")
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="address to bind (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    srv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every request")
+    srv.add_argument("--device", default="cpu", help="cpu or cuda")
+
+    ex = sub.add_parser(
+        "export", help="write a checkpoint for shipping, or as Hugging Face folders",
+        description="--format multimodal (default): a copy with fp16 weights and no optimizer "
+                    "state, which every command loads. --format hf: the backbone and text head "
+                    "as a transformers model folder (AutoModelForCausalLM.from_pretrained(OUT)) "
+                    "with its tokenizer, the image VAE as a diffusers AutoencoderKL (OUT/vae), "
+                    "LoRA adapters merged or, with --lora, as a PEFT folder (OUT/lora), and a "
+                    "model card (OUT/README.md). OUT must not exist, or be empty.")
+    ex.add_argument("checkpoint", help="checkpoint or run directory")
+    ex.add_argument("out", help="the folder to write (new, or empty)")
+    ex.add_argument("--format", choices=("multimodal", "hf"), default="multimodal",
+                    help="multimodal (default) or hf (Hugging Face transformers/diffusers/peft)")
+    ex.add_argument("--lora", action="store_true",
+                    help="with --format hf: the LoRA adapters as a PEFT adapter folder beside "
+                         "the base weights, instead of merged into them")
 
     ls = sub.add_parser("list", help="list registered components")
     ls.add_argument("kind", nargs="?", help="one kind (backbones, decoders, pipelines, ...), "
@@ -156,8 +195,19 @@ def _cmd_train(args) -> int:
     # (not when resuming, which starts from the run's own checkpoint).
     config = load_config(args.config, args.overrides,
                          checks=() if args.resume else (init_from_problems,))
+    memory = parse_memory(args.memory) if args.memory else None
+    if args.plan:
+        processes = args.processes or int(os.environ.get("WORLD_SIZE", "1"))
+        if processes < 1:
+            raise InputError(f"--processes must be at least 1, got {processes}")
+        device = resolve_device(config.get("train", {}).get("device", "auto")).type
+        plan = memory_plan(config, processes=processes, device=device, memory=memory)
+        if os.environ.get("RANK", "0") == "0":
+            print(plan.format())
+        return 0 if plan.fits else 1
     result = train(config, out_dir=args.out_dir, resume=args.resume,
-                   allow_changes=args.allow_changes, progress=not args.no_progress)
+                   allow_changes=args.allow_changes, progress=not args.no_progress,
+                   memory=memory)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, once
         print(json.dumps(result, default=str))
     return 0
@@ -474,6 +524,36 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    check_device(args.device)
+    # deferred: the server's stack (FastAPI, uvicorn) loads only for this command
+    from multimodal.serve import run_server
+
+    run_server(args.checkpoint, host=args.host, port=args.port, api_key=args.api_key,
+               device=args.device)
+    return 0
+
+
+def _cmd_export(args) -> int:
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"output folder {out} exists and is not empty: refusing to overwrite "
+                         "it; give a new folder (or remove it)")
+    if args.format == "hf":
+        report = export_hf(args.checkpoint, out, lora=args.lora)
+        for part, what in report.parts.items():
+            print(f"{part}: {what}")
+        for figure, value in report.measured.items():
+            print(f"{figure}: {value:.3g}" if isinstance(value, float) else f"{figure}: {value}")
+    else:
+        if args.lora:
+            raise InputError("--lora applies to --format hf (the multimodal format keeps the "
+                             "adapters in the checkpoint)")
+        export_checkpoint(args.checkpoint, out)
+    print(f"exported {args.checkpoint} -> {out}")
+    return 0
+
+
 def _cmd_list(args) -> int:
     if args.kind == "voices":
         pipe = load_pipeline("text-to-audio", checkpoint=args.checkpoint)
@@ -501,8 +581,8 @@ def _cmd_list(args) -> int:
 
 
 _COMMANDS = {"train": _cmd_train, "generate": _cmd_generate, "evaluate": _cmd_evaluate,
-             "replay": _cmd_replay,
-             "demo": _cmd_demo, "list": _cmd_list}
+             "replay": _cmd_replay, "export": _cmd_export,
+             "demo": _cmd_demo, "serve": _cmd_serve, "list": _cmd_list}
 
 
 if __name__ == "__main__":

@@ -82,6 +82,26 @@ class _Loader(yaml.SafeLoader):
         finally:
             self._depth -= nests
 
+    def construct_mapping(self, node, deep=False):
+        """Refuse a key given twice in one mapping (YAML keeps the last silently, so a
+        second ``train:`` block would drop the first)."""
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key is reported where keys are checked
+                continue
+            if first is not key_node.start_mark:
+                mark = key_node.start_mark
+                raise ConfigError(
+                    f"{self.name}:{mark.line + 1}:{mark.column + 1}: key "
+                    f"{excerpt(key)} is given twice in one mapping (first at line "
+                    f"{first.line + 1}); YAML would keep only the last: merge them into one")
+        return super().construct_mapping(node, deep=deep)
+
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
@@ -498,6 +518,8 @@ def fit_on_problems(config: dict, given: set[str]) -> list[Problem]:
     for name, section in sections.items():
         if name in given or not isinstance(section, dict) or section.get("type") not in tokenizers:
             continue
+        if getattr(tokenizers.get(section["type"]), "pretrained", lambda _: False)(section):
+            continue  # read from a pretrained folder and not fine-tuned: nothing to fit
         fit_on = section.get("fit_on", getattr(tokenizers.get(section["type"]), "fit_on", None))
         if not isinstance(fit_on, str) or fit_on == "text":  # "text": every modality's texts
             continue

@@ -59,11 +59,13 @@ KINDS = (
 # Modules that register the built-in components; imported on first lookup.
 _BUILTIN_MODULES = (
     "multimodal.backbone.transformer",
+    "multimodal.backbone.hf",
     "multimodal.modalities.text",
     "multimodal.data.text",
     "multimodal.pipelines.text_generation",
     "multimodal.modalities.image",
     "multimodal.data.images",
+    "multimodal.data.emoji",
     "multimodal.pipelines.text_to_image",
     "multimodal.pipelines.image_to_text",
     "multimodal.modalities.video",

@@ -26,9 +26,13 @@ _FALLBACK_CORPUS = [
 ] * 8
 
 TINY: dict[str, dict[str, dict[str, Any]]] = {
-    "backbones": {"transformer": {"dim": 32, "depth": 2, "num_heads": 4, "max_seq_len": 64}},
+    "backbones": {"transformer": {"dim": 32, "depth": 2, "num_heads": 4, "max_seq_len": 64},
+                  # a tiny random transformers folder, written on first use (tiny_hf_folder)
+                  "hf_causal_lm": {"path": "__HF_CAUSAL_LM__", "max_seq_len": 64}},
     "tokenizers": {
         "byte_bpe": {"vocab_size": 300},
+        "hf_tokenizer": {"path": "__HF_CAUSAL_LM__"},
+        "diffusers_vae": {"path": "__DIFFUSERS_VAE__", "image_size": 32},
         "image_vae": {"block_out_channels": [8, 16, 16], "norm_num_groups": 8, "fit_steps": 4,
                       "batch_size": 8},
         "video_vae": {"block_out_channels": [8, 16, 16], "norm_num_groups": 8, "fit_steps": 4,
@@ -60,6 +64,8 @@ TINY: dict[str, dict[str, dict[str, Any]]] = {
         "text_files": {"paths": "__TEXT_FILES__"},  # replaced by a temporary file in tests
         "fashion_mnist": {"max_items": 256},
         "image_folder": {"path": "__IMAGE_LIST__"},  # replaced by a temporary JSONL in tests
+        # fake npm packages in a temporary folder (with their sha256 and a cache beside them)
+        "emoji": {"archive_dir": "__EMOJI_PACKAGES__", "val_fraction": 0.0},
         "moving_fashion_mnist": {"num_clips": 32, "val_clips": 8, "num_frames": 8},
         "video_folder": {"path": "__VIDEO_LIST__", "num_frames": 8},  # a temporary JSONL
         "espeak_speech": {"voices": ["en-us", "en-us+f3"], "texts": ["one", "two", "shirt"]},
@@ -516,7 +522,104 @@ def check_modality(spec, tmp_path, *, prompt: str = "a small test", overfit_step
 
 # -- tiny components by registry name (tests/test_components.py) -------------------------------
 # Placeholders in TINY["datasets"] that name files; tiny_dataset_kwargs writes those files.
-_DATA_PLACEHOLDERS = ("__TEXT_FILES__", "__IMAGE_LIST__", "__VIDEO_LIST__", "__AUDIO_FOLDER__")
+_DATA_PLACEHOLDERS = ("__TEXT_FILES__", "__IMAGE_LIST__", "__VIDEO_LIST__", "__AUDIO_FOLDER__",
+                      "__EMOJI_PACKAGES__")
+
+
+def tiny_emoji_packages(directory) -> tuple[Any, dict[str, str]]:
+    """Write fake versions of the three emoji npm packages into ``directory``, laid out as the
+    real ones (``package/emoji.json`` + ``package/img/<set>/64/*.png``; ``package/data/
+    openmoji.json`` + ``package/color/svg/*.svg``), each named ``NAME-VERSION.tgz`` as
+    ``npm pack`` names it. Concepts: a waving hand (sort order 1, with a medium-dark skin-tone
+    variant in the PNG sets) and a red apple, plus a ``Component`` entry and an
+    OpenMoji-only extra, which the reader leaves out.
+
+    Returns:
+        ``(archive folder, {style: sha256 of its archive})``, for ``EmojiDataset(archive_dir=...,
+        sha256=...)``.
+    """
+    import hashlib
+    import io
+    import json
+    import tarfile
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    # deferred: the specs import this module while the registry loads its built-ins
+    from multimodal.data.emoji import PACKAGES
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def png(colour: tuple[int, int, int]) -> bytes:
+        # (64, 64, 4): a disc of ``colour`` on a transparent square
+        yy, xx = np.mgrid[:64, :64]
+        disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 24 ** 2
+        rgba = np.zeros((64, 64, 4), np.uint8)
+        rgba[disc] = (*colour, 255)
+        buffer = io.BytesIO()
+        Image.fromarray(rgba, "RGBA").save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def svg(colour: str) -> bytes:
+        return (f'<svg viewBox="0 0 72 72" xmlns="http://www.w3.org/2000/svg"><circle cx="36" '
+                f'cy="36" r="22" fill="{colour}" stroke="#000" stroke-width="3"/></svg>').encode()
+
+    emoji_json = [
+        {"unified": "1F44B", "image": "1f44b.png", "name": "WAVING HAND SIGN",
+         "short_name": "wave", "short_names": ["wave"], "category": "People & Body",
+         "subcategory": "hand-fingers-open", "sort_order": 1,
+         "skin_variations": {"1F3FE": {"unified": "1F44B-1F3FE", "image": "1f44b-1f3fe.png"}}},
+        {"unified": "1F34E", "image": "1f34e.png", "name": "RED APPLE", "short_name": "apple",
+         "short_names": ["apple"], "category": "Food & Drink", "subcategory": "food-fruit",
+         "sort_order": 2},
+        {"unified": "1F3FB", "image": "1f3fb.png", "name": "EMOJI MODIFIER FITZPATRICK TYPE-1-2",
+         "short_name": "skin-tone-2", "short_names": ["skin-tone-2"], "category": "Component",
+         "subcategory": "skin-tone", "sort_order": 3},
+    ]
+    openmoji_json = [
+        {"hexcode": "1F44B", "annotation": "waving hand", "group": "people-body",
+         "tags": "hand, hello, wave", "openmoji_tags": "", "skintone": "",
+         "skintone_base_hexcode": ""},
+        {"hexcode": "1F34E", "annotation": "red apple", "group": "food-drink",
+         "tags": "apple, fruit, red", "openmoji_tags": "", "skintone": "",
+         "skintone_base_hexcode": ""},
+        {"hexcode": "E000", "annotation": "openmoji logo", "group": "extras-openmoji",
+         "tags": "", "openmoji_tags": "", "skintone": "", "skintone_base_hexcode": ""},
+    ]
+    colours = {"1f44b": (250, 200, 40), "1f44b-1f3fe": (120, 70, 30), "1f34e": (220, 30, 30),
+               "1f3fb": (250, 220, 190)}
+    files = {
+        "twemoji": {"emoji.json": json.dumps(emoji_json).encode(), "README.md": b"fake\n",
+                    **{f"img/twitter/64/{c}.png": png(v) for c, v in colours.items()}},
+        "noto": {"emoji.json": json.dumps(emoji_json).encode(),
+                 **{f"img/google/64/{c}.png": png(tuple(255 - x for x in v))
+                    for c, v in colours.items()}},
+        "openmoji": {"data/openmoji.json": json.dumps(openmoji_json).encode(),
+                     "color/svg/1F44B.svg": svg("#fcea2b"), "color/svg/1F34E.svg": svg("#ea5a47"),
+                     "color/svg/E000.svg": svg("#3f3f3f"), "black/svg/1F34E.svg": svg("none")},
+    }
+    sha256 = {}
+    for style, members in files.items():
+        path = directory / PACKAGES[style].filename
+        with tarfile.open(path, "w:gz") as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(f"package/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        sha256[style] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return directory, sha256
+
+
+def _tiny_emoji_kwargs(directory) -> dict[str, Any]:
+    """``archive_dir``, ``sha256`` and ``cache_dir`` of fake emoji packages in ``directory``."""
+    from pathlib import Path
+
+    archives, sha256 = tiny_emoji_packages(Path(directory) / "archives")
+    return {"archive_dir": str(archives), "sha256": sha256,
+            "cache_dir": str(Path(directory) / "cache")}
 
 
 def tiny_text_files(directory, *, count: int = 40) -> str:
@@ -559,10 +662,15 @@ def tiny_dataset_kwargs(name: str, directory) -> dict[str, Any]:
 
     kwargs = copy.deepcopy(TINY["datasets"][name])
     writers = {"__TEXT_FILES__": tiny_text_files, "__IMAGE_LIST__": tiny_image_folder,
-               "__VIDEO_LIST__": tiny_video_folder, "__AUDIO_FOLDER__": tiny_audio_folder}
-    for key, value in kwargs.items():
+               "__VIDEO_LIST__": tiny_video_folder, "__AUDIO_FOLDER__": tiny_audio_folder,
+               "__EMOJI_PACKAGES__": _tiny_emoji_kwargs}
+    for key, value in list(kwargs.items()):
         if isinstance(value, str) and value in _DATA_PLACEHOLDERS:
-            kwargs[key] = writers[value](Path(directory) / name)
+            written = writers[value](Path(directory) / name)
+            if isinstance(written, dict):  # several arguments at once (emoji: archives + sha256)
+                kwargs.update(written)
+            else:
+                kwargs[key] = written
     return kwargs
 
 
@@ -607,9 +715,87 @@ def tiny_component(kind: str, name: str, directory=None) -> Any:
         section = {"type": name, **tiny_dataset_kwargs(name, directory)}
     else:
         section = {"type": name, **copy.deepcopy(TINY[kind][name])}
+        for key, value in section.items():
+            if value in _FOLDER_PLACEHOLDERS:
+                section[key] = str(tiny_hf_folder(value))
     tokenizers = tiny_tokenizers() if kind == "decoders" else {}
     context: dict[str, Any] = {"vocab_size": tiny_tokenizer().vocab_size, "split": "train",
                                "tokenizers": tokenizers}
     if kind == "decoders":
         context["backbone"] = tiny_backbone()
     return build_component(kind, section, f"{kind}.{name}", **context)
+
+
+# -- stand-ins for pretrained Hugging Face folders -----------------------------------------------
+_FOLDER_PLACEHOLDERS = ("__HF_CAUSAL_LM__", "__DIFFUSERS_VAE__")
+
+
+def tiny_hf_causal_lm(directory, *, architecture: str = "llama", seed: int = 0):
+    """Write a tiny random transformers causal LM (``"llama"``: untied head, grouped-query
+    attention; ``"gpt2"``: tied head, learned positions) and its fast tokenizer (the tiny
+    byte-level BPE) into ``directory`` with ``save_pretrained``: a stand-in for a pretrained
+    model folder. Returns the folder."""
+    from pathlib import Path
+
+    import torch
+    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+                              PreTrainedTokenizerFast)
+
+    # deferred: the specs import this module while the registry loads its built-ins
+    from multimodal.modalities.text.tokenizer import EOS_TOKEN, PAD_TOKEN
+
+    bpe = tiny_tokenizer()
+    ids = {"bos_token_id": bpe.eos_id, "eos_token_id": bpe.eos_id, "pad_token_id": bpe.pad_id}
+    torch.manual_seed(seed)
+    if architecture == "llama":
+        model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=bpe.vocab_size, hidden_size=32, intermediate_size=64,
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=128, tie_word_embeddings=False, **ids))
+    elif architecture == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=bpe.vocab_size, n_embd=32, n_layer=2,
+                                           n_head=4, n_positions=128, **ids))
+    else:
+        raise ValueError(f"architecture must be 'llama' or 'gpt2', got {architecture!r}")
+    folder = Path(directory)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    PreTrainedTokenizerFast(tokenizer_object=copy.deepcopy(bpe._tok), eos_token=EOS_TOKEN,
+                            bos_token=EOS_TOKEN, pad_token=PAD_TOKEN).save_pretrained(str(folder))
+    return folder
+
+
+def tiny_diffusers_vae(directory, *, in_channels: int = 1, seed: int = 0,
+                       scaling_factor: float = 0.7, shift_factor: float | None = 0.1):
+    """Write a tiny random diffusers ``AutoencoderKL`` (8x down-sampling of 32x32 images to
+    4x4x4 latents) into ``directory`` with ``save_pretrained``: a stand-in for a pretrained VAE
+    folder. Returns the folder."""
+    from pathlib import Path
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(in_channels=in_channels, out_channels=in_channels,
+                        down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4,
+                        block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=8, sample_size=32,
+                        scaling_factor=scaling_factor, shift_factor=shift_factor)
+    vae.save_pretrained(str(Path(directory)), safe_serialization=True)
+    return Path(directory)
+
+
+@lru_cache(maxsize=None)
+def tiny_hf_folder(placeholder: str):
+    """The folder a ``TINY`` placeholder stands for, written once per process into a
+    temporary directory removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    root = Path(tempfile.mkdtemp(prefix="multimodal-tiny-hf-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    if placeholder == "__HF_CAUSAL_LM__":
+        return tiny_hf_causal_lm(root / "llama")
+    return tiny_diffusers_vae(root / "vae")

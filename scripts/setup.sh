@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Set up multimodal on a fresh Debian/Ubuntu machine:
-#   1. the data packages (fortunes, Fashion-MNIST, espeak-ng, a word list) through apt, when
+#   1. the data packages (fortunes, Fashion-MNIST, espeak-ng, a word list) and the headless
+#      browser the server's page is tested in (chromium, chromium-driver) through apt, when
 #      apt is available;
 #   2. a virtual environment at .venv with the package and its test extras.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES="fortunes dataset-fashion-mnist espeak-ng wamerican"
+PACKAGES="fortunes dataset-fashion-mnist espeak-ng wamerican chromium chromium-driver libcairo2"
 missing=""
 for pkg in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"

@@ -75,6 +75,14 @@ def _exercise_byte_bpe(tok) -> None:
     assert tok.decode(ids) == text
 
 
+def _exercise_hf_tokenizer(tok) -> None:
+    assert tok.is_trained  # pretrained: never fitted
+    text = "The only way to get rid of a temptation 🙂 <|endoftext|>"
+    ids = tok.encode(text)
+    assert ids and max(ids) < tok.vocab_size and tok.eos_id not in ids  # a spelling is text
+    assert tok.decode(ids) == text
+
+
 def _exercise_image_vae(tok) -> None:
     images = torch.rand(2, tok.in_channels, tok.image_size, tok.image_size) * 2 - 1  # (b, c, h, w)
     latents = tok.encode(images)
@@ -120,6 +128,8 @@ def _exercise_log_mel(tok) -> None:
 TOKENIZERS: dict[str, Callable[[Any], None]] = {
     "byte_bpe": _exercise_byte_bpe,
     "image_vae": _exercise_image_vae,
+    "hf_tokenizer": _exercise_hf_tokenizer,
+    "diffusers_vae": _exercise_image_vae,
     "video_vae": _exercise_video_vae,
     "espeak_phonemes": _exercise_espeak_phonemes,
     "log_mel": _exercise_log_mel,

@@ -105,6 +105,23 @@ def test_text_floats_must_be_finite(text_pipe, name, value):
         text_pipe("a", max_new_tokens=1, seed=0, **{name: value})
 
 
+@pytest.mark.parametrize("temperature", [1e-10, 1e-40, 1e-300])
+def test_a_tiny_temperature_is_greedy_not_nan(text_pipe, temperature):
+    tiny = text_pipe("Hi", max_new_tokens=5, seed=0, temperature=temperature)
+    assert tiny.texts == text_pipe("Hi", max_new_tokens=5, do_sample=False).texts
+
+
+@pytest.mark.parametrize("fps", [0.0999, 1e-3, 1e-300])
+def test_too_slow_a_frame_rate_is_refused_before_generating(video_pipe, fps):
+    with pytest.raises(InputError, match=r"fps.*\[0.1, 100\]"):
+        video_pipe("a bag", num_inference_steps=1, seed=0, progress=False, fps=fps)
+
+
+def test_a_speech_prompt_too_long_for_a_command_line_says_so(audio_pipe):
+    with pytest.raises(InputError, match="too long for espeak-ng's command line"):
+        audio_pipe("seven " * 30000, seed=0)
+
+
 @pytest.mark.parametrize("value", NON_FINITE + [10**400])
 def test_length_scale_must_be_finite(audio_pipe, value):
     with pytest.raises(InputError, match="length_scale"):

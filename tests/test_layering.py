@@ -19,7 +19,7 @@ ROOT = PACKAGE.parent
 # The top floor (docs/design.md): only these may import multimodal.cli.
 TOP_FLOOR = ("multimodal.plugins", "multimodal.specs", "multimodal.testing",
              "multimodal.evaluation", "multimodal.replay", "multimodal.demo", "multimodal.cli",
-             "multimodal.__init__", "multimodal.__main__")
+             "multimodal.serve", "multimodal.__init__", "multimodal.__main__")
 
 # (importers, forbidden targets, the rule in words); a name covers its sub-modules.
 RULES = [
@@ -38,14 +38,29 @@ RULES = [
     (("multimodal.errors", "multimodal.registry", "multimodal.io", "multimodal.safety",
       "multimodal.nn", "multimodal.config", "multimodal.train_config", "multimodal.backbone",
       "multimodal.model", "multimodal.builders", "multimodal.checkpoint", "multimodal.data"),
-     ("multimodal.modalities", "multimodal.outputs", "multimodal.pipelines",
-      "multimodal.training") + TOP_FLOOR,
+     ("multimodal.modalities", "multimodal.outputs", "multimodal.interop",
+      "multimodal.pipelines", "multimodal.training") + TOP_FLOOR,
      "the ground and config floors (errors, registry, io, safety, nn, config, backbone, "
      "builders, checkpoint, data) import nothing above them"),
     (("multimodal.outputs",),
      ("multimodal.pipelines", "multimodal.training") + TOP_FLOOR,
      "outputs.py, beside the modalities, imports neither pipelines/ nor training/ nor the "
      "top floor"),
+    (("multimodal.interop",),
+     ("multimodal.pipelines", "multimodal.training") + TOP_FLOOR,
+     "interop/ (Hugging Face export), beside the modalities, imports neither pipelines/ nor "
+     "training/ nor the top floor"),
+    (("multimodal.modalities",),
+     ("multimodal.interop",),
+     "modalities/ import no interop/ (the export reads them, not the other way)"),
+    (("multimodal.pipelines", "multimodal.modalities", "multimodal.training"),
+     ("multimodal.serve",),
+     "pipelines/, modalities/ and training/ import no serve/ (the server calls the pipelines)"),
+    (("multimodal.serve",),
+     ("multimodal.cli", "multimodal.training", "multimodal.testing", "multimodal.evaluation",
+      "multimodal.demo", "multimodal.replay"),
+     "serve/, on the top floor beside the CLI, imports neither the CLI (which starts it) nor "
+     "training/, testing.py, evaluation/, demo.py or replay.py"),
 ]
 
 
@@ -181,3 +196,20 @@ def test_the_rules_catch_a_climbing_import(tmp_path, monkeypatch):
     assert [(i.target, i.line, i.deferred) for i in imports][0] == \
         ("multimodal.training.trainer", 2, True)
     assert _within(imports[0].module, RULES[0][0]) and _within(imports[0].target, RULES[0][1])
+
+
+def test_the_rules_keep_the_server_on_the_top_floor():
+    """A pipeline that imports the server, and a server module that imports the CLI, are both
+    caught; the CLI starting the server is not."""
+    def offences(module: str, target: str) -> list[str]:
+        found = [rule for importers, forbidden, rule in RULES
+                 if _within(module, importers) and _within(target, forbidden)]
+        if _within(target, ("multimodal.cli",)) and not _within(module, TOP_FLOOR):
+            found.append("only the top floor imports cli.py")
+        return found
+
+    assert offences("multimodal.pipelines.text_to_image", "multimodal.serve.engine")
+    assert offences("multimodal.serve.app", "multimodal.cli")
+    assert offences("multimodal.checkpoint", "multimodal.serve")
+    assert not offences("multimodal.cli", "multimodal.serve")
+    assert not offences("multimodal.serve.engine", "multimodal.pipelines.batching")

@@ -384,3 +384,12 @@ def test_generation_works_after_a_plugin_exits_half_way(registries, tmp_path):
     out = pipe("the", max_new_tokens=4, seed=0)
     assert len(out.samples) == 1 and isinstance(out.samples[0], str)
     assert sys.exc_info() == (None, None, None)
+
+
+def test_a_key_given_twice_is_refused_not_silently_dropped(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("base: configs/text_tiny.yaml\ntrain: {lr: 0.5}\nseed: 1\ntrain: {max_steps: 1}\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml:4:1: key 'train' is given twice.*line 2"):
+        load_config(str(path))
+    with pytest.raises(ConfigError, match="given twice"):
+        load_config("configs/text_tiny.yaml", ["train={lr: 0.5, lr: 0.1}"])

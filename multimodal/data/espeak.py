@@ -14,10 +14,11 @@ modality's ``espeak_phonemes`` tokenizer, which maps the IPA to ids.
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import unicodedata
 
-from multimodal.errors import DataError
+from multimodal.errors import DataError, InputError
 
 DEFAULT_VOICES = ("en-us", "en-us+f3", "en-gb+m3", "en-us+m7")
 # Languages (the part of a voice before "-") written in the Latin script.
@@ -52,6 +53,7 @@ def phonemize(text: str, voice: str = "en-us") -> str:
     Raises:
         DataError: espeak-ng is missing or does not know the voice, or ``text`` or ``voice``
             holds a NUL character (a command line cannot carry one).
+        InputError: ``text`` is too long for a command line (above 128 KiB).
     """
     if "\0" in text or "\0" in voice:
         raise DataError("espeak-ng cannot read a NUL character (text and voice go on its "
@@ -59,9 +61,14 @@ def phonemize(text: str, voice: str = "en-us") -> str:
     try:
         out = subprocess.run(["espeak-ng", "-q", "--ipa", "-v", language_of(voice), "--", text],
                              capture_output=True, check=True, timeout=60)
-    except OSError:
+    except FileNotFoundError:
         raise DataError("espeak-ng is not installed; install it with "
                         "`apt-get install espeak-ng`") from None
+    except OSError as exc:
+        if exc.errno == errno.E2BIG:  # one argument is at most 128 KiB on Linux
+            raise InputError(f"a text of {len(text)} characters is too long for espeak-ng's "
+                             "command line; give it in shorter pieces (sentences)") from None
+        raise DataError(f"cannot run espeak-ng: {exc.strerror or exc}") from None
     except subprocess.SubprocessError as exc:
         detail = (getattr(exc, "stderr", b"") or b"").decode(errors="replace").strip()
         raise DataError(f"espeak-ng failed for voice {voice!r}: {detail or exc}") from None

@@ -27,7 +27,13 @@ def sample_next_token(logits: torch.Tensor, *, do_sample: bool = True, temperatu
     """
     if not do_sample:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    scaled = logits / temperature
+    overflow = (~torch.isfinite(scaled) & torch.isfinite(logits)).any(dim=-1, keepdim=True)
+    if overflow.any():  # so small a temperature that scaling overflows: its limit, the top token
+        top = torch.where(logits == logits.amax(dim=-1, keepdim=True), 0.0, float("-inf"))
+        scaled = torch.where(overflow, top, scaled)
+    logits = scaled
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
