@@ -21,6 +21,7 @@ import inspect
 import json
 import os
 import re
+import socket
 import sys
 import types
 import typing
@@ -524,10 +525,40 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _check_address(host: str, port: int) -> None:
+    """Refuse, before the checkpoint loads, an address the server could not listen on.
+
+    Raises:
+        InputError: a port outside 0..65535, a host that does not resolve, or an address that
+            is in use or not this machine's.
+    """
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port {port} is not a port; give 1..65535 (0: any free port)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(f"--host {host!r} does not resolve ({exc}); give an address of this "
+                         "machine, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every "
+                         "interface)") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; give "
+                             "another --port (or stop what uses it)") from None
+
+
 def _cmd_serve(args) -> int:
     check_device(args.device)
-    # deferred: the server's stack (FastAPI, uvicorn) loads only for this command
-    from multimodal.serve import run_server
+    _check_address(args.host, args.port)
+    try:  # deferred: the server's stack (FastAPI, uvicorn) loads only for this command
+        from multimodal.serve import run_server
+    except ImportError as exc:
+        raise InputError(f"multimodal serve needs the serving extra ({exc.name} is missing): "
+                         "pip install 'multimodal[serve]' (fastapi, uvicorn, "
+                         "prometheus-client, python-multipart)") from None
 
     run_server(args.checkpoint, host=args.host, port=args.port, api_key=args.api_key,
                device=args.device)

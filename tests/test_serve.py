@@ -24,6 +24,7 @@ openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
 from live_server import KEY, LiveServer  # noqa: E402
+from multimodal.errors import InputError  # noqa: E402
 from multimodal.serve import create_app  # noqa: E402
 from multimodal.serve.errors import APIError  # noqa: E402
 from multimodal.serve.metrics import Metrics  # noqa: E402
@@ -411,3 +412,25 @@ def test_scheduler_batches_jobs_that_wait_together_and_bounds_its_queue():
 
     assert asyncio.run(main()) == [0, 10, 20, 30]
     assert calls == [[0], [1, 3, 4], [2]]
+
+
+@pytest.mark.parametrize("host, port, message", [
+    ("256.1.1.1", 8000, "does not resolve"), ("127.0.0.1", 70000, "is not a port"),
+    ("127.0.0.1", -1, "is not a port")])
+def test_serve_refuses_an_address_it_cannot_listen_on_before_loading(host, port, message):
+    from multimodal.cli import _check_address
+
+    with pytest.raises(InputError, match=message):
+        _check_address(host, port)
+
+
+def test_serve_refuses_a_port_in_use():
+    import socket
+
+    from multimodal.cli import _check_address
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(InputError, match="Address already in use"):
+            _check_address("127.0.0.1", busy.getsockname()[1])
