@@ -73,6 +73,7 @@ _BUILTIN_MODULES = (
     "multimodal.pipelines.text_to_video",
     "multimodal.modalities.audio",
     "multimodal.data.audio",
+    "multimodal.data.asterisk",
     "multimodal.pipelines.text_to_audio",
     # Each modality's ModalitySpec, once its components are registered.
     "multimodal.specs.text",

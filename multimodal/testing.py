@@ -70,6 +70,8 @@ TINY: dict[str, dict[str, dict[str, Any]]] = {
         "video_folder": {"path": "__VIDEO_LIST__", "num_frames": 8},  # a temporary JSONL
         "espeak_speech": {"voices": ["en-us", "en-us+f3"], "texts": ["one", "two", "shirt"]},
         "audio_folder": {"path": "__AUDIO_FOLDER__"},  # an LJSpeech-layout temporary directory
+        # a fake asterisk-core-sounds layout: G.722 prompts + a gzipped transcript file
+        "asterisk_speech": {"sounds_dir": "__ASTERISK_SOUNDS__", "val_fraction": 0.0},
     },
     "pipelines": {"text-generation": {}, "text-to-image": {}, "image-to-image": {},
                   "inpainting": {}, "text-to-video": {}, "text-to-audio": {},
@@ -523,7 +525,7 @@ def check_modality(spec, tmp_path, *, prompt: str = "a small test", overfit_step
 # -- tiny components by registry name (tests/test_components.py) -------------------------------
 # Placeholders in TINY["datasets"] that name files; tiny_dataset_kwargs writes those files.
 _DATA_PLACEHOLDERS = ("__TEXT_FILES__", "__IMAGE_LIST__", "__VIDEO_LIST__", "__AUDIO_FOLDER__",
-                      "__EMOJI_PACKAGES__")
+                      "__EMOJI_PACKAGES__", "__ASTERISK_SOUNDS__")
 
 
 def tiny_emoji_packages(directory) -> tuple[Any, dict[str, str]]:
@@ -655,15 +657,64 @@ def tiny_audio_folder(directory, *, count: int = 8, seconds: float = 0.5) -> str
     return str(directory)
 
 
+# (prompt name, transcript) of the fake Asterisk sounds, in the real file's form; the last two
+# have no audio file: a description and a prompt whose file is missing.
+TINY_ASTERISK_PROMPTS = (("activated", "Activated."),
+                         ("digits/7", "seven"),
+                         ("vm-next", "Press 6 to play the next message."),
+                         ("dictate/forhelp", "press * for help [beep]"),
+                         ("beep", "[this is a simple beep tone]"),
+                         ("pls-try-call-later", "Please try your call later."))
+
+
+def tiny_asterisk_sounds(directory, *, seconds: float = 0.4) -> dict[str, str]:
+    """Write a fake ``asterisk-core-sounds-en(-g722)`` layout into ``directory``: raw G.722
+    files (``<sounds>/<name>.g722``, short 16 kHz tones encoded with imageio-ffmpeg's ffmpeg)
+    for the first four of :data:`TINY_ASTERISK_PROMPTS`, ``beep.g722`` too, and the gzipped
+    transcript file listing all six.
+
+    Returns:
+        ``{"sounds_dir", "transcripts", "cache_dir"}``, keyword arguments of
+        ``asterisk_speech``.
+    """
+    import gzip
+    import subprocess
+    from pathlib import Path
+
+    import imageio_ffmpeg
+
+    directory = Path(directory)
+    sounds = directory / "sounds" / "en_US_f_Allison"
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    for i, (name, _) in enumerate(TINY_ASTERISK_PROMPTS[:5]):
+        # a (300 + 100 i) Hz sine at amplitude 0.5 (lavfi's sine is 1/8, so volume 4)
+        target = sounds / f"{name}.g722"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tone = f"sine=frequency={300 + 100 * i}:sample_rate=16000:duration={seconds * (1 + i / 4)}"
+        subprocess.run([ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+                        "-f", "lavfi", "-i", tone, "-af", "volume=4", "-c:a", "g722",
+                        "-f", "g722", str(target)], check=True, capture_output=True, timeout=60)
+    lines = ["; Core Asterisk Sounds in English", ""]
+    lines += [f"{name}: {text}" for name, text in TINY_ASTERISK_PROMPTS]
+    docs = directory / "doc" / "asterisk-core-sounds-en"
+    docs.mkdir(parents=True, exist_ok=True)
+    transcripts = docs / "core-sounds-en.txt.gz"
+    transcripts.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode("utf-8")))
+    return {"sounds_dir": str(sounds), "transcripts": str(transcripts),
+            "cache_dir": str(directory / "cache")}
+
+
 def tiny_dataset_kwargs(name: str, directory) -> dict[str, Any]:
     """``TINY["datasets"][name]`` with its file placeholders replaced by small files written
-    into ``directory`` (text files, an image list, a video list, an LJSpeech folder)."""
+    into ``directory`` (text files, an image list, a video list, an LJSpeech folder, fake
+    emoji packages, a fake Asterisk sounds layout)."""
     from pathlib import Path
 
     kwargs = copy.deepcopy(TINY["datasets"][name])
     writers = {"__TEXT_FILES__": tiny_text_files, "__IMAGE_LIST__": tiny_image_folder,
                "__VIDEO_LIST__": tiny_video_folder, "__AUDIO_FOLDER__": tiny_audio_folder,
-               "__EMOJI_PACKAGES__": _tiny_emoji_kwargs}
+               "__EMOJI_PACKAGES__": _tiny_emoji_kwargs,
+               "__ASTERISK_SOUNDS__": tiny_asterisk_sounds}
     for key, value in list(kwargs.items()):
         if isinstance(value, str) and value in _DATA_PLACEHOLDERS:
             written = writers[value](Path(directory) / name)

@@ -33,6 +33,7 @@ NEEDS = {
     ("datasets", "moving_fashion_mnist"): requires_fashion_mnist,
     ("datasets", "espeak_speech"): requires_espeak,
     ("datasets", "audio_folder"): requires_espeak,
+    ("datasets", "asterisk_speech"): requires_espeak,
 }
 
 
