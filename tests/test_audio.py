@@ -396,3 +396,19 @@ def test_a_speaker_phonemised_in_another_language_than_the_tokenizer_says_is_ref
         Trainer(_own_voice_config(own_voice_folder, "en-us"), out_dir=tmp_path / "r",
                 progress=False)
     assert not (tmp_path / "r").exists()  # a failed set-up leaves no folder behind
+
+
+def test_an_unlisted_voice_is_refused_before_the_vocoders_fit(own_voice_folder, tmp_path,
+                                                             monkeypatch):
+    from multimodal.modalities.audio.tokenizer import LogMelTokenizer
+    from multimodal.training.trainer import Trainer
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the vocoders began to fit before the data was checked")
+
+    monkeypatch.setattr(LogMelTokenizer, "fit", no_fit)
+    config = load_config("configs/text_to_audio_tiny.yaml", [
+        f"data.audio={{type: audio_folder, path: {own_voice_folder}, voice: me, "
+        "language: en-gb, val_fraction: 0.25}"])
+    with pytest.raises(DataError, match="voice 'me'.*do not list.*tokenizers.phonemes.voices"):
+        Trainer(config, out_dir=tmp_path / "r", progress=False)

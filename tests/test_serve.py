@@ -328,6 +328,13 @@ def test_bad_requests_answer_openai_errors_and_the_server_keeps_serving(server, 
     assert _error(http(server, "POST", "/v1/completions", content=b"{not json",
                        headers={"Content-Type": "application/json"}), 400)["code"] == \
         "invalid_json"
+    long_chat = {"messages": [{"role": "user", "content": "x" * 16_000}] * 3}
+    assert _error(http(server, "POST", "/v1/chat/completions", json=long_chat), 400)[
+        "param"] == "messages"
+    deep = b'{"prompt": "a", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert _error(http(server, "POST", "/v1/completions", content=deep,
+                       headers={"Content-Type": "application/json"}), 400)["code"] == \
+        "invalid_json"
     assert _error(http(server, "POST", "/v1/images/generations",
                        json={"prompt": "a bag", "size": "1024x1024"}), 400)["param"] == "size"
     assert _error(http(server, "POST", "/v1/completions",

@@ -59,6 +59,9 @@ class Modality(Protocol):
     def eval_batches(self, prepared: Any, *, batch_size: int, max_batches: int) -> Iterator[dict]:
         """A fixed, deterministic sequence of validation batches."""
 
+    # Optional: ``check_data(dataset, tokenizers)`` raises DataError before any tokenizer is
+    # fitted when the data cannot work with them (the audio modality: an unlisted voice).
+
     def text_corpus(self, dataset: Any) -> Iterator[str]:
         """The texts in ``dataset`` (documents, captions, transcripts) for the text tokenizer."""
 

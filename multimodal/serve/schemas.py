@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from multimodal.errors import did_you_mean
 from multimodal.serve.errors import APIError
@@ -68,13 +68,25 @@ class ImagePart(Request):
 
 class Message(Request):
     role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[Union[TextPart, ImagePart]], None] = Field(default=None)
+    content: Union[Prompt, list[Union[TextPart, ImagePart]], None] = Field(default=None)
     name: str | None = None
 
 
 class ChatRequest(Request):
     model: str | None = None
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
+
+    @field_validator("messages")
+    @classmethod
+    def _bounded(cls, messages: list[Message]) -> list[Message]:
+        """All the messages' text together within the limit of one prompt."""
+        total = sum(len(m.content) if isinstance(m.content, str) else
+                    sum(len(p.text) for p in m.content or [] if isinstance(p, TextPart))
+                    for m in messages)
+        if total > MAX_PROMPT_CHARS:
+            raise ValueError(f"the messages hold {total} characters of text; at most "
+                             f"{MAX_PROMPT_CHARS} in all")
+        return messages
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)

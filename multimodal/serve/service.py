@@ -75,6 +75,10 @@ class Service:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise APIError(400, f"the request body is not valid JSON ({exc})",
                            code="invalid_json") from None
+        except RecursionError:  # no request of this API nests more than a few levels
+            raise APIError(400, "the request body nests too deep to read; a request of this "
+                                "API is a few levels of objects and lists",
+                           code="invalid_json") from None
 
     # -- waiting ----------------------------------------------------------------------------
     async def wait(self, request: Request | None, job: Job, task: str) -> Any:

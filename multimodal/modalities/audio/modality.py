@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import torch
 
-from multimodal.errors import DataError, InputError
+from multimodal.errors import DataError
 from multimodal.registry import modalities
 
 
@@ -79,6 +79,22 @@ class AudioModality:
         texts = getattr(dataset, "texts", None)
         return iter(texts if texts is not None else (item["text"] for item in dataset))
 
+    def check_data(self, dataset: Any, tokenizers: dict) -> None:
+        """Before any tokenizer is fitted (the vocoders fit for hours): every voice of the
+        dataset (its ``voices`` and ``language`` attributes, where it has them) is one the
+        ``phonemes`` tokenizer lists, phonemised in the language it gives that voice.
+
+        Raises:
+            DataError: as :meth:`prepare` would, hours later.
+        """
+        front = tokenizers.get("phonemes")
+        voices = getattr(dataset, "voices", None)
+        if front is None or not isinstance(voices, list):
+            return
+        language = getattr(dataset, "language", None)
+        for voice in dict.fromkeys(voices):
+            check_voice(front, voice, language or voice, "the audio dataset")
+
     def prepare(self, dataset: Any, tokenizers: dict, *, seq_len: int) -> SpeechFrames:
         """Encode every clip: mel frames, phoneme ids, voice index. Clips with more than
         ``seq_len`` phonemes, or fewer frames than phonemes, are left out with a warning.
@@ -100,19 +116,9 @@ class AudioModality:
         encoded = audio.encode_many([item["audio"] for item in items])
         phonemes, mels, voices, texts, skipped = [], [], [], [], 0
         for i, (item, mel) in enumerate(zip(items, encoded)):
-            try:
-                voice = front.voice_id(item["voice"])
-            except InputError:
-                raise DataError(f"clip {i} ({item['text']!r}) has voice {item['voice']!r}, "
-                                f"which the phoneme tokenizer's voices do not list: "
-                                f"{', '.join(front.voices)}") from None
-            language = item.get("language", item["voice"])
-            if front.language_of(item["voice"]) != language:
-                raise DataError(
-                    f"clip {i} ({item['text']!r}) of voice {item['voice']!r} was phonemised in "
-                    f"{language!r}, but the phoneme tokenizer reads that voice's prompts in "
-                    f"{front.language_of(item['voice'])!r}; set tokenizers.phonemes.languages: "
-                    f"{{{item['voice']}: {language}}}")
+            check_voice(front, item["voice"], item.get("language", item["voice"]),
+                        f"clip {i} ({item['text']!r})")
+            voice = front.voice_id(item["voice"])
             ids = torch.tensor(front.ids_from_ipa(item["phonemes"]), dtype=torch.long)
             if len(ids) > seq_len or mel.shape[-1] < len(ids):
                 skipped += 1
@@ -172,3 +178,21 @@ class AudioModality:
                 totals[key] = totals.get(key, 0.0) + value * size
             count += size
         return {k: v / count for k, v in totals.items()} if count else {}
+
+
+def check_voice(front: Any, voice: str, language: str, where: str) -> None:
+    """Refuse data of ``voice`` phonemised in ``language`` that the phoneme tokenizer ``front``
+    would read otherwise at generation (an unlisted voice, another language).
+
+    Raises:
+        DataError: naming ``where`` and the setting that fixes it.
+    """
+    if voice not in front.voices:
+        raise DataError(f"{where} has voice {voice!r}, which the phoneme tokenizer's voices do "
+                        f"not list: {', '.join(front.voices)}; add it to "
+                        "tokenizers.phonemes.voices")
+    if front.language_of(voice) != language:
+        raise DataError(f"{where} of voice {voice!r} was phonemised in {language!r}, but the "
+                        f"phoneme tokenizer reads that voice's prompts in "
+                        f"{front.language_of(voice)!r}; set tokenizers.phonemes.languages: "
+                        f"{{{voice}: {language}}}")
