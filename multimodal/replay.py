@@ -33,7 +33,11 @@ SIDECAR_SUFFIXES = (".wav", ".mp4", ".gif", ".txt")
 # __call__ arguments a task records under another name: task -> {argument: recorded key}.
 RECORDED_AS = {"image-to-text": {"images": "image"}}
 # __call__ arguments never taken from a file: objects, not settings.
-NOT_RECORDED = ("self", "generator", "streamer", "progress")
+NOT_RECORDED = ("self", "generator", "streamer", "progress", "callback_on_step_end",
+                "callback_on_step_end_tensor_inputs", "output_type", "num_images_per_prompt",
+                "num_return_sequences")
+# Settings recorded as lists of strings that are one call's argument (not a prompt list).
+LIST_SETTINGS = ("stop_strings",)
 
 
 def read_settings(path: str | Path) -> dict[str, Any]:
@@ -156,7 +160,8 @@ def call_kwargs(cls, task: str, settings: dict[str, Any]) -> dict[str, Any]:
         if name in NOT_RECORDED or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         value = settings.get(recorded_as.get(name, name))
-        if value is not None and not isinstance(value, (dict, list)):
+        if (name in LIST_SETTINGS and isinstance(value, list)) or (
+                value is not None and not isinstance(value, (dict, list))):
             kwargs[name] = value
         elif param.default is inspect.Parameter.empty:
             raise InputError(f"replay: {task} needs inputs the file does not record "

@@ -9,7 +9,7 @@ import torch
 
 from multimodal.checkpoint import find_checkpoint, is_complete, load_checkpoint, read_config
 from multimodal.errors import CheckpointError, InputError, UnknownComponentError, did_you_mean
-from multimodal.pipelines.base import Pipeline, draw_seed, require_parts, seeded
+from multimodal.pipelines.base import Pipeline, check_dtype, draw_seed, require_parts, seeded
 from multimodal.registry import pipelines as pipeline_registry
 from multimodal.safety import SafetyPolicy
 
@@ -41,7 +41,7 @@ def default_checkpoint(task: str = "text-generation") -> Path:
 
 
 def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
-                  device: str = "cpu"):
+                  device: str = "cpu", torch_dtype: torch.dtype | str | None = None):
     """Load the pipeline of ``task`` from a checkpoint.
 
     Args:
@@ -50,6 +50,9 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
             the embedded default checkpoint. A composed task (``text-to-audiovisual``) takes
             ``{step: directory}`` instead.
         device: ``"cpu"`` or ``"cuda"``.
+        torch_dtype: The networks' dtype, as diffusers' and transformers' ``from_pretrained``
+            take it: ``torch.bfloat16`` (CPU and GPU), ``torch.float16`` (GPU), or their
+            names (``"bf16"``, ``"fp16"``, ...); default float32. See :meth:`Pipeline.to`.
 
     Returns:
         The pipeline; call it with a prompt.
@@ -59,7 +62,8 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
         CheckpointError: missing, partial or incompatible checkpoint, or one without the
             decoder the task needs.
         ConfigError: the checkpoint's ``safety.blocklist`` cannot be read.
-        InputError: an unknown device, or CUDA asked for where there is none.
+        InputError: an unknown device, or CUDA asked for where there is none; a
+            ``torch_dtype`` that is not a floating dtype.
         TypeError: an unknown keyword argument (Python names it).
 
     The pipeline's prompts are checked by the ``safety:`` policy of the checkpoint's config
@@ -73,8 +77,12 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
             f"unknown task '{task}'{did_you_mean(task, known)}; known tasks: {', '.join(known)}"
         ) from None
     check_device(device)
+    dtype = None if torch_dtype is None else check_dtype(torch_dtype)
     if getattr(cls, "composed", False):  # each step resolves its own checkpoint
-        return cls.from_checkpoint(checkpoint, device=device)
+        pipe = cls.from_checkpoint(checkpoint, device=device)
+        for step in pipe.steps.values() if dtype is not None else ():
+            step.to(dtype=dtype)
+        return pipe
     path = default_checkpoint(task) if checkpoint is None else checkpoint
     if hasattr(cls, "from_loaded"):
         ckpt = load_checkpoint(path, device=device)  # reads and validates the config, once
@@ -85,6 +93,8 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
         found = find_checkpoint(path)
         config = read_config(found)
     pipe.safety = SafetyPolicy.from_config(config, checkpoint=found)
+    if dtype is not None:
+        pipe.to(dtype=dtype)
     return pipe
 
 

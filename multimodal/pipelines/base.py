@@ -160,6 +160,16 @@ def derive_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
+def prompt_seed(seed: int, index: int) -> int:
+    """The seed of prompt ``index`` of a list call seeded with ``seed``: ``seed`` itself for
+    the first prompt (so a prompt alone and first in a list agree), a SHA-256 derivation for
+    the others (recorded with their images, so each replays alone)."""
+    if index == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}/prompt/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
 def sample_generators(seed: int | None, generator: torch.Generator, num_samples: int
                       ) -> list[torch.Generator]:
     """One CPU generator per sample for the draws a sampler makes after the initial noise (a
@@ -196,6 +206,26 @@ def seeded(seed: int | None, generator: torch.Generator | None = None
     if seed is None:
         seed = draw_seed()
     return torch.Generator().manual_seed(seed), seed
+
+
+# torch_dtype names load_pipeline takes (diffusers' and transformers' spellings).
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+          "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16}
+
+
+def check_dtype(dtype: Any) -> torch.dtype:
+    """``dtype`` as a floating ``torch.dtype`` (a ``torch.dtype`` or a name of :data:`DTYPES`).
+
+    Raises:
+        InputError: anything else, naming what is accepted.
+    """
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    raise _refuse("torch_dtype", dtype, "torch.float32, torch.float16 or torch.bfloat16 (or "
+                  f"one of {', '.join(map(repr, DTYPES))})")
 
 
 def require_parts(ckpt, task: str, found: dict[str, bool], needs: str) -> None:
@@ -238,6 +268,38 @@ class Pipeline:
     produces: ClassVar[str] = ""
     parts: ClassVar[dict[str, str | tuple[str, ...]]] = {}
     needs: ClassVar[str] = ""
+
+    def to(self, *args: Any, device: str | torch.device | None = None,
+           dtype: torch.dtype | str | None = None):
+        """Move the pipeline's networks, as diffusers' ``pipe.to("cuda", torch.float16)``:
+        positional arguments are a device and/or a dtype.
+
+        Every ``torch.nn.Module`` part goes to ``device`` and ``dtype``; other parts with a
+        ``to`` method (the tokenizers, the image VAE) to ``device`` only: they keep float32
+        and the loops cast at their borders (the diffusion loops keep the scheduler's
+        latents in float32 and run the denoiser in ``dtype``). bf16 runs on CPUs and GPUs;
+        fp16 needs a GPU for speed (on a CPU it runs, slowly, where torch has the kernels).
+
+        Returns:
+            The pipeline itself.
+
+        Raises:
+            InputError: a dtype that is not a floating one.
+        """
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            else:
+                device = arg
+        if dtype is not None:
+            dtype = check_dtype(dtype)
+        for name in self.parts:
+            part = getattr(self, name, None)
+            if isinstance(part, torch.nn.Module):
+                part.to(device=device, dtype=dtype)
+            elif device is not None and hasattr(part, "to"):
+                part.to(device)
+        return self
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "cpu"):

@@ -11,11 +11,12 @@ on what it was batched with:
   The backbone has no padding mask, so rows decode together only when their prompts have the
   same length: requests are grouped by prompt length and each group is one decode loop.
   A request's first sample with a given seed is the text ``TextGenerationPipeline`` makes
-  with that seed alone (``num_samples=1``), up to the stop strings, which the pipeline lacks.
+  with that seed alone (``num_samples=1``), up to the stop strings (cut before the stop, as
+  OpenAI's API; the pipeline's ``stop_strings`` keep it in the text, as transformers).
 * text-to-image (:func:`generate_images_batch`): requests that share the number of steps,
-  the scheduler and the guidance scale denoise together; each draws its initial noise and its
-  scheduler noise from its own seed exactly as ``LatentDiffusionPipeline.generate`` does, so
-  request ``r`` is the image the pipeline makes alone with its seed.
+  the scheduler and the guidance scale denoise together, through the pipeline's own loop
+  called with a list of prompts (one seed per prompt), so request ``r`` is the image the
+  pipeline makes alone with its seed.
 
 Axes: b rows (samples of all requests), n tokens, v vocabulary, s samples, l latent channels,
 y x latent height and width, d backbone width.
@@ -30,12 +31,10 @@ import torch
 
 from multimodal.errors import InputError
 from multimodal.pipelines.base import (check_bool, check_float, check_int, check_num_samples,
-                                       check_seed, check_text, derive_seed, sample_generators,
-                                       seeded)
+                                       check_seed, check_text, derive_seed, seeded)
 from multimodal.pipelines.sampling import sample_next_token
 from multimodal.pipelines.text_generation import TextGenerationOutput
-from multimodal.pipelines.text_to_image import (DEFAULT_SCHEDULER, ImageGenerationOutput,
-                                                StepCallback, check_finite)
+from multimodal.pipelines.text_to_image import ImageGenerationOutput, StepCallback
 from multimodal.safety import policy_of
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
@@ -249,20 +248,21 @@ def image_branches(prompt: str, negative_prompt: str | None, guidance_scale: flo
     return 2 if guidance_scale not in (0.0, 1.0) and uncond != prompt else 1
 
 
-@torch.no_grad()
 def generate_images_batch(pipe, requests: Sequence[ImageRequest], *, num_inference_steps: int,
                           guidance_scale: float, scheduler: str | None = None,
                           callback_on_step_end: StepCallback | None = None
                           ) -> list[ImageGenerationOutput]:
-    """Text-to-image for several requests in one denoising loop.
+    """Text-to-image for several requests in one denoising loop: the pipeline called with the
+    list of their prompts, negative prompts, counts and seeds.
 
     Args:
         pipe: A :class:`~multimodal.pipelines.text_to_image.TextToImagePipeline`.
         requests: Requests whose :func:`image_branches` agree.
         num_inference_steps, guidance_scale, scheduler: Shared by the batch, as for the
             pipeline.
-        callback_on_step_end: ``f(step, num_steps, latents)`` after every step, latents
-            (s, l, y, x) of every sample of every request, in request order.
+        callback_on_step_end: diffusers' ``f(pipe, step_index, timestep, callback_kwargs)``
+            after every step; ``callback_kwargs["latents"]`` (s, l, y, x) holds every sample of
+            every request, in request order.
 
     Returns:
         One :class:`ImageGenerationOutput` per request: what ``pipe(prompt, seed=seed, ...)``
@@ -271,71 +271,17 @@ def generate_images_batch(pipe, requests: Sequence[ImageRequest], *, num_inferen
     Raises:
         InputError: a bad argument (the pipeline's checks), or requests whose branches differ.
     """
-    steps = guidance = None
-    for request in requests:
-        steps, guidance, _ = pipe._check_arguments(
-            request.prompt, request.negative_prompt, num_inference_steps, guidance_scale,
-            request.num_samples, 1.0)
-    branches = {image_branches(r.prompt, r.negative_prompt, guidance) for r in requests}
+    for request in requests:  # every request's own refusal before the branch check
+        pipe._check_arguments(request.prompt, request.negative_prompt, num_inference_steps,
+                              guidance_scale, request.num_samples, 1.0)
+    branches = {image_branches(r.prompt, r.negative_prompt, guidance_scale) for r in requests}
     if len(branches) != 1:
         raise InputError("requests batched together must all run guidance, or all not")
-    check_text("scheduler", scheduler, optional=True)
-    sched = pipe.make_scheduler(scheduler)
-    device = pipe.device
-    # Copied from LatentDiffusionPipeline.generate: the draws in the same order, per request.
-    noises, step_generators, seeds = [], [], []
-    for request in requests:
-        generator, seed = seeded(request.seed)
-        seeds.append(seed)
-        step_generators += sample_generators(seed, generator, request.num_samples)
-        noises.append(torch.randn((request.num_samples, *pipe.denoiser.latent_shape),
-                                  generator=generator))
-    sched.set_timesteps(steps, device=device)
-    timesteps = sched.timesteps
-    latents = torch.cat(noises).to(device) * sched.init_noise_sigma  # (s, l, y, x)
-    context, context_mask = _batch_context(pipe, requests, guidance, branches.pop() == 2)
-
-    for i, t in enumerate(timesteps):
-        model_output = pipe.predict(latents, t, sched, context, context_mask, guidance)
-        latents = sched.step(model_output, t, latents, generator=step_generators).prev_sample
-        if callback_on_step_end is not None:
-            callback_on_step_end(i, len(timesteps), latents)
-    check_finite(latents, guidance)
-    outputs, start = [], 0
-    for request, seed in zip(requests, seeds):
-        part = latents[start : start + request.num_samples]
-        start += request.num_samples
-        pixels = pipe._to_uint8(pipe.vae.decode(part))  # (s, c, h, w)
-        outputs.append(ImageGenerationOutput(
-            images=[pipe._to_output(p) for p in pixels], latents=part.cpu(), task=pipe.task,
-            prompt=request.prompt, negative_prompt=request.negative_prompt, seed=seed,
-            num_inference_steps=steps, guidance_scale=guidance,
-            scheduler=scheduler or DEFAULT_SCHEDULER, checkpoint_id=pipe.checkpoint_id))
-    return outputs
-
-
-def _batch_context(pipe, requests, guidance_scale: float, two_branches: bool
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt states of every sample, each request's encoded on its own (as it is alone) and
-    padded to the longest: (b, n, d) and (b, n), the unconditional branch of every sample
-    first when guidance runs (the layout ``predict`` reads)."""
-    uncond_rows, cond_rows = [], []
-    for request in requests:
-        uncond = "" if request.negative_prompt is None else request.negative_prompt
-        if two_branches:
-            both, both_mask = pipe.encode_prompts([uncond, request.prompt])  # (2, n, d)
-            uncond_rows += [(both[0], both_mask[0])] * request.num_samples
-            cond_rows += [(both[1], both_mask[1])] * request.num_samples
-        else:
-            one, one_mask = pipe.encode_prompts([uncond if guidance_scale == 0
-                                                 else request.prompt])
-            cond_rows += [(one[0], one_mask[0])] * request.num_samples
-    rows = uncond_rows + cond_rows
-    length = max(states.shape[0] for states, _ in rows)
-    context = torch.zeros(len(rows), length, rows[0][0].shape[-1], device=pipe.device,
-                          dtype=rows[0][0].dtype)
-    mask = torch.zeros(len(rows), length, dtype=torch.bool, device=pipe.device)
-    for i, (states, states_mask) in enumerate(rows):
-        context[i, : states.shape[0]] = states
-        mask[i, : states.shape[0]] = states_mask
-    return context, mask
+    output = pipe.generate([r.prompt for r in requests],
+                           negative_prompt=[r.negative_prompt for r in requests],
+                           num_samples=[r.num_samples for r in requests],
+                           seed=[r.seed for r in requests],
+                           num_inference_steps=num_inference_steps,
+                           guidance_scale=guidance_scale, scheduler=scheduler, progress=False,
+                           callback_on_step_end=callback_on_step_end)
+    return output.split()

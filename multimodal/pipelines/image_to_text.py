@@ -156,7 +156,10 @@ class ImageToTextPipeline(Pipeline):
             generator, seed = seeded(seed)
         self.backbone.eval()
         self.captioner.eval()
-        latents = self.vae.encode(pixels.to(self.vae.device)).to(self.device)
+        # the VAE stays float32; the captioner reads its latents in its own dtype (bf16 after
+        # .to(dtype=...))
+        latents = self.vae.encode(pixels.to(self.vae.device)).to(
+            self.device, next(self.captioner.parameters()).dtype)
         eos, k, device = self.tokenizer.eos_id, len(pixels), self.device
         ids = torch.full((k, 1), eos, dtype=torch.long, device=device)  # (k, n)
         done = torch.zeros(k, dtype=torch.bool, device=device)

@@ -12,8 +12,10 @@ from typing import Any, Callable
 
 import torch
 
+from multimodal.errors import InputError
 from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_int,
-                                       check_num_samples, check_text, seeded)
+                                       check_num_samples, check_seed, check_text, prompt_seed,
+                                       seeded)
 from multimodal.pipelines.sampling import sample_next_token
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
@@ -23,6 +25,11 @@ from multimodal.safety import policy_of
 class TextGenerationOutput:
     """What :class:`TextGenerationPipeline` returns.
 
+    A call with a list of prompts returns its texts flat in prompt order (``num_samples`` of
+    prompt 0, then of prompt 1, ...; transformers' layout with ``num_return_sequences``), and
+    records ``prompt``, ``input_prompt`` and ``seed`` per prompt (lists): :meth:`metadata`
+    gives each sample its own prompt and seed, with which it replays alone.
+
     Attributes:
         texts: One continuation per sample (the prompt not repeated).
         token_ids: The generated ids of each sample, end-of-text excluded.
@@ -30,36 +37,65 @@ class TextGenerationOutput:
         seed: The seed used.
         input_prompt: The prompt as given (written with the files).
         max_new_tokens, do_sample, temperature, top_k, top_p, checkpoint_id: The settings used.
+        repetition_penalty, stop_strings: transformers' settings, as used (recorded in the
+            metadata when they are not the defaults, 1.0 and none).
+        num_samples_per_prompt: Samples of each prompt of a list call (``None``: one prompt).
     """
 
     texts: list[str]
     token_ids: list[list[int]] = field(repr=False)
-    prompt: str = ""
-    seed: int | None = None
-    input_prompt: str = ""
+    prompt: str | list[str] = ""
+    seed: int | list[int | None] | None = None
+    input_prompt: str | list[str] = ""
     max_new_tokens: int = 100
     do_sample: bool = True
     temperature: float = 0.8
     top_k: int | None = 50
     top_p: float | None = 0.95
     checkpoint_id: str = "none"
+    repetition_penalty: float = 1.0
+    stop_strings: list[str] | None = None
+    num_samples_per_prompt: int | None = None
+
+    def _locate(self, index: int) -> tuple[int | None, int, int]:
+        """``(prompt index or None, sample within its prompt, samples of that prompt)``."""
+        if self.num_samples_per_prompt is None:
+            return None, index, len(self.texts)
+        n = self.num_samples_per_prompt
+        return index // n, index % n, n
 
     @property
     def samples(self) -> list[str]:
         """The texts as written to files: the given prompt followed by each continuation."""
-        return [self.input_prompt + text for text in self.texts]
+        if self.num_samples_per_prompt is None:
+            return [self.input_prompt + text for text in self.texts]
+        return [self.input_prompt[self._locate(i)[0]] + text for i, text in enumerate(self.texts)]
 
     def metadata(self, index: int) -> dict[str, Any]:
         """The settings of sample ``index`` (written next to its text)."""
-        return {"task": "text-generation", "prompt": self.input_prompt, "seed": self.seed,
-                "sample": index, "num_samples": len(self.texts),
+        group, sample, count = self._locate(index)
+        prompt, seed = self.input_prompt, self.seed
+        if group is not None:
+            prompt, seed = prompt[group], seed[group]
+        meta = {"task": "text-generation", "prompt": prompt, "seed": seed,
+                "sample": sample, "num_samples": count,
                 "max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
                 "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
                 "checkpoint_id": self.checkpoint_id}
+        if self.repetition_penalty != 1.0:
+            meta["repetition_penalty"] = self.repetition_penalty
+        if self.stop_strings:
+            meta["stop_strings"] = list(self.stop_strings)
+        return meta
 
 
 class TextStreamer:
     """Prints one sample's text as it is generated, whole characters only.
+
+    It follows transformers' streamer protocol, as the pipeline calls it: ``put`` first with
+    the prompt's ids (a (1, n) tensor: skipped here, ``prefix`` is written instead), then with
+    each new token (a (1,) tensor), and ``end`` once. transformers' own ``TextStreamer`` and
+    ``TextIteratorStreamer`` work with the pipeline as well.
 
     Args:
         tokenizer: Decodes the ids seen so far.
@@ -74,6 +110,7 @@ class TextStreamer:
         self.ids: list[int] = []
         self.printed = 0
         self.prefix = prefix
+        self.prompt_seen = False
         self.write = write or (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
 
     def _emit(self, piece: str) -> None:
@@ -81,13 +118,14 @@ class TextStreamer:
             piece, self.prefix = self.prefix + piece, ""
         self.write(piece)
 
-    def start(self) -> None:
-        """Called by the pipeline once its arguments are checked: writes the prefix."""
-        if self.prefix:
-            self._emit("")
-
-    def put(self, token_id: int) -> None:
-        self.ids.append(token_id)
+    def put(self, value: torch.Tensor) -> None:
+        """The prompt's ids (first call: writes ``prefix``), then new tokens (1,) or (1, k)."""
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            if self.prefix:
+                self._emit("")
+            return
+        self.ids += value.reshape(-1).tolist()
         text = self.tokenizer.decode(self.ids)
         if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its other bytes
             return
@@ -98,6 +136,28 @@ class TextStreamer:
         text = self.tokenizer.decode(self.ids)
         self._emit(text[self.printed:])
         self.printed = len(text)
+
+
+def repetition_penalized(logits: torch.Tensor, seen: list[list[int]], penalty: float
+                         ) -> torch.Tensor:
+    """transformers' ``RepetitionPenaltyLogitsProcessor`` (Keskar et al. 2019, CTRL,
+    https://arxiv.org/abs/1909.05858): the logit of every token a row has seen (prompt
+    included) divided by ``penalty`` when positive, multiplied when negative.
+
+    Args:
+        logits: (b, v) scores.
+        seen: Per row, the ids seen so far.
+        penalty: > 0; 1 changes nothing, > 1 discourages repeats.
+
+    Returns:
+        (b, v) float32 scores.
+    """
+    logits = logits.float().clone()
+    for row, ids in enumerate(seen):
+        index = torch.tensor(sorted(set(ids)), dtype=torch.long, device=logits.device)
+        score = logits[row, index]
+        logits[row, index] = torch.where(score < 0, score * penalty, score / penalty)
+    return logits
 
 
 @pipelines.register("text-generation")
@@ -140,26 +200,39 @@ class TextGenerationPipeline(Pipeline):
         return ids
 
     @torch.inference_mode()
-    def __call__(self, prompt: str = "", *, max_new_tokens: int | None = None,
+    def __call__(self, prompt: str | list[str] = "", *, max_new_tokens: int | None = None,
                  do_sample: bool = True,
                  temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = 0.95,
-                 num_samples: int = 1, seed: int | None = None,
-                 generator: torch.Generator | None = None, stop_at_eos: bool = True,
-                 streamer: TextStreamer | None = None) -> TextGenerationOutput:
-        """Continue ``prompt``.
+                 repetition_penalty: float = 1.0, stop_strings: str | list[str] | None = None,
+                 num_samples: int = 1, num_return_sequences: int | None = None,
+                 seed: int | None = None, generator: torch.Generator | None = None,
+                 stop_at_eos: bool = True, streamer: Any = None) -> TextGenerationOutput:
+        """Continue ``prompt`` (or every prompt of a list).
 
         Args:
-            prompt: Text to continue; ``""`` starts a new document.
+            prompt: Text to continue; ``""`` starts a new document. A list continues each:
+                prompts of the same token length decode together in one batch (the backbone
+                has no padding mask), and prompt ``i`` samples from its own generator, seeded
+                from ``seed`` (:func:`~multimodal.pipelines.base.prompt_seed`, recorded), so it
+                gives what it gives alone with that seed (the same draws; a batch's logits
+                may round differently in the last bits).
             max_new_tokens: Tokens to generate at most (1 .. ``max_seq_len - 1``; default:
                 100, or half the model's context if that is shorter).
             do_sample: Sample; ``False`` is greedy decoding.
             temperature: Sampling temperature (> 0).
             top_k: Keep the ``k`` most likely tokens (``None``: keep all).
             top_p: Nucleus sampling threshold in (0, 1] (``None``: off).
-            num_samples: Continuations generated together (>= 1).
+            repetition_penalty: transformers' penalty on tokens already seen, prompt
+                included (> 0; 1 is off, the default; 1.2 is common).
+            stop_strings: A string or strings that end a sample once its text contains one
+                (kept in the text, as transformers does).
+            num_samples: Continuations of each prompt (>= 1).
+            num_return_sequences: transformers' name of ``num_samples`` (give one of the two).
             seed: Seed of the sampling generator (``generator`` wins when both are given).
             stop_at_eos: Stop a sample at end-of-text.
-            streamer: Receives sample 0's tokens as they are made.
+            streamer: Receives the prompt's ids, then sample 0's tokens as they are made, as
+                tensors, then ``end()`` (transformers' ``put``/``end`` protocol: its
+                ``TextStreamer`` and ``TextIteratorStreamer`` work); one prompt only.
 
         Returns:
             :class:`TextGenerationOutput`.
@@ -167,8 +240,18 @@ class TextGenerationPipeline(Pipeline):
         Raises:
             InputError: an argument outside the ranges above, or a prompt that is not a string.
         """
-        check_text("prompt", prompt)
-        policy_of(self).check(prompt, task="text-generation")
+        is_list = isinstance(prompt, (list, tuple))
+        prompts = list(prompt) if is_list else [prompt]
+        if not prompts:
+            raise InputError("prompt is an empty list; give at least one prompt")
+        for text in prompts:
+            check_text("prompt", text)
+            policy_of(self).check(text, task="text-generation")
+        if num_return_sequences is not None:
+            if num_samples != 1 and num_samples != num_return_sequences:
+                raise InputError(f"num_samples={num_samples!r} and num_return_sequences="
+                                 f"{num_return_sequences!r} name the same setting; give one")
+            num_samples = num_return_sequences
         limit = self.backbone.max_seq_len - 1
         if max_new_tokens is None:
             max_new_tokens = min(100, self.backbone.max_seq_len // 2)
@@ -186,45 +269,93 @@ class TextGenerationPipeline(Pipeline):
                           accepted="a positive integer or None")
         top_p = check_float("top_p", top_p, 0.0, 1.0, lo_open=True, optional=True,
                             accepted="a number in (0, 1] or None")
-        generator, seed = seeded(seed, generator)
-        if streamer is not None and hasattr(streamer, "start"):
-            streamer.start()
+        repetition_penalty = check_float("repetition_penalty", repetition_penalty, 0.0,
+                                         lo_open=True, accepted="a finite number > 0 (1: off)")
+        stops = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings or [])
+        for stop in stops:
+            if not check_text("stop_strings", stop):
+                raise InputError("stop_strings: a stop string must not be empty")
+        if streamer is not None and is_list:
+            raise InputError("a streamer takes one prompt (transformers' streamers take batch "
+                             "size 1); give prompt as a string")
+        base = check_seed(seed)
+        seeds: list[int | None] = [seed] if not is_list else \
+            [None if base is None else prompt_seed(base, i) for i in range(len(prompts))]
+        generators = []
+        for i, prompt_seed_ in enumerate(seeds):
+            gen, seeds[i] = seeded(prompt_seed_, generator)
+            generators.append(gen)
 
-        ids = self.encode_prompt(prompt, max_new_tokens)
-        prompt_used = self.tokenizer.decode(ids)
-        device = self.device
-        input_ids = torch.tensor([ids] * num_samples, device=device)  # (b, n)
-        cache = self.backbone.new_kv_cache(num_samples, len(ids) + max_new_tokens)
-        eos = self.tokenizer.eos_id
-        generated = torch.empty(num_samples, 0, dtype=torch.long, device=device)
-        finished = torch.zeros(num_samples, dtype=torch.bool, device=device)
-
-        logits = self.lm_head(self.backbone(input_ids, kv_cache=cache)[:, -1])  # (b, v)
-        for _ in range(max_new_tokens):
-            next_ids = sample_next_token(logits.cpu(), do_sample=do_sample,
-                                         temperature=temperature, top_k=top_k, top_p=top_p,
-                                         generator=generator).to(device)
-            next_ids = torch.where(finished, eos, next_ids)
-            generated = torch.cat([generated, next_ids[:, None]], dim=1)
-            if streamer is not None and not finished[0] and next_ids[0] != eos:
-                streamer.put(int(next_ids[0]))
-            if stop_at_eos:
-                finished |= next_ids == eos
-                if bool(finished.all()):
-                    break
-            if generated.shape[1] == max_new_tokens:
-                break
-            logits = self.lm_head(self.backbone(next_ids[:, None], kv_cache=cache)[:, -1])
+        ids = [self.encode_prompt(text, max_new_tokens) for text in prompts]
+        if streamer is not None:
+            streamer.put(torch.tensor([ids[0]]))  # (1, n): the prompt, as transformers does
+        by_length: dict[int, list[int]] = {}
+        for i, prompt_ids in enumerate(ids):
+            by_length.setdefault(len(prompt_ids), []).append(i)
+        tokens: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]
+        for group in by_length.values():
+            rows = self._decode(
+                [ids[i] for i in group], [generators[i] for i in group], num_samples,
+                max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, stops=stops,
+                stop_at_eos=stop_at_eos, streamer=streamer if group[0] == 0 else None)
+            for k, i in enumerate(group):
+                tokens[i * num_samples : (i + 1) * num_samples] = \
+                    rows[k * num_samples : (k + 1) * num_samples]
         if streamer is not None:
             streamer.end()
 
-        token_ids = []
-        for row in generated.tolist():
-            if stop_at_eos and eos in row:
-                row = row[: row.index(eos)]
-            token_ids.append(row)
-        texts = [self.tokenizer.decode(row) for row in token_ids]
+        texts = [self.tokenizer.decode(row) for row in tokens]
+        used = [self.tokenizer.decode(prompt_ids) for prompt_ids in ids]
         return TextGenerationOutput(
-            texts=texts, token_ids=token_ids, prompt=prompt_used, seed=seed, input_prompt=prompt,
+            texts=texts, token_ids=tokens, prompt=used if is_list else used[0],
+            seed=seeds if is_list else seeds[0], input_prompt=prompts if is_list else prompt,
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-            top_k=top_k, top_p=top_p, checkpoint_id=self.checkpoint_id)
+            top_k=top_k, top_p=top_p, checkpoint_id=self.checkpoint_id,
+            repetition_penalty=repetition_penalty, stop_strings=stops or None,
+            num_samples_per_prompt=num_samples if is_list else None)
+
+    def _decode(self, ids: list[list[int]], generators: list[torch.Generator],
+                num_samples: int, *, max_new_tokens: int, do_sample: bool, temperature: float,
+                top_k: int | None, top_p: float | None, repetition_penalty: float,
+                stops: list[str], stop_at_eos: bool, streamer: Any) -> list[list[int]]:
+        """One KV-cached decode loop over prompts of one token length, ``num_samples`` rows
+        each; prompt ``k``'s rows sample from ``generators[k]``. Returns the generated ids of
+        every row (prompt-major), end-of-text excluded when ``stop_at_eos``; ``streamer``
+        gets row 0's tokens."""
+        device, eos = self.device, self.tokenizer.eos_id
+        input_ids = torch.tensor([row for row in ids for _ in range(num_samples)],
+                                 device=device)  # (b, n)
+        b = input_ids.shape[0]
+        cache = self.backbone.new_kv_cache(b, input_ids.shape[1] + max_new_tokens)
+        tokens: list[list[int]] = [[] for _ in range(b)]
+        done = [False] * b
+        logits = self.lm_head(self.backbone(input_ids, kv_cache=cache)[:, -1])  # (b, v)
+        for step in range(max_new_tokens):
+            logits = logits.cpu()
+            if repetition_penalty != 1.0:
+                logits = repetition_penalized(
+                    logits, [ids[r // num_samples] + tokens[r] for r in range(b)],
+                    repetition_penalty)
+            next_ids = torch.cat([  # (b,): each prompt's rows from its own generator
+                sample_next_token(logits[k * num_samples : (k + 1) * num_samples],
+                                  do_sample=do_sample, temperature=temperature, top_k=top_k,
+                                  top_p=top_p, generator=gen)
+                for k, gen in enumerate(generators)])
+            for r in range(b):
+                if done[r]:
+                    continue
+                token = int(next_ids[r])
+                if stop_at_eos and token == eos:
+                    done[r] = True
+                    continue
+                tokens[r].append(token)
+                if r == 0 and streamer is not None:
+                    streamer.put(next_ids[:1].clone())  # (1,), as transformers does
+                if stops and any(s in self.tokenizer.decode(tokens[r]) for s in stops):
+                    done[r] = True
+            if all(done) or step == max_new_tokens - 1:
+                break
+            feed = torch.where(torch.tensor(done), eos, next_ids).to(device)  # finished: eos
+            logits = self.lm_head(self.backbone(feed[:, None], kv_cache=cache)[:, -1])
+        return tokens

@@ -29,8 +29,8 @@ import torch
 
 from multimodal.data.espeak import foreign_letters
 from multimodal.errors import InputError, excerpt
-from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_num_samples,
-                                       check_seed, check_text, seeded)
+from multimodal.pipelines.base import (Pipeline, check_bool, check_dtype, check_float,
+                                       check_num_samples, check_seed, check_text, seeded)
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
 
@@ -111,6 +111,24 @@ class TextToAudioPipeline(Pipeline):
     @property
     def device(self) -> torch.device:
         return next(self.decoder.parameters()).device
+
+    def to(self, *args: Any, device: str | torch.device | None = None,
+           dtype: torch.dtype | str | None = None):
+        """Move the networks to ``device`` (see :meth:`Pipeline.to`); float32 only: the
+        acoustic decoder mixes its own float32 features into its layers.
+
+        Raises:
+            InputError: a dtype other than float32.
+        """
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            else:
+                device = arg
+        if dtype is not None and check_dtype(dtype) != torch.float32:
+            raise InputError(f"text-to-audio runs in float32 only, got dtype {dtype}; load it "
+                             "without torch_dtype")
+        return super().to(device=device)
 
     @property
     def max_phonemes(self) -> int:

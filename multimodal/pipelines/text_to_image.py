@@ -23,7 +23,15 @@ captions in training). Random draws: the initial noise (num_samples, l, y, x) fr
 ``torch.Generator`` seeded with ``seed``; whatever each scheduler step draws (DDPM's and
 Euler's noise) from one generator per sample (:func:`~multimodal.pipelines.base.
 sample_generators`), so a seed reproduces the samples exactly and sample ``i`` is the same
-whatever ``num_samples`` is.
+whatever ``num_samples`` is. A list of prompts runs in one batched loop, each prompt drawing
+from its own seed (:func:`~multimodal.pipelines.base.prompt_seed` of ``seed``, recorded), so
+its images are the ones it gives alone with that seed (up to the float rounding of a batch
+padded to the longest prompt: within one of 255 levels).
+
+diffusers' names are taken beside the project's: ``num_images_per_prompt`` (``num_samples``),
+``output_type``, ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`` with
+``pipe.interrupt = True`` to stop early, and ``pipe.to(device, dtype)``: the denoiser and the
+backbone run in that dtype while the scheduler's latents and the VAE stay float32.
 
 Image-to-image runs ``int(num_inference_steps * strength)`` steps of the schedule, and at
 least one whenever ``strength > 0`` (diffusers' rule since 0.27; before, a small strength
@@ -48,12 +56,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Literal, Union
 
 import numpy as np
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -63,16 +71,22 @@ from multimodal.modalities.image.files import load_image_array
 from multimodal.modalities.image.modality import encode_captions
 from multimodal.modalities.image.schedulers import make_scheduler
 from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_int,
-                                       check_num_samples, check_text, sample_generators, seeded)
+                                       check_num_samples, check_seed, check_text, prompt_seed,
+                                       sample_generators, seeded)
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
 
 DEFAULT_SCHEDULER = "dpm_solver_multistep"
 DEFAULT_GUIDANCE = 4.0
 
-# ``callback_on_step_end(step, num_steps, latents)``: called after each scheduler step (as
-# diffusers' ``callback_on_step_end``), e.g. to decode a preview or to stop by raising.
-StepCallback = Callable[[int, int, torch.Tensor], None]
+# ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs) -> dict``: diffusers'
+# convention, called after each scheduler step with ``{"latents": (s, l, y, x)}`` (the names in
+# ``callback_on_step_end_tensor_inputs``); a returned ``"latents"`` replaces the latents, and
+# setting ``pipe.interrupt = True`` stops after that step (diffusers' ``pipe._interrupt``).
+StepCallback = Callable[[Any, int, torch.Tensor, dict], dict | None]
+CALLBACK_TENSOR_INPUTS = ("latents",)
+# What ``output_type`` may be: the project's uint8 arrays, or diffusers' three.
+OUTPUT_TYPES = ("uint8", "pil", "np", "pt")
 
 # What an image argument may be: a file path, a PIL image or a uint8 array (h, w[, c]).
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -83,32 +97,67 @@ ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 class ImageGenerationOutput:
     """What the image pipelines return.
 
+    A call with a list of prompts returns its images flat in prompt order (diffusers' layout:
+    ``num_images_per_prompt`` images of prompt 0, then of prompt 1, ...), and records the
+    settings per prompt: ``prompt``, ``negative_prompt`` and ``seed`` are then lists (one per
+    prompt) and :meth:`metadata` gives each image its own prompt and seed, with which it
+    replays alone.
+
     Attributes:
-        images: One uint8 array per sample, (h, w) grayscale or (h, w, 3) RGB, 0..255.
+        images: One image per sample, as ``output_type`` says: ``"uint8"`` (default) uint8
+            arrays (h, w) grayscale or (h, w, 3) RGB, 0..255; ``"pil"`` PIL images; ``"np"`` one
+            float32 array (s, h, w, c) in [0, 1]; ``"pt"`` one float32 tensor (s, c, h, w) in
+            [0, 1] (diffusers' three).
         latents: The final latents (s, l, y, x) before decoding (``None`` when no step ran).
         task, prompt, negative_prompt, seed, num_inference_steps, guidance_scale, scheduler,
             checkpoint_id, strength: The settings used (``strength`` for editing tasks).
         steps_run: The scheduler steps that ran, where it is not what ``num_inference_steps``
-            and ``strength`` say (``None``: as they say); 0 when nothing ran.
+            and ``strength`` say (``None``: as they say); 0 when nothing ran; fewer when a
+            ``callback_on_step_end`` stopped the loop (``pipe.interrupt = True``).
+        num_images_per_prompt: Images of each prompt (one count per prompt; ``None``: all
+            images belong to the one prompt).
+        output_type: The form of ``images``.
+        pixels: The uint8 images whatever ``output_type`` is (what the writer writes).
     """
 
-    images: list[np.ndarray]
+    images: Any
     latents: torch.Tensor | None = field(repr=False, default=None)
     task: str = "text-to-image"
-    prompt: str = ""
-    negative_prompt: str | None = None
-    seed: int | None = None
+    prompt: str | list[str] = ""
+    negative_prompt: str | list[str | None] | None = None
+    seed: int | list[int | None] | None = None
     num_inference_steps: int = 0
     guidance_scale: float = 1.0
     scheduler: str = DEFAULT_SCHEDULER
     checkpoint_id: str = "none"
     strength: float | None = None
     steps_run: int | None = None
+    num_images_per_prompt: list[int] | None = None
+    output_type: str = "uint8"
+    pixels: list[np.ndarray] = field(repr=False, default_factory=list)
+
+    def _locate(self, index: int) -> tuple[int | None, int, int]:
+        """``(prompt index or None, sample within its prompt, images of that prompt)``."""
+        if not isinstance(self.prompt, list):
+            return None, index, len(self.samples)
+        start = 0
+        for group, count in enumerate(self.num_images_per_prompt):
+            if index < start + count:
+                return group, index - start, count
+            start += count
+        raise IndexError(f"image {index} of {start}")
 
     def metadata(self, index: int | None = None) -> dict[str, Any]:
-        """The settings of sample ``index`` as written into its PNG."""
-        meta = {"task": self.task, "prompt": self.prompt, "negative_prompt": self.negative_prompt,
-                "seed": self.seed, "sample": index, "num_samples": len(self.images),
+        """The settings of sample ``index`` as written into its PNG (for a list call: its own
+        prompt, negative prompt and seed, and its place among its prompt's images)."""
+        prompt, negative, seed = self.prompt, self.negative_prompt, self.seed
+        sample, count = index, len(self.samples)
+        if index is not None:
+            group, sample, count = self._locate(index)
+            if group is not None:
+                prompt, negative, seed = prompt[group], negative[group], seed[group]
+        meta = {"task": self.task, "prompt": prompt, "negative_prompt": negative,
+                "seed": seed, "sample": sample, "num_samples": count,
                 "num_inference_steps": self.num_inference_steps,
                 "guidance_scale": self.guidance_scale, "scheduler": self.scheduler,
                 "checkpoint_id": self.checkpoint_id}
@@ -118,14 +167,58 @@ class ImageGenerationOutput:
             meta["steps_run"] = self.steps_run
         return meta
 
+    def split(self) -> list[ImageGenerationOutput]:
+        """One single-prompt output per prompt of a list call (itself, in a list, otherwise),
+        each what the pipeline returns for that prompt alone with its recorded seed."""
+        if not isinstance(self.prompt, list):
+            return [self]
+        outputs, start = [], 0
+        images = self.images
+        for group, count in enumerate(self.num_images_per_prompt):
+            part = slice(start, start + count)
+            start += count
+            outputs.append(replace(
+                self, images=images[part], prompt=self.prompt[group],
+                negative_prompt=self.negative_prompt[group], seed=self.seed[group],
+                latents=None if self.latents is None else self.latents[part],
+                num_images_per_prompt=None, pixels=self.pixels[part]))
+        return outputs
+
     @property
     def samples(self) -> list[np.ndarray]:
-        """The images, one per sample (what the writer writes)."""
-        return self.images
+        """The images as uint8 arrays, one per sample (what the writer writes)."""
+        return self.pixels if self.pixels else self.images
 
     def to_pil(self) -> list:
         """The samples as PIL images."""
-        return [Image.fromarray(image) for image in self.images]
+        return [Image.fromarray(image) for image in self.samples]
+
+
+def format_images(pixels: list[np.ndarray], output_type: str) -> Any:
+    """uint8 images (h, w) or (h, w, c) as ``output_type`` says (see
+    :class:`ImageGenerationOutput`)."""
+    if output_type == "uint8":
+        return list(pixels)
+    if output_type == "pil":
+        return [Image.fromarray(p) for p in pixels]
+    batch = np.stack([p if p.ndim == 3 else p[..., None] for p in pixels]) if pixels else \
+        np.zeros((0, 0, 0, 0), np.uint8)
+    batch = batch.astype(np.float32) / 255.0  # (s, h, w, c) in [0, 1]
+    if output_type == "np":
+        return batch
+    return torch.from_numpy(rearrange(batch, "s h w c -> s c h w").copy())
+
+
+def check_tensor_inputs(names: Any) -> None:
+    """Refuse ``callback_on_step_end_tensor_inputs`` naming a tensor the loop does not have.
+
+    Raises:
+        InputError: naming the unknown ones and the ones there are.
+    """
+    unknown = sorted(set(names) - set(CALLBACK_TENSOR_INPUTS))
+    if isinstance(names, str) or unknown:
+        raise InputError(f"callback_on_step_end_tensor_inputs must be a list of "
+                         f"{list(CALLBACK_TENSOR_INPUTS)}, got {names!r}")
 
 
 # -- the shared pipeline ---------------------------------------------------------------------
@@ -160,6 +253,11 @@ class LatentDiffusionPipeline(Pipeline):
     @property
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The denoiser's dtype (the loop's latents stay float32)."""
+        return next(self.denoiser.parameters()).dtype
 
     # -- building blocks --------------------------------------------------------------------
     def make_scheduler(self, name: str | None = None):
@@ -208,32 +306,60 @@ class LatentDiffusionPipeline(Pipeline):
         model_input = torch.cat([latents, latents]) if guided else latents  # (b, l, y, x)
         model_input = scheduler.scale_model_input(model_input, t)
         timesteps = t.to(self.device).expand(model_input.shape[0])
-        prediction = self.denoiser(model_input, timesteps, context, context_mask)
+        # the denoiser runs in its own dtype (bf16/fp16 after .to(dtype=...)); the scheduler's
+        # arithmetic stays in float32
+        prediction = self.denoiser(model_input.to(self.dtype), timesteps, context,
+                                   context_mask).float()
         if not guided:
             return prediction
         uncond, cond = prediction.chunk(2)
         return uncond + guidance_scale * (cond - uncond)
 
     # -- the loop ---------------------------------------------------------------------------
+    @property
+    def interrupt(self) -> bool:
+        """Set to ``True`` from a ``callback_on_step_end`` to stop the loop after that step
+        (diffusers' ``pipe._interrupt``, which is the same flag); reset by every call."""
+        return getattr(self, "_interrupt", False)
+
+    @interrupt.setter
+    def interrupt(self, value: bool) -> None:
+        self._interrupt = bool(value)
+
+    @property
+    def num_timesteps(self) -> int:
+        """Scheduler steps of the running (or last) call, as diffusers' pipelines say it."""
+        return getattr(self, "_num_timesteps", 0)
+
     @torch.no_grad()
-    def generate(self, prompt: str = "", *, negative_prompt: str | None = None,
+    def generate(self, prompt: str | list[str] = "", *,
+                 negative_prompt: str | list[str | None] | None = None,
                  num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
-                 num_samples: int = 1, seed: int | None = None,
+                 num_samples: int | list[int] = 1, seed: int | list[int | None] | None = None,
                  generator: torch.Generator | None = None, scheduler: str | None = None,
                  progress: bool = True, image: ImageInput | None = None,
                  mask: ImageInput | None = None, strength: float = 1.0,
-                 callback_on_step_end: StepCallback | None = None) -> ImageGenerationOutput:
+                 output_type: str = "uint8",
+                 callback_on_step_end: StepCallback | None = None,
+                 callback_on_step_end_tensor_inputs: list[str] | tuple[str, ...] = ("latents",)
+                 ) -> ImageGenerationOutput:
         """The loop behind every task's ``__call__``; see the module docstring.
 
         Args:
-            prompt: What to draw; ``""`` samples unconditionally.
+            prompt: What to draw; ``""`` samples unconditionally. A list draws every prompt in
+                one batched loop (images flat in prompt order).
             negative_prompt: What to steer away from (replaces ``""`` in the unconditional
-                branch of guidance); default none.
+                branch of guidance); default none. With a prompt list: one string (for every
+                prompt) or a list of one per prompt.
             num_inference_steps: Scheduler steps (1 .. num_train_timesteps; default 25).
             guidance_scale: Classifier-free guidance weight >= 0; 1 turns guidance off, 0
                 ignores the prompt (default 4.0).
-            num_samples: Images made together (>= 1).
+            num_samples: Images per prompt (>= 1); with a prompt list also a list of one count
+                per prompt (the server's batches).
             seed: Seed of the generator (random when neither it nor ``generator`` is given).
+                With a prompt list, prompt ``i`` uses :func:`prompt_seed` of it, or ``seed[i]``
+                when a list is given; either way prompt ``i`` gives the images it gives alone
+                with the seed recorded for it (up to float rounding of the padded batch).
             generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
             scheduler: A registered scheduler name (``ddpm``, ``ddim``, ``dpm_solver_multistep``,
                 ``euler``); default DPM-Solver++.
@@ -241,43 +367,64 @@ class LatentDiffusionPipeline(Pipeline):
             image: Start image (path, PIL image or uint8 array) for editing tasks.
             mask: Inpainting mask of the image's size; white = regenerate.
             strength: Share of the schedule to run from the noised ``image``, in [0, 1].
-            callback_on_step_end: Called after every scheduler step as
-                ``callback_on_step_end(step, num_steps, latents)`` with the current latents
-                (s, l, y, x) (diffusers' hook: previews, progress, cancelling by raising).
+            output_type: ``"uint8"`` (default), ``"pil"``, ``"np"`` or ``"pt"`` (see
+                :class:`ImageGenerationOutput`).
+            callback_on_step_end: diffusers' hook, called after every scheduler step as
+                ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`` with
+                ``callback_kwargs = {"latents": (s, l, y, x)}``; a returned dict's
+                ``"latents"`` replaces them; ``pipe.interrupt = True`` stops after the step
+                (the steps run are recorded as ``steps_run``).
+            callback_on_step_end_tensor_inputs: The tensors passed in ``callback_kwargs``
+                (only ``"latents"`` exists).
 
         Returns:
-            :class:`ImageGenerationOutput` with ``num_samples`` images.
+            :class:`ImageGenerationOutput` with ``num_samples`` images per prompt.
 
         Raises:
             InputError: an argument outside the ranges above, a mask whose size differs from
                 the image, an unreadable or non-image file, a colour image to inpaint with a
-                grayscale model (the channel mismatch).
+                grayscale model (the channel mismatch), lists of the wrong length.
             UnknownComponentError: an unknown scheduler name.
         """
-        steps, guidance_scale, strength = self._check_arguments(
-            prompt, negative_prompt, num_inference_steps, guidance_scale, num_samples, strength)
+        is_list = isinstance(prompt, (list, tuple))
+        prompts, negatives, counts, seeds = self._check_lists(prompt, negative_prompt,
+                                                              num_samples, seed)
+        for p, n, c in zip(prompts, negatives, counts):
+            steps, guidance_scale, strength = self._check_arguments(
+                p, n, num_inference_steps, guidance_scale, c, strength)
         check_text("scheduler", scheduler, optional=True)
         check_bool("progress", progress)
+        if output_type not in OUTPUT_TYPES:
+            raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got "
+                             f"{output_type!r}")
+        check_tensor_inputs(callback_on_step_end_tensor_inputs)
         sched = self.make_scheduler(scheduler)
         init_pixels, pixel_mask = self._load_inputs(image, mask)
-        generator, seed = seeded(seed, generator)
-        step_generators = sample_generators(seed, generator, num_samples)
+        # The draws of each prompt, in order: its initial noise from its own generator, its
+        # scheduler noise from one generator per sample, as it would draw alone.
+        noises, step_generators = [], []
+        for i, (count, prompt_seed_) in enumerate(zip(counts, seeds)):
+            gen, seeds[i] = seeded(prompt_seed_, generator)
+            step_generators += sample_generators(seeds[i], gen, count)
+            noises.append(torch.randn((count, *self.denoiser.latent_shape), generator=gen))
+        total = sum(counts)
         output = ImageGenerationOutput(
-            images=[], task=self.task, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
-            num_inference_steps=steps, guidance_scale=guidance_scale,
-            scheduler=scheduler or DEFAULT_SCHEDULER, checkpoint_id=self.checkpoint_id,
-            strength=strength if image is not None else None)
+            images=[], task=self.task, prompt=list(prompts) if is_list else prompts[0],
+            negative_prompt=list(negatives) if is_list else negatives[0],
+            seed=list(seeds) if is_list else seeds[0], num_inference_steps=steps,
+            guidance_scale=guidance_scale, scheduler=scheduler or DEFAULT_SCHEDULER,
+            checkpoint_id=self.checkpoint_id, strength=strength if image is not None else None,
+            num_images_per_prompt=list(counts) if is_list else None, output_type=output_type)
 
         device = self.device
         sched.set_timesteps(steps, device=device)
         timesteps = sched.timesteps
-        noise = torch.randn((num_samples, *self.denoiser.latent_shape),
-                            generator=generator).to(device)  # (s, l, y, x)
+        noise = torch.cat(noises).to(device)  # (s, l, y, x), float32: the scheduler's dtype
         x0 = latent_mask = None
         if init_pixels is not None:
-            x0 = self.vae.encode(self._to_model_range(init_pixels)).to(device)
+            x0 = self.vae.encode(self._to_model_range(init_pixels)).float().to(device)
             self.denoiser.check_latents(x0)
-            x0 = x0.expand(num_samples, -1, -1, -1)  # (s, l, y, x)
+            x0 = x0.expand(total, -1, -1, -1)  # (s, l, y, x)
         if strength < 1.0:  # SDEdit: start part-way, from the noised image
             run = min(int(steps * strength), steps)
             if strength > 0 and run == 0:  # a small strength still runs one step
@@ -286,27 +433,21 @@ class LatentDiffusionPipeline(Pipeline):
             timesteps = timesteps[start * sched.order:]
             if len(timesteps) == 0:  # strength 0: nothing to denoise
                 output.steps_run = 0
-                output.images = [self._to_output(init_pixels[0])] * num_samples
+                output.pixels = [self._to_output(init_pixels[0])] * total
+                output.images = format_images(output.pixels, output_type)
                 return output
             if hasattr(sched, "set_begin_index"):
                 sched.set_begin_index(start * sched.order)
-            latents = sched.add_noise(x0, noise, timesteps[:1].repeat(num_samples))
+            latents = sched.add_noise(x0, noise, timesteps[:1].repeat(total))
         else:
             latents = noise * sched.init_noise_sigma
         if pixel_mask is not None:  # (1, 1, h, w) -> (1, 1, y, x): regenerate any touched cell
             factor = pixel_mask.shape[-1] // latents.shape[-1]
             latent_mask = torch.nn.functional.max_pool2d(pixel_mask, factor).to(device)
 
-        uncond = "" if negative_prompt is None else negative_prompt
-        if guidance_scale not in (0.0, 1.0) and uncond != prompt:  # both branches, one batch
-            both, both_mask = self.encode_prompts([uncond, prompt])  # (2, n, d), (2, n)
-            context = repeat(both, "two n d -> (two s) n d", s=num_samples)
-            context_mask = repeat(both_mask, "two n -> (two s) n", s=num_samples)
-        else:  # one branch: the prompt (scale 1), the unconditional one (scale 0), or equal
-            one, one_mask = self.encode_prompts([uncond if guidance_scale == 0 else prompt])
-            context = repeat(one, "1 n d -> s n d", s=num_samples)
-            context_mask = repeat(one_mask, "1 n -> s n", s=num_samples)
+        context, context_mask = self.prompt_context(prompts, negatives, counts, guidance_scale)
 
+        self._interrupt, self._num_timesteps = False, len(timesteps)
         for i, t in enumerate(tqdm(timesteps, desc=self.task, disable=not progress,
                                    leave=False)):
             model_output = self.predict(latents, t, sched, context, context_mask, guidance_scale)
@@ -314,19 +455,90 @@ class LatentDiffusionPipeline(Pipeline):
                                  generator=step_generators).prev_sample
             if latent_mask is not None:  # keep the known region on the noise level of t_next
                 known = x0 if i == len(timesteps) - 1 else sched.add_noise(
-                    x0, noise, timesteps[i + 1 : i + 2].repeat(num_samples))
+                    x0, noise, timesteps[i + 1 : i + 2].repeat(total))
                 latents = latent_mask * latents + (1 - latent_mask) * known
             if callback_on_step_end is not None:
-                callback_on_step_end(i, len(timesteps), latents)
+                tensors = {"latents": latents}
+                callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
+                returned = callback_on_step_end(self, i, t, callback_kwargs)
+                if returned is not None:
+                    latents = returned.get("latents", latents)
+            if self._interrupt and i < len(timesteps) - 1:  # diffusers' early stop
+                output.steps_run = i + 1
+                break
 
         check_finite(latents, guidance_scale)
         pixels = self._to_uint8(self.vae.decode(latents))  # (s, c, h, w)
         if pixel_mask is not None:  # the kept pixels, exactly
             keep = pixel_mask.to(torch.bool).logical_not().cpu()
             pixels = torch.where(keep, init_pixels, pixels)
-        output.images = [self._to_output(p) for p in pixels]
+        output.pixels = [self._to_output(p) for p in pixels]
+        output.images = format_images(output.pixels, output_type)
         output.latents = latents.cpu()
         return output
+
+    def _check_lists(self, prompt, negative_prompt, num_samples, seed
+                     ) -> tuple[list[str], list[str | None], list[int], list[int | None]]:
+        """One prompt, negative prompt, count and seed per prompt.
+
+        Raises:
+            InputError: an empty prompt list, or a list argument whose length is not the
+                number of prompts (or a list argument without a prompt list).
+        """
+        if not isinstance(prompt, (list, tuple)):
+            for name, value in (("negative_prompt", negative_prompt),
+                                ("num_samples", num_samples), ("seed", seed)):
+                if isinstance(value, (list, tuple)):
+                    raise InputError(f"{name} is a list but prompt is one string; give a list "
+                                     "of prompts, one per item")
+            return [prompt], [negative_prompt], [num_samples], [seed]
+        prompts = list(prompt)
+        if not prompts:
+            raise InputError("prompt is an empty list; give at least one prompt")
+
+        def per_prompt(name, value):
+            if not isinstance(value, (list, tuple)):
+                return None
+            if len(value) != len(prompts):
+                raise InputError(f"{name} has {len(value)} items but there are {len(prompts)} "
+                                 "prompts; give one per prompt (or one value for all)")
+            return list(value)
+
+        negatives = per_prompt("negative_prompt", negative_prompt) or \
+            [negative_prompt] * len(prompts)
+        counts = per_prompt("num_samples", num_samples) or [num_samples] * len(prompts)
+        seeds = per_prompt("seed", seed)
+        if seeds is None:  # one seed: prompt i's derived from it; none: each draws its own
+            base = check_seed(seed)
+            seeds = [None if base is None else prompt_seed(base, i) for i in range(len(prompts))]
+        return prompts, negatives, counts, seeds
+
+    def prompt_context(self, prompts: list[str], negatives: list[str | None],
+                       counts: list[int], guidance_scale: float
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt states of every sample, each prompt's encoded on its own (as it is alone)
+        and padded to the longest: (b, n, d) and (b, n), the unconditional branch of every
+        sample first when guidance runs (the layout :meth:`predict` reads)."""
+        unconds = ["" if n is None else n for n in negatives]
+        two = guidance_scale not in (0.0, 1.0) and any(u != p for u, p in zip(unconds, prompts))
+        uncond_rows, cond_rows = [], []
+        for prompt, uncond, count in zip(prompts, unconds, counts):
+            if two:  # both branches, one batch
+                both, both_mask = self.encode_prompts([uncond, prompt])  # (2, n, d), (2, n)
+                uncond_rows += [(both[0], both_mask[0])] * count
+                cond_rows += [(both[1], both_mask[1])] * count
+            else:  # one branch: the prompt (scale 1), the unconditional one (scale 0), or equal
+                one, one_mask = self.encode_prompts([uncond if guidance_scale == 0 else prompt])
+                cond_rows += [(one[0], one_mask[0])] * count
+        rows = uncond_rows + cond_rows
+        length = max(states.shape[0] for states, _ in rows)
+        context = torch.zeros(len(rows), length, rows[0][0].shape[-1], device=self.device,
+                              dtype=rows[0][0].dtype)
+        mask = torch.zeros(len(rows), length, dtype=torch.bool, device=self.device)
+        for i, (states, states_mask) in enumerate(rows):
+            context[i, : states.shape[0]] = states
+            mask[i, : states.shape[0]] = states_mask
+        return context, mask
 
     # -- input checks and conversions -------------------------------------------------------
     def _check_arguments(self, prompt, negative_prompt, steps, guidance_scale, num_samples,
@@ -423,35 +635,60 @@ def _refuse(task: str, editing: dict[str, Any], other: str) -> None:
         raise TypeError(f"{task} got an unexpected keyword argument '{name}'")
 
 
+def images_per_prompt(num_samples: Any, num_images_per_prompt: Any) -> Any:
+    """``num_samples``, or diffusers' ``num_images_per_prompt`` when that is given.
+
+    Raises:
+        InputError: both given, with different values.
+    """
+    if num_images_per_prompt is None:
+        return num_samples
+    if num_samples != 1 and num_samples != num_images_per_prompt:
+        raise InputError(f"num_samples={num_samples!r} and num_images_per_prompt="
+                         f"{num_images_per_prompt!r} name the same setting; give one of them")
+    return num_images_per_prompt
+
+
 # The three tasks: one explicit __call__ each (the signature a command line is derived from),
-# all running LatentDiffusionPipeline.generate.
+# all running LatentDiffusionPipeline.generate. diffusers' names are accepted beside the
+# project's: a prompt list, num_images_per_prompt, output_type, callback_on_step_end.
 @pipelines.register("text-to-image")
 class TextToImagePipeline(LatentDiffusionPipeline):
     """Generate images from a prompt (latent diffusion with classifier-free guidance)."""
 
     task = "text-to-image"
 
-    def __call__(self, prompt: str = "", *, negative_prompt: str | None = None,
+    def __call__(self, prompt: str | list[str] = "", *,
+                 negative_prompt: str | list[str | None] | None = None,
                  num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
-                 num_samples: int = 1, seed: int | None = None,
-                 generator: torch.Generator | None = None,
+                 num_samples: int = 1, num_images_per_prompt: int | None = None,
+                 seed: int | None = None, generator: torch.Generator | None = None,
                  scheduler: str = DEFAULT_SCHEDULER, progress: bool = True,
-                 callback_on_step_end: StepCallback | None = None, **editing: Any
-                 ) -> ImageGenerationOutput:
-        """Draw ``prompt``.
+                 output_type: Literal["uint8", "pil", "np", "pt"] = "uint8",
+                 callback_on_step_end: StepCallback | None = None,
+                 callback_on_step_end_tensor_inputs: tuple[str, ...] = CALLBACK_TENSOR_INPUTS,
+                 **editing: Any) -> ImageGenerationOutput:
+        """Draw ``prompt`` (or every prompt of a list, in one batched loop).
 
         Args:
-            prompt: What to draw; ``""`` samples unconditionally.
-            negative_prompt: What to steer away from (default none).
+            prompt: What to draw; ``""`` samples unconditionally (from Python also a list:
+                each drawn, images flat in prompt order, as diffusers).
+            negative_prompt: What to steer away from (default none; with a prompt list, one
+                for all or a list of one per prompt).
             num_inference_steps: Scheduler steps (1 .. num_train_timesteps; default 25).
             guidance_scale: Classifier-free guidance weight >= 0; 1 turns guidance off, 0
                 ignores the prompt (default 4.0).
-            num_samples: Images made together (>= 1).
-            seed: Seed of the generator (random when neither it nor ``generator`` is given).
+            num_samples: Images made per prompt (>= 1).
+            num_images_per_prompt: diffusers' name of ``num_samples`` (give one of the two).
+            seed: Seed of the generator (random when neither it nor ``generator`` is given);
+                prompt ``i`` of a list uses a seed derived from it (recorded per image).
             generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
             scheduler: ddpm, ddim, dpm_solver_multistep (default) or euler.
             progress: Show a tqdm bar over the steps.
-            callback_on_step_end: ``f(step, num_steps, latents)`` after every step.
+            output_type: uint8 (default: uint8 arrays), pil, np or pt (diffusers' forms).
+            callback_on_step_end: diffusers' ``f(pipe, step_index, timestep, callback_kwargs)
+                -> dict`` after every step; ``pipe.interrupt = True`` stops early.
+            callback_on_step_end_tensor_inputs: Tensors in ``callback_kwargs`` (``latents``).
 
         Returns:
             :class:`ImageGenerationOutput`; see :meth:`LatentDiffusionPipeline.generate`.
@@ -463,9 +700,13 @@ class TextToImagePipeline(LatentDiffusionPipeline):
         _refuse(self.task, editing, "image-to-image or inpainting")
         return self.generate(prompt, negative_prompt=negative_prompt,
                              num_inference_steps=num_inference_steps,
-                             guidance_scale=guidance_scale, num_samples=num_samples, seed=seed,
-                             generator=generator, scheduler=scheduler, progress=progress,
-                             callback_on_step_end=callback_on_step_end)
+                             guidance_scale=guidance_scale,
+                             num_samples=images_per_prompt(num_samples, num_images_per_prompt),
+                             seed=seed, generator=generator, scheduler=scheduler,
+                             progress=progress, output_type=output_type,
+                             callback_on_step_end=callback_on_step_end,
+                             callback_on_step_end_tensor_inputs=(
+                                 callback_on_step_end_tensor_inputs))
 
 
 @pipelines.register("image-to-image")
@@ -477,28 +718,36 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
 
     task = "image-to-image"
 
-    def __call__(self, prompt: str = "", *, image: ImageInput, strength: float = 0.6,
-                 negative_prompt: str | None = None, num_inference_steps: int = 25,
-                 guidance_scale: float = DEFAULT_GUIDANCE, num_samples: int = 1,
+    def __call__(self, prompt: str | list[str] = "", *, image: ImageInput,
+                 strength: float = 0.6, negative_prompt: str | list[str | None] | None = None,
+                 num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
+                 num_samples: int = 1, num_images_per_prompt: int | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None,
                  scheduler: str = DEFAULT_SCHEDULER, progress: bool = True,
-                 callback_on_step_end: StepCallback | None = None, **editing: Any
-                 ) -> ImageGenerationOutput:
+                 output_type: Literal["uint8", "pil", "np", "pt"] = "uint8",
+                 callback_on_step_end: StepCallback | None = None,
+                 callback_on_step_end_tensor_inputs: tuple[str, ...] = CALLBACK_TENSOR_INPUTS,
+                 **editing: Any) -> ImageGenerationOutput:
         """Redraw ``image`` toward ``prompt``.
 
         Args:
-            prompt: What to draw.
+            prompt: What to draw (a list: each, from the same image).
             image: The image to redraw (PNG, JPEG; a path, PIL image or uint8 array).
             strength: How far to move from the image, 0..1 (default 0.6).
             negative_prompt: What to steer away from (default none).
             num_inference_steps: Scheduler steps of the whole schedule (default 25).
             guidance_scale: Classifier-free guidance weight >= 0 (default 4.0).
-            num_samples: Images made together (>= 1).
-            seed: Seed of the generator (random when neither it nor ``generator`` is given).
+            num_samples: Images made per prompt (>= 1).
+            num_images_per_prompt: diffusers' name of ``num_samples`` (give one of the two).
+            seed: Seed of the generator (random when neither it nor ``generator`` is given);
+                prompt ``i`` of a list uses a seed derived from it (recorded per image).
             generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
             scheduler: ddpm, ddim, dpm_solver_multistep (default) or euler.
             progress: Show a tqdm bar over the steps.
-            callback_on_step_end: ``f(step, num_steps, latents)`` after every step.
+            output_type: uint8 (default: uint8 arrays), pil, np or pt (diffusers' forms).
+            callback_on_step_end: diffusers' ``f(pipe, step_index, timestep, callback_kwargs)
+                -> dict`` after every step; ``pipe.interrupt = True`` stops early.
+            callback_on_step_end_tensor_inputs: Tensors in ``callback_kwargs`` (``latents``).
 
         Raises:
             InputError: a ``mask`` (inpainting takes one).
@@ -507,9 +756,13 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
         return self.generate(prompt, image=image, strength=strength,
                              negative_prompt=negative_prompt,
                              num_inference_steps=num_inference_steps,
-                             guidance_scale=guidance_scale, num_samples=num_samples, seed=seed,
-                             generator=generator, scheduler=scheduler, progress=progress,
-                             callback_on_step_end=callback_on_step_end)
+                             guidance_scale=guidance_scale,
+                             num_samples=images_per_prompt(num_samples, num_images_per_prompt),
+                             seed=seed, generator=generator, scheduler=scheduler,
+                             progress=progress, output_type=output_type,
+                             callback_on_step_end=callback_on_step_end,
+                             callback_on_step_end_tensor_inputs=(
+                                 callback_on_step_end_tensor_inputs))
 
 
 @pipelines.register("inpainting")
@@ -518,33 +771,45 @@ class InpaintingPipeline(LatentDiffusionPipeline):
 
     task = "inpainting"
 
-    def __call__(self, prompt: str = "", *, image: ImageInput, mask: ImageInput,
-                 strength: float = 1.0, negative_prompt: str | None = None,
+    def __call__(self, prompt: str | list[str] = "", *, image: ImageInput, mask: ImageInput,
+                 strength: float = 1.0, negative_prompt: str | list[str | None] | None = None,
                  num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
-                 num_samples: int = 1, seed: int | None = None,
-                 generator: torch.Generator | None = None,
+                 num_samples: int = 1, num_images_per_prompt: int | None = None,
+                 seed: int | None = None, generator: torch.Generator | None = None,
                  scheduler: str = DEFAULT_SCHEDULER, progress: bool = True,
-                 callback_on_step_end: StepCallback | None = None) -> ImageGenerationOutput:
+                 output_type: Literal["uint8", "pil", "np", "pt"] = "uint8",
+                 callback_on_step_end: StepCallback | None = None,
+                 callback_on_step_end_tensor_inputs: tuple[str, ...] = CALLBACK_TENSOR_INPUTS
+                 ) -> ImageGenerationOutput:
         """Regenerate the white part of ``mask`` in ``image`` toward ``prompt``.
 
         Args:
-            prompt: What to draw in the masked area.
+            prompt: What to draw in the masked area (a list: each, in the same image).
             image: The image to edit (PNG, JPEG; a path, PIL image or uint8 array).
             mask: A mask of the image's size: white = regenerate, black = keep.
             strength: Share of the schedule to run in the masked area (default 1).
             negative_prompt: What to steer away from (default none).
             num_inference_steps: Scheduler steps (default 25).
             guidance_scale: Classifier-free guidance weight >= 0 (default 4.0).
-            num_samples: Images made together (>= 1).
-            seed: Seed of the generator (random when neither it nor ``generator`` is given).
+            num_samples: Images made per prompt (>= 1).
+            num_images_per_prompt: diffusers' name of ``num_samples`` (give one of the two).
+            seed: Seed of the generator (random when neither it nor ``generator`` is given);
+                prompt ``i`` of a list uses a seed derived from it (recorded per image).
             generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
             scheduler: ddpm, ddim, dpm_solver_multistep (default) or euler.
             progress: Show a tqdm bar over the steps.
-            callback_on_step_end: ``f(step, num_steps, latents)`` after every step.
+            output_type: uint8 (default: uint8 arrays), pil, np or pt (diffusers' forms).
+            callback_on_step_end: diffusers' ``f(pipe, step_index, timestep, callback_kwargs)
+                -> dict`` after every step; ``pipe.interrupt = True`` stops early.
+            callback_on_step_end_tensor_inputs: Tensors in ``callback_kwargs`` (``latents``).
         """
         return self.generate(prompt, image=image, mask=mask, strength=strength,
                              negative_prompt=negative_prompt,
                              num_inference_steps=num_inference_steps,
-                             guidance_scale=guidance_scale, num_samples=num_samples, seed=seed,
-                             generator=generator, scheduler=scheduler, progress=progress,
-                             callback_on_step_end=callback_on_step_end)
+                             guidance_scale=guidance_scale,
+                             num_samples=images_per_prompt(num_samples, num_images_per_prompt),
+                             seed=seed, generator=generator, scheduler=scheduler,
+                             progress=progress, output_type=output_type,
+                             callback_on_step_end=callback_on_step_end,
+                             callback_on_step_end_tensor_inputs=(
+                                 callback_on_step_end_tensor_inputs))

@@ -40,9 +40,10 @@ from multimodal.modalities.video.vae import decode_video
 from multimodal.modalities.video.files import gif_timing, mp4_padding
 from multimodal.pipelines.base import (check_bool, check_float, check_int, check_text,
                                        sample_generators, seeded)
-from multimodal.pipelines.text_to_image import (DEFAULT_GUIDANCE, DEFAULT_SCHEDULER,
-                                                LatentDiffusionPipeline, StepCallback,
-                                                check_finite)
+from multimodal.pipelines.text_to_image import (CALLBACK_TENSOR_INPUTS, DEFAULT_GUIDANCE,
+                                                DEFAULT_SCHEDULER, LatentDiffusionPipeline,
+                                                StepCallback, check_finite,
+                                                check_tensor_inputs)
 from multimodal.registry import pipelines
 
 DEFAULT_FPS = 10.0  # a whole number of GIF centiseconds per frame
@@ -61,6 +62,8 @@ class VideoGenerationOutput:
         fps: Frames per second the clips are meant to play at.
         task, prompt, negative_prompt, seed, num_frames, num_inference_steps, guidance_scale,
             scheduler, checkpoint_id: The settings used.
+        steps_run: The scheduler steps that ran when a ``callback_on_step_end`` stopped the
+            loop early (``pipe.interrupt = True``); ``None``: all of them.
     """
 
     videos: list[np.ndarray]
@@ -75,6 +78,7 @@ class VideoGenerationOutput:
     guidance_scale: float = 1.0
     scheduler: str = DEFAULT_SCHEDULER
     checkpoint_id: str = "none"
+    steps_run: int | None = None
 
     def metadata(self, index: int | None = None) -> dict[str, Any]:
         """The settings of sample ``index``, as written into its sidecar JSON.
@@ -91,6 +95,8 @@ class VideoGenerationOutput:
                 "num_inference_steps": self.num_inference_steps,
                 "guidance_scale": self.guidance_scale, "scheduler": self.scheduler,
                 "checkpoint_id": self.checkpoint_id}
+        if self.steps_run is not None:
+            meta["steps_run"] = self.steps_run
         if self.videos:
             clip = self.videos[0 if index is None else index]
             real_fps = gif_timing(len(clip), self.fps)[1]
@@ -139,7 +145,9 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
                  num_samples: int = 1, seed: int | None = None,
                  generator: torch.Generator | None = None,
                  scheduler: str = DEFAULT_SCHEDULER, progress: bool = True,
-                 callback_on_step_end: StepCallback | None = None) -> VideoGenerationOutput:
+                 callback_on_step_end: StepCallback | None = None,
+                 callback_on_step_end_tensor_inputs: tuple[str, ...] = CALLBACK_TENSOR_INPUTS
+                 ) -> VideoGenerationOutput:
         """Generate ``num_samples`` clips of ``num_frames`` frames.
 
         Args:
@@ -157,9 +165,12 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
             generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
             scheduler: ``ddpm``, ``ddim``, ``dpm_solver_multistep`` (default) or ``euler``.
             progress: Show a tqdm bar over the steps.
-            callback_on_step_end: Called after every scheduler step as
-                ``callback_on_step_end(step, num_steps, latents)`` with the latents
-                (s, t, l, y, x) (progress, previews, cancelling by raising).
+            callback_on_step_end: diffusers' hook, called after every scheduler step as
+                ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs) -> dict``
+                with ``callback_kwargs = {"latents": (s, t, l, y, x)}`` (a returned
+                ``"latents"`` replaces them); ``pipe.interrupt = True`` stops after the step
+                (recorded as ``steps_run``).
+            callback_on_step_end_tensor_inputs: Tensors in ``callback_kwargs`` (``latents``).
 
         Returns:
             :class:`VideoGenerationOutput` with ``num_samples`` clips (t, h, w) uint8.
@@ -174,6 +185,7 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
         fps = check_float("fps", fps, MIN_FPS, MAX_FPS)
         check_text("scheduler", scheduler, optional=True)
         check_bool("progress", progress)
+        check_tensor_inputs(callback_on_step_end_tensor_inputs)
         sched = self.make_scheduler(scheduler)
         generator, seed = seeded(seed, generator)
         step_generators = sample_generators(seed, generator, num_samples)
@@ -185,13 +197,21 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
         context, context_mask = self.guidance_context(prompt, negative_prompt, guidance_scale,
                                                       num_samples)
         timesteps = sched.timesteps
+        self._interrupt, self._num_timesteps, steps_run = False, len(timesteps), None
         for i, t in enumerate(tqdm(timesteps, desc=self.task, disable=not progress,
                                    leave=False)):
             model_output = self.predict(latents, t, sched, context, context_mask, guidance_scale)
             latents = sched.step(model_output, t, latents,
                                  generator=step_generators).prev_sample
             if callback_on_step_end is not None:
-                callback_on_step_end(i, len(timesteps), latents)
+                tensors = {"latents": latents}
+                returned = callback_on_step_end(
+                    self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
+                if returned is not None:
+                    latents = returned.get("latents", latents)
+            if self._interrupt and i < len(timesteps) - 1:  # diffusers' early stop
+                steps_run = i + 1
+                break
         check_finite(latents, guidance_scale)
         frames = self._to_uint8(
             decode_video(self.vae, latents).flatten(0, 1)).to(torch.uint8)  # ((s t), c, h, w)
@@ -201,7 +221,8 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
             videos=videos, latents=latents.cpu(), task=self.task, prompt=prompt,
             negative_prompt=negative_prompt, seed=seed, num_frames=num_frames, fps=float(fps),
             num_inference_steps=steps, guidance_scale=guidance_scale,
-            scheduler=scheduler or DEFAULT_SCHEDULER, checkpoint_id=self.checkpoint_id)
+            scheduler=scheduler or DEFAULT_SCHEDULER, checkpoint_id=self.checkpoint_id,
+            steps_run=steps_run)
 
     __call__ = generate
 

@@ -108,9 +108,11 @@ class Engine:
             offsets.append(start)
             start += job.payload.request.num_samples
 
-        def on_step(step: int, num_steps: int, latents: torch.Tensor) -> None:
+        def on_step(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+            # diffusers' callback_on_step_end form; cancelling raises (nothing to decode)
             if all(job.cancelled.is_set() for job in jobs):
                 raise Cancelled()
+            latents, num_steps = callback_kwargs["latents"], pipe.num_timesteps
             for job, offset in zip(jobs, offsets):
                 index = preview_index(step, num_steps, job.payload.partial_images)
                 if index is None or job.emit is None or job.cancelled.is_set():
@@ -118,6 +120,7 @@ class Engine:
                 part = latents[offset : offset + job.payload.request.num_samples]
                 for sample, image in enumerate(decode_preview(pipe, part)):
                     job.emit(("partial", index, sample, png_data(image, {"preview": True})))
+            return callback_kwargs
 
         try:
             outputs = generate_images_batch(
@@ -193,13 +196,15 @@ class EditJob:
     def run(self, engine: Engine, job: Job) -> Any:
         pipe = engine.pipes[self.task]
 
-        def on_step(step: int, num_steps: int, latents: torch.Tensor) -> None:
+        def on_step(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
             if job.cancelled.is_set():
                 raise Cancelled()
-            index = preview_index(step, num_steps, self.partial_images)
+            index = preview_index(step, pipe.num_timesteps, self.partial_images)
             if index is not None and job.emit is not None:
+                latents = callback_kwargs["latents"]
                 for sample, image in enumerate(decode_preview(pipe, latents)):
                     job.emit(("partial", index, sample, png_data(image, {"preview": True})))
+            return callback_kwargs
 
         output = pipe(**self.kwargs, progress=False, callback_on_step_end=on_step)
         return [(png_data(image, output.metadata(i)), output.metadata(i))
@@ -242,10 +247,11 @@ class VideoJob:
         pipe = engine.pipes["text-to-video"]
         self.status = "in_progress"
 
-        def on_step(step: int, num_steps: int, latents: torch.Tensor) -> None:
+        def on_step(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
             if job.cancelled.is_set():
                 raise Cancelled()
-            self.progress = min(99, int(100 * (step + 1) / num_steps))
+            self.progress = min(99, int(100 * (step + 1) / pipe.num_timesteps))
+            return callback_kwargs
 
         try:
             output = pipe(**self.kwargs, progress=False, callback_on_step_end=on_step)

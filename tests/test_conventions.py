@@ -1,0 +1,321 @@
+"""diffusers' and transformers' argument names: each against the same call through the
+project's own names (equal outputs), prompt lists against prompts alone, output types, the
+diffusers step callback and its early stop, transformers' streamers, bf16 against fp32."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import TextIteratorStreamer
+from transformers import TextStreamer as HFTextStreamer
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+import multimodal
+from multimodal.cli import main
+from multimodal.errors import InputError
+from multimodal.pipelines import load_pipeline
+from multimodal.pipelines.batching import ImageRequest, generate_images_batch
+from multimodal.pipelines.text_generation import TextStreamer, repetition_penalized
+from multimodal.replay import replay
+from multimodal.testing import tiny_image_pipeline, tiny_video_pipeline
+
+STEPS = {"num_inference_steps": 4, "progress": False}
+# bf16 keeps 8 bits of mantissa: over a 4-step loop the decoded pixels of the tiny model move
+# by about 0.01 of the [0, 1] range (3 of 255 levels); 0.05 leaves room and still fails a
+# wrong cast (an fp16/bf16 scheduler or a skipped guidance branch moves them by far more).
+BF16_PIXEL_TOLERANCE = 0.05
+BF16_PROB_TOLERANCE = 0.02  # next-token probabilities of bf16 vs fp32 networks
+LIST_LATENT_TOLERANCE = 5e-3  # a prompt alone vs in a padded list batch (float rounding)
+
+
+@pytest.fixture(scope="module")
+def t2i():
+    return tiny_image_pipeline("text-to-image")
+
+
+@pytest.fixture(scope="module")
+def text_pipe():
+    return load_pipeline("text-generation")
+
+
+def _same_images(a, b) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+# -- diffusers -----------------------------------------------------------------------------------
+def test_num_images_per_prompt_is_num_samples(t2i):
+    ours = t2i("a bag", num_samples=3, seed=4, **STEPS)
+    theirs = t2i("a bag", num_images_per_prompt=3, seed=4, **STEPS)
+    assert len(theirs.images) == 3 and _same_images(ours.images, theirs.images)
+    with pytest.raises(InputError, match="num_images_per_prompt"):
+        t2i("a bag", num_samples=2, num_images_per_prompt=3, **STEPS)
+
+
+def test_prompt_list_equals_each_prompt_alone(t2i):
+    prompts = ["a bag", "a shirt with long sleeves", ""]
+    negatives = ["a shoe", None, "a bag"]
+    out = t2i(prompts, negative_prompt=negatives, num_images_per_prompt=2, seed=7, **STEPS)
+    assert len(out.images) == 6  # flat, prompt-major, as diffusers
+    for k in range(6):
+        meta = out.metadata(k)
+        assert meta["prompt"] == prompts[k // 2] and meta["sample"] == k % 2
+        assert meta["negative_prompt"] == negatives[k // 2] and meta["num_samples"] == 2
+    assert out.metadata(0)["seed"] == 7  # the first prompt keeps the call's seed
+    assert len({out.metadata(k)["seed"] for k in (0, 2, 4)}) == 3
+    for i, prompt in enumerate(prompts):
+        meta = out.metadata(2 * i)
+        alone = t2i(prompt, negative_prompt=negatives[i], num_samples=2, seed=meta["seed"],
+                    **STEPS)
+        # the same draws; the prompts padded to the longest round the floats differently,
+        # by about 1e-4 in the latents and at most one of 255 levels in the pixels (a wrong
+        # seed or a mixed-up prompt moves them by tens of levels)
+        torch.testing.assert_close(alone.latents, out.latents[2 * i : 2 * i + 2], rtol=0,
+                                   atol=LIST_LATENT_TOLERANCE)
+        for a, b in zip(alone.images, out.images[2 * i : 2 * i + 2]):
+            assert np.abs(a.astype(int) - b).max() <= 1, prompt
+    parts = out.split()
+    assert [p.prompt for p in parts] == prompts and all(len(p.images) == 2 for p in parts)
+
+
+def test_prompt_list_argument_errors(t2i):
+    with pytest.raises(InputError, match="negative_prompt has 1 items but there are 2"):
+        t2i(["a", "b"], negative_prompt=["x"], **STEPS)
+    with pytest.raises(InputError, match="empty list"):
+        t2i([], **STEPS)
+    with pytest.raises(InputError, match="output_type"):
+        t2i("a bag", output_type="latent", **STEPS)
+
+
+def test_output_types(t2i):
+    base = t2i("a bag", num_samples=2, seed=3, **STEPS)
+    side = base.images[0].shape[0]
+    pil = t2i("a bag", num_samples=2, seed=3, output_type="pil", **STEPS)
+    assert all(isinstance(im, Image.Image) for im in pil.images) and len(pil.images) == 2
+    assert _same_images([np.asarray(im) for im in pil.images], base.images)
+    arr = t2i("a bag", num_samples=2, seed=3, output_type="np", **STEPS)
+    assert arr.images.shape == (2, side, side, 1) and arr.images.dtype == np.float32
+    np.testing.assert_array_equal(arr.images[..., 0] * 255, np.stack(base.images))
+    pt = t2i("a bag", num_samples=2, seed=3, output_type="pt", **STEPS)
+    assert isinstance(pt.images, torch.Tensor) and pt.images.shape == (2, 1, side, side)
+    assert float(pt.images.min()) >= 0 and float(pt.images.max()) <= 1
+    assert _same_images(pt.samples, base.images)  # the writer's uint8 images, whatever the type
+
+
+def test_callback_on_step_end_diffusers_form(t2i):
+    seen = []
+
+    def callback(pipe, step_index, timestep, callback_kwargs):
+        assert pipe is t2i and set(callback_kwargs) == {"latents"}
+        seen.append((step_index, int(timestep), callback_kwargs["latents"].clone()))
+        return callback_kwargs
+
+    with_cb = t2i("a bag", seed=2, callback_on_step_end=callback,
+                  callback_on_step_end_tensor_inputs=["latents"], **STEPS)
+    plain = t2i("a bag", seed=2, **STEPS)
+    assert _same_images(with_cb.images, plain.images)
+    sched = t2i.make_scheduler()
+    sched.set_timesteps(4)
+    assert [s for s, _, _ in seen] == [0, 1, 2, 3]
+    assert [t for _, t, _ in seen] == [int(t) for t in sched.timesteps]
+    assert torch.equal(seen[-1][2], plain.latents)
+
+    def replace_latents(pipe, step_index, timestep, callback_kwargs):  # a returned dict counts
+        return {"latents": torch.zeros_like(callback_kwargs["latents"])}
+
+    zeroed = t2i("a bag", seed=2, callback_on_step_end=replace_latents, **STEPS)
+    assert float(zeroed.latents.abs().max()) == 0.0
+    with pytest.raises(InputError, match="callback_on_step_end_tensor_inputs"):
+        t2i("a bag", callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=["prompt_embeds"], **STEPS)
+
+
+@pytest.mark.parametrize("flag", ["interrupt", "_interrupt"])
+def test_callback_stops_early_and_records_it(t2i, flag):
+    calls = []
+
+    def stop_after_two(pipe, step_index, timestep, callback_kwargs):
+        calls.append(step_index)
+        if step_index == 1:
+            setattr(pipe, flag, True)  # diffusers' callbacks set pipe._interrupt
+        return callback_kwargs
+
+    out = t2i("a bag", seed=2, callback_on_step_end=stop_after_two, num_inference_steps=6,
+              progress=False)
+    assert calls == [0, 1]
+    assert out.metadata(0)["steps_run"] == 2 and out.steps_run == 2
+    full = t2i("a bag", seed=2, num_inference_steps=6, progress=False)  # the flag is reset
+    assert "steps_run" not in full.metadata(0)
+    assert not torch.equal(out.latents, full.latents)
+
+
+def test_video_callback_diffusers_form_and_early_stop():
+    pipe = tiny_video_pipeline()
+
+    def stop(p, step_index, timestep, callback_kwargs):
+        assert callback_kwargs["latents"].ndim == 5  # (s, t, l, y, x)
+        p.interrupt = step_index == 0
+        return callback_kwargs
+
+    out = pipe("a sneaker moving left", seed=1, num_inference_steps=3, progress=False,
+               callback_on_step_end=stop)
+    assert out.metadata(0)["steps_run"] == 1
+
+
+def test_server_batch_runs_the_pipeline_with_a_prompt_list(t2i):
+    requests = [ImageRequest("a bag", num_samples=2, seed=5),
+                ImageRequest("a sneaker", negative_prompt="a bag", seed=6)]
+    outputs = generate_images_batch(t2i, requests, num_inference_steps=3, guidance_scale=4.0)
+    for request, output in zip(requests, outputs):
+        alone = t2i(request.prompt, negative_prompt=request.negative_prompt,
+                    num_samples=request.num_samples, seed=request.seed, num_inference_steps=3,
+                    progress=False)
+        assert output.seed == request.seed
+        for a, b in zip(alone.images, output.images):  # float rounding of the padded batch
+            assert np.abs(a.astype(int) - b).max() <= 1
+
+
+def test_bf16_matches_fp32_within_tolerance(t2i):
+    fp32 = t2i("a bag", seed=1, output_type="np", **STEPS).images
+    pipe = copy.deepcopy(t2i).to("cpu", torch.bfloat16)  # the same weights, in bf16
+    assert pipe.dtype == torch.bfloat16 and next(pipe.backbone.parameters()).dtype == \
+        torch.bfloat16
+    bf16 = pipe("a bag", seed=1, output_type="np", **STEPS).images
+    assert np.abs(fp32 - bf16).max() <= BF16_PIXEL_TOLERANCE
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 inference is for GPUs")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_on_cuda_matches_fp32(t2i, dtype):
+    fp32 = t2i("a bag", seed=1, output_type="np", **STEPS).images
+    pipe = copy.deepcopy(t2i).to("cuda", dtype)
+    half = pipe("a bag", seed=1, output_type="np", **STEPS).images
+    assert np.abs(fp32 - half).max() <= BF16_PIXEL_TOLERANCE
+
+
+def test_bf16_video_matches_fp32_and_audio_refuses():
+    pipe = tiny_video_pipeline()
+    kwargs = {"seed": 1, "num_inference_steps": 3, "progress": False}
+    fp32 = pipe("a bag", **kwargs).videos[0].astype(np.float32) / 255
+    half = copy.deepcopy(pipe).to(torch.bfloat16)
+    assert half.dtype == torch.bfloat16
+    bf16 = half("a bag", **kwargs).videos[0] / 255
+    assert np.abs(fp32 - bf16).max() <= BF16_PIXEL_TOLERANCE
+    with pytest.raises(InputError, match="float32 only"):
+        load_pipeline("text-to-audio", torch_dtype="bf16")
+
+
+def test_torch_dtype_text_matches_fp32_within_tolerance(text_pipe):
+    bf16 = multimodal.load_pipeline("text-generation", torch_dtype=torch.bfloat16)  # public
+    assert next(bf16.backbone.parameters()).dtype == torch.bfloat16
+    ids = torch.tensor([[text_pipe.tokenizer.eos_id]
+                        + text_pipe.tokenizer.encode("The cat sat on the mat")])
+    with torch.no_grad():
+        p32 = text_pipe.lm_head(text_pipe.backbone(ids)).float().softmax(-1)
+        p16 = bf16.lm_head(bf16.backbone(ids)).float().softmax(-1)
+    assert (p32 - p16).abs().max() <= BF16_PROB_TOLERANCE
+    out = bf16("The", max_new_tokens=8, seed=0)  # the sampling loop runs in bf16
+    assert len(out.token_ids[0]) >= 1
+    with pytest.raises(InputError, match="torch_dtype"):
+        load_pipeline("text-generation", torch_dtype=torch.int8)
+
+
+# -- transformers --------------------------------------------------------------------------------
+def test_num_return_sequences_is_num_samples(text_pipe):
+    ours = text_pipe("The", max_new_tokens=10, num_samples=3, seed=2)
+    theirs = text_pipe("The", max_new_tokens=10, num_return_sequences=3, seed=2)
+    assert ours.texts == theirs.texts and len(theirs.texts) == 3
+
+
+def test_text_prompt_list_equals_each_prompt_alone(text_pipe):
+    prompts = ["The", "Once upon a time there", "A"]  # two lengths: two decode loops
+    out = text_pipe(prompts, max_new_tokens=10, num_return_sequences=2, seed=9)
+    assert len(out.texts) == 6
+    for i, prompt in enumerate(prompts):
+        meta = out.metadata(2 * i)
+        assert meta["prompt"] == prompt and meta["sample"] == 0 and meta["num_samples"] == 2
+        alone = text_pipe(prompt, max_new_tokens=10, num_samples=2, seed=meta["seed"])
+        assert alone.texts == out.texts[2 * i : 2 * i + 2], prompt
+        assert out.samples[2 * i] == prompt + out.texts[2 * i]
+    assert out.metadata(0)["seed"] == 9
+
+
+def test_repetition_penalty_is_transformers(text_pipe):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 50, generator=generator)
+    seen = [[1, 2, 2, 7], [0], [49, 3]]
+    processor = RepetitionPenaltyLogitsProcessor(penalty=1.3)
+    expected = torch.cat([processor(torch.tensor([ids]), logits[r : r + 1].clone())
+                          for r, ids in enumerate(seen)])
+    torch.testing.assert_close(repetition_penalized(logits, seen, 1.3), expected)
+    plain = text_pipe("The the the", max_new_tokens=16, do_sample=False)
+    penalized = text_pipe("The the the", max_new_tokens=16, do_sample=False,
+                          repetition_penalty=1.5)
+    assert penalized.texts != plain.texts
+    assert penalized.metadata(0)["repetition_penalty"] == 1.5
+    assert "repetition_penalty" not in plain.metadata(0)
+
+
+def test_stop_strings_end_the_sample_as_transformers(text_pipe):
+    full = text_pipe("The", max_new_tokens=30, do_sample=False)
+    text = full.texts[0]
+    stop = text[6:9]
+    assert stop.strip()
+    out = text_pipe("The", max_new_tokens=30, do_sample=False, stop_strings=[stop])
+    tokens = out.token_ids[0]
+    assert tokens == full.token_ids[0][: len(tokens)] and len(tokens) < len(full.token_ids[0])
+    assert stop in out.texts[0]  # kept, as transformers keeps it
+    assert stop not in text_pipe.tokenizer.decode(tokens[:-1])  # it stopped at the first one
+    assert text_pipe("The", max_new_tokens=30, do_sample=False,
+                     stop_strings=stop).texts == out.texts  # one string or a list
+
+
+def test_transformers_text_streamer_prints_the_text(text_pipe, capsys):
+    out = text_pipe("The", max_new_tokens=12, seed=1,
+                    streamer=HFTextStreamer(text_pipe.tokenizer))
+    assert capsys.readouterr().out == "The" + out.texts[0] + "\n"
+    out = text_pipe("The", max_new_tokens=12, seed=1,
+                    streamer=HFTextStreamer(text_pipe.tokenizer, skip_prompt=True))
+    assert capsys.readouterr().out == out.texts[0] + "\n"
+
+
+def test_transformers_text_iterator_streamer(text_pipe):
+    streamer = TextIteratorStreamer(text_pipe.tokenizer, skip_prompt=True, timeout=600)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(out=text_pipe(
+        "Once", max_new_tokens=12, seed=4, streamer=streamer)))
+    worker.start()
+    pieces = list(streamer)
+    worker.join()
+    assert len(pieces) > 1 and "".join(pieces) == result["out"].texts[0]
+
+
+def test_own_streamer_follows_the_same_protocol(text_pipe):
+    pieces = []
+    out = text_pipe("The", max_new_tokens=12, seed=1,
+                    streamer=TextStreamer(text_pipe.tokenizer, pieces.append, prefix="The"))
+    assert "".join(pieces) == "The" + out.texts[0]
+    with pytest.raises(InputError, match="streamer takes one prompt"):
+        text_pipe(["a", "b"], max_new_tokens=4, streamer=TextStreamer(text_pipe.tokenizer))
+
+
+# -- the command line and replay -------------------------------------------------------------
+def test_cli_hides_the_aliases_and_replays_transformers_settings(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "text-to-image", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--num-samples" in help_text and "--prompt" in help_text
+    for hidden in ("--num-images-per-prompt", "--output-type", "--callback"):
+        assert hidden not in help_text
+    out = tmp_path / "gen"
+    assert main(["generate", "text-generation", "--prompt", "The", "--max-new-tokens", "20",
+                 "--seed", "3", "--repetition-penalty", "1.3", "--stop-strings", "e",
+                 "--out", str(out)]) == 0
+    result = replay(out / "000.txt", out=tmp_path / "again")
+    assert result["identical"]
+    assert result["kwargs"]["stop_strings"] == ["e"]
+    assert result["kwargs"]["repetition_penalty"] == 1.3
