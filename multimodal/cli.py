@@ -1,4 +1,4 @@
-"""Command line: ``multimodal {train,generate,evaluate,demo,replay,serve,export,list} ...``.
+"""Command line: ``multimodal {train,generate,evaluate,demo,replay,serve,export,plot,list} ...``.
 
 Errors a user can cause print one message and exit with status 2; ``--debug`` shows the
 traceback instead.
@@ -41,6 +41,7 @@ from multimodal.outputs import check_overwrite, output_stems, write_outputs
 from multimodal.pipelines import check_device, load_pipeline
 from multimodal.pipelines.composed import composed_task
 from multimodal.pipelines.text_generation import TextStreamer
+from multimodal.plot import plot_run
 from multimodal.registry import KINDS, get_registry, pipelines, plugin_failures
 from multimodal.replay import replay
 from multimodal.safety import EXIT_BLOCKED, PromptBlockedError
@@ -139,6 +140,15 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--lora", action="store_true",
                     help="with --format hf: the LoRA adapters as a PEFT adapter folder beside "
                          "the base weights, instead of merged into them")
+
+    pl = sub.add_parser("plot", help="draw a run's loss curves and learning rate as a PNG",
+                        description="Reads RUN/log.csv: the training loss of each modality "
+                                    "(its validation loss as dots), the weighted total when "
+                                    "there are several, and the learning rate.")
+    pl.add_argument("run", help="run folder (the out_dir of `multimodal train`) or its log.csv")
+    pl.add_argument("--out", help="PNG to write (default: RUN/loss_curves.png)")
+    pl.add_argument("--overwrite", action="store_true",
+                    help="replace --out if it exists (default: refuse)")
 
     ls = sub.add_parser("list", help="list registered components")
     ls.add_argument("kind", nargs="?", help="one kind (backbones, decoders, pipelines, ...), "
@@ -246,8 +256,13 @@ def _cmd_generate(args) -> int:
 
 
 # -- a task's command line, derived from its pipeline's __call__ -------------------------------
-# Arguments of __call__ never set from the command line: objects, not words.
-NOT_OPTIONS = ("self", "generator", "streamer", "progress")
+# Arguments of __call__ never set from the command line: objects, not words; and the other
+# libraries' names of an option the command line already has (num_images_per_prompt,
+# num_return_sequences: --num-samples) or that only the Python API uses (output_type: the
+# files are written from uint8 images whatever it is).
+NOT_OPTIONS = ("self", "generator", "streamer", "progress", "callback_on_step_end",
+               "callback_on_step_end_tensor_inputs", "output_type", "num_images_per_prompt",
+               "num_return_sequences")
 
 
 @dataclass(frozen=True)
@@ -585,6 +600,13 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_plot(args) -> int:
+    report = plot_run(args.run, args.out, overwrite=args.overwrite)
+    print(f"wrote {report.path}: {report.rows} rows, steps {report.first_step}.."
+          f"{report.last_step}, loss of {', '.join(report.modalities) or 'the run'}")
+    return 0
+
+
 def _cmd_list(args) -> int:
     if args.kind == "voices":
         pipe = load_pipeline("text-to-audio", checkpoint=args.checkpoint)
@@ -613,7 +635,7 @@ def _cmd_list(args) -> int:
 
 _COMMANDS = {"train": _cmd_train, "generate": _cmd_generate, "evaluate": _cmd_evaluate,
              "replay": _cmd_replay, "export": _cmd_export,
-             "demo": _cmd_demo, "serve": _cmd_serve, "list": _cmd_list}
+             "demo": _cmd_demo, "serve": _cmd_serve, "plot": _cmd_plot, "list": _cmd_list}
 
 
 if __name__ == "__main__":

@@ -3,7 +3,14 @@
 #   1. the data packages (fortunes, Fashion-MNIST, espeak-ng, a word list) and the headless
 #      browser the server's page is tested in (chromium, chromium-driver) through apt, when
 #      apt is available;
-#   2. a virtual environment at .venv with the package and its test extras.
+#   2. a virtual environment at .venv (or $VENV) with torch, the package and its test extras.
+# Which torch: $TORCH_SPEC when set (pip arguments naming a torch 2.11 build and the torchaudio
+# built with it, e.g. "torch==2.11.0+cpu torchaudio==2.11.0+cpu --index-url URL" with PyTorch's
+# CPU or ROCm package index); else the torch the environment already has (a .venv made with
+# --system-site-packages sees the system's); else torch==2.11.0 and torchaudio==2.11.0 from
+# PyPI, the versions tests/test_golden.py was recorded with (the CUDA build on Linux: 5.3 GB).
+# The torch in place is kept; one that is not 2.11 is refused before the package installs
+# (torchaudio ends at 2.11 and loads only with the torch build it was made for).
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,15 +37,47 @@ if [ -n "$missing" ]; then
 fi
 
 PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    echo "setup: creating .venv"
-    "$PYTHON" -m venv .venv
+VENV="${VENV:-.venv}"
+DEFAULT_TORCH_SPEC="torch==2.11.0 torchaudio==2.11.0"
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup: creating $VENV"
+    "$PYTHON" -m venv "$VENV"
 fi
-if ! .venv/bin/python -c "import multimodal, torch, pytest" >/dev/null 2>&1 \
-   || [ pyproject.toml -nt .venv/.multimodal-installed ]; then
-    echo "setup: installing multimodal and its dependencies into .venv (a few minutes the first time)"
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e ".[test]"
-    touch .venv/.multimodal-installed
+PIP="$VENV/bin/python -m pip"
+if ! "$VENV/bin/python" -c "import multimodal, torch, pytest" >/dev/null 2>&1 \
+   || [ pyproject.toml -nt "$VENV/.multimodal-installed" ]; then
+    echo "setup: installing multimodal and its dependencies into $VENV (a few minutes the first time)"
+    $PIP install -q --upgrade pip >/dev/null
+    if [ -n "${TORCH_SPEC:-}" ]; then
+        echo "setup: installing torch as TORCH_SPEC says: $TORCH_SPEC"
+        # shellcheck disable=SC2086  # pip arguments: split on purpose
+        $PIP install -q $TORCH_SPEC
+    elif installed=$("$VENV/bin/python" -c "import torch; print(torch.__version__)" 2>/dev/null); then
+        echo "setup: keeping the torch $installed already installed (TORCH_SPEC chooses another)"
+    else
+        echo "setup: installing $DEFAULT_TORCH_SPEC (TORCH_SPEC chooses another build)"
+        # shellcheck disable=SC2086
+        $PIP install -q $DEFAULT_TORCH_SPEC
+    fi
+    # the version pip knows (2.11.0), not torch.__version__ (2.11.0+cu130): pip pins by the former
+    torch_version=$("$VENV/bin/python" -c "from importlib.metadata import version; print(version('torch'))" 2>/dev/null || true)
+    case "$torch_version" in
+        2.11.*) ;;
+        *) echo "setup: ERROR: torch $torch_version is in $VENV; multimodal needs a torch 2.11 build" \
+                "(torchaudio, which it uses for mel features and resampling, ends at 2.11 and loads" \
+                "only with the torch it was built for). Set TORCH_SPEC to a torch 2.11 build and" \
+                "its torchaudio, e.g. TORCH_SPEC=\"torch==2.11.0 torchaudio==2.11.0\"" >&2
+           exit 1 ;;
+    esac
+    # the torch in place stays (a CPU or ROCm build is not swapped for PyPI's CUDA one)
+    $PIP install -q -e ".[test]" "torch==$torch_version"
+    if ! error=$("$VENV/bin/python" -c "import torchaudio" 2>&1); then
+        echo "setup: ERROR: torchaudio does not load with torch $torch_version:" \
+             "$(echo "$error" | tail -n 1). Install the torchaudio built for this torch (PyPI's" \
+             "needs PyPI's CUDA torch; PyTorch's CPU and ROCm indexes have their own), e.g. in" \
+             "TORCH_SPEC beside torch" >&2
+        exit 1
+    fi
+    touch "$VENV/.multimodal-installed"
 fi
-echo "setup: done"
+echo "setup: done (torch $("$VENV/bin/python" -c "import torch; print(torch.__version__)" 2>/dev/null))"

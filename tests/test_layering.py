@@ -19,7 +19,7 @@ ROOT = PACKAGE.parent
 # The top floor (docs/design.md): only these may import multimodal.cli.
 TOP_FLOOR = ("multimodal.plugins", "multimodal.specs", "multimodal.testing",
              "multimodal.evaluation", "multimodal.replay", "multimodal.demo", "multimodal.cli",
-             "multimodal.serve", "multimodal.__init__", "multimodal.__main__")
+             "multimodal.serve", "multimodal.plot", "multimodal.__init__", "multimodal.__main__")
 
 # (importers, forbidden targets, the rule in words); a name covers its sub-modules.
 RULES = [

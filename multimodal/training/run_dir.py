@@ -10,6 +10,8 @@
   short write (full disk) cut back off, a trailing partial line dropped when the file is
   opened, and on ``--resume`` the rows after the resumed step dropped (rewritten atomically),
   so the log is the log of the run the checkpoints continue.
+* :class:`RunBoard` writes the same rows as TensorBoard scalars in ``tensorboard/``, rewound
+  on ``--resume`` like the CSV (TensorBoard's ``purge_step``).
 * :func:`resume_changes` lists the ``train.*`` settings a ``--resume`` would change.
 """
 
@@ -162,6 +164,41 @@ class RunLog:
 
     def _rewrite(self, rows: list[dict]) -> None:
         atomic_write_text(self.path, _csv_text(rows, self.fields, header=True))
+
+
+class RunBoard:
+    """TensorBoard event files in ``out_dir/tensorboard/``: each row :class:`RunLog` writes,
+    as one scalar per metric under its ``log.csv`` column name (``loss``, ``loss_text``,
+    ``lr``, ``val_text_loss``, ...) at its step, flushed with the row.
+
+    A resumed run opens the folder with ``purge_step=start_step + 1``: TensorBoard then hides
+    the events an earlier process wrote after the resumed checkpoint, as :class:`RunLog` drops
+    those rows (the row of ``start_step`` itself was logged before the checkpoint and stays).
+
+    Args:
+        directory: The event folder (``out_dir/tensorboard``).
+        start_step: The step the run starts from (0 for a new run).
+    """
+
+    def __init__(self, directory: Path, *, start_step: int = 0):
+        # deferred: TensorBoard's writer (protobuf, ~0.2 s) loads when a run logs, not with
+        # every command of the CLI, which imports the trainer
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.directory = Path(directory)
+        self._writer = SummaryWriter(str(self.directory),
+                                     purge_step=start_step + 1 if start_step else None)
+
+    def write(self, row: dict) -> None:
+        """Add each number of ``row`` (except ``step``) as a scalar at ``row["step"]``."""
+        step = int(row["step"])
+        for name, value in row.items():
+            if name != "step" and isinstance(value, (int, float)):
+                self._writer.add_scalar(name, float(value), step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 def _csv_text(rows: list[dict], fields: list[str], *, header: bool) -> str:

@@ -13,7 +13,8 @@ uninterrupted run would have.
 
 The run directory follows the rules of :mod:`multimodal.training.run_dir`: checked for writing
 and locked before any set-up, never shared by two runs, its ``log.csv`` rewound to the resumed
-step, and removed again when this run created it and failed before writing anything.
+step, and removed again when this run created it and failed before writing anything. Rank 0
+writes each row of ``log.csv`` to TensorBoard event files in ``tensorboard/`` too.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ from multimodal.training.init_from import (
 )
 from multimodal.training.run_dir import (
     LOCK_FILE,
+    RunBoard,
     RunLock,
     RunLog,
     allowed_change_keys,
@@ -391,7 +393,12 @@ class Trainer:
 
     def _fit_tokenizers(self, train_sets: dict) -> None:
         """Fit each untrained tokenizer, before the backbone trains (stage one). Its data is
-        there: :func:`multimodal.config.fit_on_problems` checked that."""
+        there: :func:`multimodal.config.fit_on_problems` checked that. A modality with a
+        ``check_data(dataset, tokenizers)`` checks its data against them first."""
+        for modality, dataset in train_sets.items():
+            check = getattr(self.modalities[modality], "check_data", None)
+            if check is not None:
+                check(dataset, self.tokenizers)
         for name, tok in self.tokenizers.items():
             if tok.is_trained:
                 continue
@@ -678,6 +685,8 @@ class Trainer:
         cfg = self.cfg
         log = RunLog(self.out_dir / "log.csv", start_step=self.step) if self.dist.is_main \
             else None
+        board = RunBoard(self.out_dir / "tensorboard", start_step=self.step) \
+            if self.dist.is_main else None
         bar = tqdm(total=cfg.max_steps, initial=self.step,
                    disable=not self.progress or not self.dist.is_main,
                    desc=f"train {self.out_dir.name}", dynamic_ncols=True)
@@ -695,6 +704,7 @@ class Trainer:
                 if log and (self.step % cfg.log_every == 0 or done
                             or any(k.startswith("val_") for k in metrics)):
                     log.write({"step": self.step, **metrics})
+                    board.write({"step": self.step, **metrics})
                     self.history.append({"step": self.step, **metrics})
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}",
@@ -704,6 +714,8 @@ class Trainer:
                 last = metrics
         finally:
             bar.close()
+            if board:
+                board.close()
         self.dist.barrier()  # every rank done (and rank 0's checkpoint written)
         if not last:  # already at max_steps (a finished run resumed)
             last = self.evaluate()
