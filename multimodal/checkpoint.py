@@ -118,19 +118,12 @@ def _save_checkpoint(path: Path, *, model, config, tokenizers, step, optimizer, 
         if ema is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()},
                       tmp / "ema.safetensors", metadata={"format": "pt"})
-        (tmp / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
-        for name, data in (extra_files or {}).items():
-            (tmp / name).write_bytes(data)
-        if tokenizers:
-            (tmp / "tokenizers").mkdir()
-            for name, tok in tokenizers.items():
-                (tmp / "tokenizers" / name).mkdir()
-                tok.save(tmp / "tokenizers" / name)
-            if tokenizer_dtype is not None:
-                for file in (tmp / "tokenizers").rglob("*.safetensors"):
-                    tensors = load_file(str(file))
-                    save_file({k: v.to(tokenizer_dtype) if v.is_floating_point() else v
-                               for k, v in tensors.items()}, file, metadata={"format": "pt"})
+        _write_config_and_tokenizers(tmp, config, tokenizers, extra_files)
+        if tokenizers and tokenizer_dtype is not None:
+            for file in (tmp / "tokenizers").rglob("*.safetensors"):
+                tensors = load_file(str(file))
+                save_file({k: v.to(tokenizer_dtype) if v.is_floating_point() else v
+                           for k, v in tensors.items()}, file, metadata={"format": "pt"})
         if optimizer is not None:
             tensors, groups = _flatten_optimizer(optimizer.state_dict())
             save_file(tensors, tmp / "optimizer.safetensors")
@@ -186,6 +179,20 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list) -> dict
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
     return {"state": state, "param_groups": groups}
+
+
+def _write_config_and_tokenizers(tmp: Path, config: dict, tokenizers: dict | None,
+                                 extra_files: dict[str, bytes] | None) -> None:
+    """What every checkpoint holds beside its weights: the resolved config, the extra files
+    (a config's own blocklist) and each tokenizer in ``tokenizers/<name>/``."""
+    (tmp / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
+    for name, data in (extra_files or {}).items():
+        (tmp / name).write_bytes(data)
+    if tokenizers:
+        (tmp / "tokenizers").mkdir()
+        for name, tok in tokenizers.items():
+            (tmp / "tokenizers" / name).mkdir()
+            tok.save(tmp / "tokenizers" / name)
 
 
 def _move_into_place(tmp: Path, path: Path) -> None:
@@ -567,14 +574,7 @@ def save_sharded_checkpoint(path: str | Path, *, state: dict[str, torch.Tensor],
                                                              save_distributed=True))
         if is_main:
             os.chmod(tmp, default_mode(directory=True))
-            (tmp / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
-            for name, data in (extra_files or {}).items():
-                (tmp / name).write_bytes(data)
-            if tokenizers:
-                (tmp / "tokenizers").mkdir()
-                for name, tok in tokenizers.items():
-                    (tmp / "tokenizers" / name).mkdir()
-                    tok.save(tmp / "tokenizers" / name)
+            _write_config_and_tokenizers(tmp, config, tokenizers, extra_files)
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
             digest = hashlib.sha256("".join(
                 _file_digest(f) for f in sorted((tmp / SHARDED_DIR).glob("*"))).encode())

@@ -72,7 +72,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from multimodal.data import check_split, in_split
-from multimodal.data.images import _ImageItems, uint8_to_float
+from multimodal.data.images import _MadeCaptions, uint8_to_float
 from multimodal.errors import DataError, did_you_mean
 from multimodal.io import atomic_write_bytes, cache_root
 from multimodal.registry import datasets
@@ -510,7 +510,7 @@ def composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
 
 # -- the dataset ---------------------------------------------------------------------------------
 @datasets.register("emoji")
-class EmojiDataset(_ImageItems):
+class EmojiDataset(_MadeCaptions):
     """Colour emoji of ~1,900 named concepts in up to three styles, with captions (see the
     module docstring).
 
@@ -656,13 +656,6 @@ class EmojiDataset(_ImageItems):
         rng = caption_rng(self.caption_seed, self.split, index)
         return emoji_caption(self.concepts[self.image_concepts[image]], self.image_styles[image],
                              self.image_tones[image], rng, style_rate=self.style_rate)
-
-    @property
-    def captions(self) -> list[str]:
-        """Every item's caption, in order."""
-        if self._captions is None:
-            self._captions = [self.caption(i) for i in range(len(self))]
-        return self._captions
 
     def get_images(self, indices: Sequence[int] | slice | None = None):
         """Images (k, 3, s, s) float in [-1, 1] of ``indices`` (default: all)."""

@@ -224,8 +224,22 @@ class _ImageItems(Sequence[dict]):
                 "label": self.labels[index]}
 
 
+class _MadeCaptions(_ImageItems):
+    """Image datasets whose captions are made per item by ``caption(i)`` (not read from a
+    list): ``captions`` makes them all once."""
+
+    _captions: list[str] | None = None
+
+    @property
+    def captions(self) -> list[str]:
+        """Every item's caption, in order."""
+        if self._captions is None:
+            self._captions = [self.caption(i) for i in range(len(self))]
+        return self._captions
+
+
 @datasets.register("fashion_mnist")
-class FashionMNISTDataset(_ImageItems):
+class FashionMNISTDataset(_MadeCaptions):
     """Fashion-MNIST with captions: 60,000 training and 10,000 test images of 10 classes.
 
     Items: ``{"image": (1, 32, 32) float in [-1, 1], "caption": str, "label": int}``; labels are
@@ -283,13 +297,6 @@ class FashionMNISTDataset(_ImageItems):
         if self.distractor_rate and rng.random() < self.distractor_rate:
             caption = add_distractors(caption, rng)
         return caption
-
-    @property
-    def captions(self) -> list[str]:
-        """Every item's caption, in order."""
-        if self._captions is None:
-            self._captions = [self.caption(i) for i in range(len(self))]
-        return self._captions
 
     def get_images(self, indices: Sequence[int] | slice | None = None):
         """Images (k, 1, 32, 32) float in [-1, 1] of ``indices`` (default: all)."""
