@@ -30,10 +30,9 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class CompletionRequest(Request):
-    model: str | None = None
-    prompt: Union[Prompt, list[Prompt]] = ""
-    max_tokens: int | None = Field(default=16, ge=1)
+class TextSampling(Request):
+    """The sampling fields completions and chat completions share."""
+
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=MAX_N)
@@ -42,8 +41,14 @@ class CompletionRequest(Request):
     stop: Union[Annotated[str, Field(max_length=256)],
                 list[Annotated[str, Field(max_length=256)]], None] = None
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    echo: bool = False
     user: str | None = None
+
+
+class CompletionRequest(TextSampling):
+    model: str | None = None
+    prompt: Union[Prompt, list[Prompt]] = ""
+    max_tokens: int | None = Field(default=16, ge=1)
+    echo: bool = False
     presence_penalty: Literal[0, 0.0] = 0.0
     frequency_penalty: Literal[0, 0.0] = 0.0
     logprobs: None = None
@@ -72,7 +77,7 @@ class Message(Request):
     name: str | None = None
 
 
-class ChatRequest(Request):
+class ChatRequest(TextSampling):
     model: str | None = None
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
 
@@ -89,15 +94,6 @@ class ChatRequest(Request):
         return messages
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=MAX_N)
-    stream: bool = False
-    stream_options: dict[str, bool] | None = None
-    stop: Union[Annotated[str, Field(max_length=256)],
-                list[Annotated[str, Field(max_length=256)]], None] = None
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    user: str | None = None
     presence_penalty: Literal[0, 0.0] = 0.0
     frequency_penalty: Literal[0, 0.0] = 0.0
     logprobs: Literal[False] | None = None
