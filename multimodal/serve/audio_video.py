@@ -31,8 +31,7 @@ def _pcm16(audio: np.ndarray) -> bytes:
 @router.post("/v1/audio/speech")
 async def speech(request: Request):
     service = request.app.state.service
-    body = parse(SpeechRequest, await service.body(request))
-    service.check_model(body.model)
+    body = await service.read(request, SpeechRequest)
     pipe = service.pipe("text-to-audio")
     voice = body.voice if isinstance(body.voice, str) else body.voice.id
     if voice not in pipe.voices:

@@ -21,7 +21,7 @@ import torch
 from multimodal.checkpoint import load_checkpoint
 from multimodal.errors import CheckpointError
 from multimodal.pipelines import default_checkpoint
-from multimodal.pipelines.batching import (ImageRequest, TextRequest, generate_images_batch,
+from multimodal.pipelines.batching import (ImageRequest, generate_images_batch,
                                            generate_text_batch)
 from multimodal.registry import pipelines as pipeline_registry
 from multimodal.safety import SafetyPolicy

@@ -76,8 +76,7 @@ def _response(images: list[tuple[str, dict]], size: str) -> JSONResponse:
 @router.post("/v1/images/generations")
 async def generations(request: Request):
     service = request.app.state.service
-    body = parse(ImageGenerationRequest, await service.body(request))
-    service.check_model(body.model)
+    body = await service.read(request, ImageGenerationRequest)
     pipe = service.pipe("text-to-image")
     steps, guidance, scheduler = _settings(pipe, body)
     payload = ImageJob(ImageRequest(body.prompt, body.negative_prompt, body.n, body.seed),

@@ -21,6 +21,7 @@ from multimodal.serve.engine import Engine
 from multimodal.serve.errors import APIError, from_exception
 from multimodal.serve.metrics import Metrics
 from multimodal.serve.scheduler import Cancelled, Job, Scheduler
+from multimodal.serve.schemas import parse
 
 POLL_SECONDS = 0.1  # how often a waiting request looks for its client having gone
 
@@ -66,6 +67,12 @@ class Service:
                                 f"serves {', '.join(self.engine.pipes)}", param="model",
                            code="unsupported_task")
         return self.engine.pipes[task]
+
+    async def read(self, request: Request, schema: type[Request]) -> Any:
+        """The request's JSON body as ``schema``, its ``model`` checked (400/404 otherwise)."""
+        body = parse(schema, await self.body(request))
+        self.check_model(body.model)
+        return body
 
     async def body(self, request: Request) -> Any:
         """The request's JSON body, or 400 for malformed JSON."""

@@ -14,7 +14,7 @@ from multimodal.pipelines.batching import TextRequest, check_text_request
 from multimodal.serve.engine import CaptionJob
 from multimodal.serve.errors import APIError, from_exception
 from multimodal.serve.media import decode_data_url
-from multimodal.serve.schemas import MAX_PROMPTS, ChatRequest, CompletionRequest, parse
+from multimodal.serve.schemas import MAX_PROMPTS, ChatRequest, CompletionRequest
 from multimodal.serve.scheduler import Job
 from multimodal.serve.service import sse
 
@@ -66,8 +66,7 @@ def _usage(results) -> dict[str, int]:
 @router.post("/v1/completions")
 async def completions(request: Request):
     service = request.app.state.service
-    body = parse(CompletionRequest, await service.body(request))
-    service.check_model(body.model)
+    body = await service.read(request, CompletionRequest)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not 1 <= len(prompts) <= MAX_PROMPTS:
         raise APIError(400, f"prompt: give 1 to {MAX_PROMPTS} prompts, got {len(prompts)}",
@@ -133,8 +132,7 @@ def _chat_prompt(messages) -> tuple[str, list[Any]]:
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request):
     service = request.app.state.service
-    body = parse(ChatRequest, await service.body(request))
-    service.check_model(body.model)
+    body = await service.read(request, ChatRequest)
     prompt, images = _chat_prompt(body.messages)
     max_tokens = body.max_completion_tokens or body.max_tokens
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
