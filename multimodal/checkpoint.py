@@ -48,7 +48,7 @@ from safetensors.torch import load_file, save_file
 from multimodal.builders import build_model, component_kwargs
 from multimodal.config import dump_yaml, parse_yaml, validate_config
 from multimodal.errors import CheckpointError, ConfigError, excerpt
-from multimodal.io import default_mode
+from multimodal.io import default_mode, sha256_file
 from multimodal.safety import CHECKPOINT_BLOCKLIST
 
 FORMAT = "multimodal-checkpoint/1"
@@ -132,7 +132,7 @@ def _save_checkpoint(path: Path, *, model, config, tokenizers, step, optimizer, 
         elif trainer_state is not None:
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
         meta = {"format": FORMAT, "step": step,
-                "checkpoint_id": _file_digest(tmp / "model.safetensors")[:12]}
+                "checkpoint_id": sha256_file(tmp / "model.safetensors")[:12]}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         _move_into_place(tmp, path)
     except BaseException:
@@ -154,14 +154,6 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
     except OSError:
         pass
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], list]:
@@ -577,7 +569,7 @@ def save_sharded_checkpoint(path: str | Path, *, state: dict[str, torch.Tensor],
             _write_config_and_tokenizers(tmp, config, tokenizers, extra_files)
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
             digest = hashlib.sha256("".join(
-                _file_digest(f) for f in sorted((tmp / SHARDED_DIR).glob("*"))).encode())
+                sha256_file(f) for f in sorted((tmp / SHARDED_DIR).glob("*"))).encode())
             shards = len(list((tmp / SHARDED_DIR).glob("*.safetensors")))
             meta = {"format": FORMAT, "step": step, "sharded": {"files": shards},
                     "checkpoint_id": digest.hexdigest()[:12]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -119,3 +120,12 @@ class OutputFiles:
                 self.out.rmdir()
             except OSError:
                 pass
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

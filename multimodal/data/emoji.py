@@ -53,7 +53,6 @@ Axes: k items, c channels (RGBA 4, RGB 3), s image side.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -74,7 +73,7 @@ import numpy as np
 from multimodal.data import check_split, in_split
 from multimodal.data.images import _MadeCaptions, uint8_to_float
 from multimodal.errors import DataError, did_you_mean
-from multimodal.io import atomic_write_bytes, cache_root
+from multimodal.io import atomic_write_bytes, cache_root, sha256_file
 from multimodal.registry import datasets
 
 
@@ -158,15 +157,6 @@ TONE_PHRASES = ("{n} with {t} skin tone", "{n}, {t} skin tone", "{n}: {t} skin t
 
 
 # -- fetching and checking -----------------------------------------------------------------------
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_package(package: Package, *, cache_dir: Path, npm: str = "npm",
                   archive_dir: str | Path | None = None) -> Path:
     """The checked tarball of ``package``, fetched with ``npm pack`` when not cached.
