@@ -6,16 +6,21 @@
     .venv/bin/python examples/finetune_images.py --checkpoint runs/text_to_image_fashion --steps 500
 
 A folder lists its images in images.jsonl, one {"image": "img/000.png", "caption": "..."} a
-line (or images.csv with image and caption columns; paths relative to the folder). Without
---folder one is made first: 32 Fashion-MNIST test images with captions like "a photo of my
-sneaker". Writes into runs/example_finetune: the run, the config it trained (finetune.yaml) and
-grid.png (one caption, same seeds: the top row before fine-tuning, the bottom row after).
+line (or images.csv with image and caption columns; paths relative to the folder). Its images
+may have any size and mode (grey, RGB, RGBA, palette): they are converted to the checkpoint's
+format, transparency composited on white (grey 32x32 for a Fashion-MNIST model, RGB 64x64 for
+the emoji one). Without --folder one is made first: 32 Fashion-MNIST test images with captions
+like "a photo of my sneaker" (for a colour checkpoint each garment tinted on a transparent
+background, RGBA: "a photo of my red sneaker"). Writes into runs/example_finetune: the run,
+the config it trained (finetune.yaml) and grid.png (one caption, same seeds: the top row
+before fine-tuning, the bottom row after).
 """
 
 import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 import multimodal
@@ -30,8 +35,15 @@ from multimodal.training.trainer import train
 NAMES = ("t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
          "ankle boot")
 
-# measured: the default 300 steps of 16 images took about 9 minutes on 2 CPU cores
+# (name, RGB) of the tints of the colour example folder
+TINTS = (("red", (220, 30, 30)), ("blue", (30, 60, 220)), ("green", (30, 160, 50)),
+         ("yellow", (240, 200, 20)), ("purple", (140, 40, 180)), ("orange", (250, 130, 20)))
+
+# measured: the default 300 steps of 16 images took about 9 minutes on 2 CPU cores for the grey
+# 32x32 model, and 4.3 minutes (0.85 s a step, 1 thread, two other runs on the cores) for the
+# 64x64 colour emoji model (configs/text_to_image_emoji.yaml) on 2026-12-03
 IMAGES_PER_MINUTE = 530
+COLOUR_IMAGES_PER_MINUTE = 1100
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--checkpoint", default=None,
@@ -52,22 +64,35 @@ args = parser.parse_args()
 out = Path(args.out_dir)
 
 
-def make_example_folder(folder: Path, count: int) -> Path:
-    """Fashion-MNIST test images saved as PNG, with made-up captions, listed in images.jsonl."""
+def make_example_folder(folder: Path, count: int, colour: bool) -> Path:
+    """Fashion-MNIST test images saved as PNG, with made-up captions, listed in images.jsonl:
+    28x28 grayscale, or (``colour``) RGBA, the garment tinted and the background transparent."""
     pixels, labels = (read_idx(Path(FASHION_MNIST_DIR) / f) for f in FASHION_MNIST_FILES["val"])
     (folder / "img").mkdir(parents=True, exist_ok=True)
     lines = []
     for i in range(count):
-        Image.fromarray(pixels[i]).save(folder / "img" / f"{i:03d}.png")  # 28x28 grayscale
-        lines.append(json.dumps({"image": f"img/{i:03d}.png",
-                                 "caption": f"a photo of my {NAMES[labels[i]]}"}))
+        name = NAMES[labels[i]]
+        if colour:  # the garment's brightness becomes its opacity
+            tint, rgb = TINTS[i % len(TINTS)]
+            rgba = np.empty((28, 28, 4), np.uint8)
+            rgba[..., :3], rgba[..., 3] = rgb, pixels[i]
+            Image.fromarray(rgba).save(folder / "img" / f"{i:03d}.png")
+            name = f"{tint} {name}"
+        else:
+            Image.fromarray(pixels[i]).save(folder / "img" / f"{i:03d}.png")  # 28x28 grayscale
+        lines.append(json.dumps({"image": f"img/{i:03d}.png", "caption": f"a photo of my {name}"}))
     (folder / "images.jsonl").write_text("\n".join(lines) + "\n")
     return folder / "images.jsonl"
 
 
-# (a) the images: a folder's list file, or an example folder made now
+# (a) the checkpoint, and the images: a folder's list file, or an example folder made now
+checkpoint = find_checkpoint(args.checkpoint) if args.checkpoint else \
+    default_checkpoint("text-to-image")
+base = read_config(checkpoint)
+vae = base["tokenizers"]["image"]
+channels, size = vae.get("in_channels", 1), vae.get("image_size", 32)
 if args.folder is None:
-    images = make_example_folder(out / "my_images", args.num_images)
+    images = make_example_folder(out / "my_images", args.num_images, colour=channels == 3)
     print(f"made {args.num_images} example images -> {images}")
 else:
     found = [p for p in (Path(args.folder) / n for n in ("images.jsonl", "images.csv"))
@@ -76,11 +101,8 @@ else:
         parser.error(f"--folder {args.folder} holds no images.jsonl or images.csv")
     images = found[0]
 
-# (b) the fine-tuning config: the checkpoint's own text and image parts, initialised from it
-checkpoint = find_checkpoint(args.checkpoint) if args.checkpoint else \
-    default_checkpoint("text-to-image")
-base = read_config(checkpoint)
-vae = base["tokenizers"]["image"]
+# (b) the fine-tuning config: the checkpoint's own text and image parts, initialised from it;
+# the folder's images are read in the checkpoint's format (grey or RGB, its size)
 config = {
     "task": "text-to-image",
     "seed": 0,
@@ -88,14 +110,15 @@ config = {
     "tokenizers": {name: base["tokenizers"][name] for name in ("text", "image")},
     "backbone": base["backbone"],
     "decoders": {"image": base["decoders"]["image"]},
-    "data": {"image": {"type": "image_folder", "path": str(images),
-                       "channels": vae.get("in_channels", 1),
-                       "image_size": vae.get("image_size", 32)}},
+    "data": {"image": {"type": "image_folder", "path": str(images), "channels": channels,
+                       "image_size": size}},
     "train": {"max_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
               "seq_len": base.get("train", {}).get("seq_len", 32),
               "warmup_steps": min(20, args.steps), "eval_every": 0, "eval_batches": 4,
               "checkpoint_every": 0, "keep_checkpoints": 1, "log_every": 10},
 }
+if base.get("train", {}).get("num_threads"):  # measured for that model (see its config)
+    config["train"]["num_threads"] = base["train"]["num_threads"]
 if args.freeze_backbone:
     config["train"]["freeze"] = ["backbone"]
 else:
@@ -107,9 +130,10 @@ print(f"config -> {config_file}; the same from the command line:\n"
       f"  .venv/bin/multimodal train {config_file} init_from={checkpoint} --out-dir {out}")
 
 # (c) train (validated as `multimodal train` does), then draw one caption before and after
-minutes = args.steps * args.batch_size / IMAGES_PER_MINUTE
+speed = COLOUR_IMAGES_PER_MINUTE if channels == 3 else IMAGES_PER_MINUTE
+minutes = args.steps * args.batch_size / speed
 print(f"training {args.steps} steps of {args.batch_size} images (about {minutes:.0f} minutes on "
-      "2 CPU cores; the bar shows the time left)")
+      "2 CPU cores for the shipped model sizes; the bar shows the time left)")
 result = train(multimodal.load_config(config_file), out_dir=out)
 print(f"step {result['step']}: image loss {result['loss_image']:.4f} -> {result['checkpoint']}")
 prompt = args.prompt or read_media_list(images, "image")[0][1]["caption"]

@@ -165,18 +165,21 @@ def tiny_image_config(**sections: Any) -> dict:
     return merge(config, copy.deepcopy(sections))
 
 
-def tiny_image_pipeline(task: str = "text-to-image", denoiser: str = "latent_unet",
-                        **denoiser_overrides):
-    """An untrained image pipeline of tiny components, built in milliseconds (no data)."""
+def tiny_image_pipeline(task: str = "text-to-image", denoiser: str = "latent_unet", *,
+                        image_channels: int = 1, image_size: int = 32, **denoiser_overrides):
+    """An untrained image pipeline of tiny components, built in milliseconds (no data): grey
+    32x32 by default, ``image_channels=3, image_size=64`` for one like the emoji model."""
     # deferred: the specs import this module while the registry loads its built-ins
     from multimodal.modalities.image.vae import ImageVAETokenizer
     from multimodal.registry import decoders, pipelines
 
     backbone = tiny_backbone().eval()
-    kwargs = dict(TINY["decoders"][denoiser], **denoiser_overrides)
+    vae_kwargs = dict(TINY["tokenizers"]["image_vae"], in_channels=image_channels,
+                      image_size=image_size)
+    latent_size = image_size // 2 ** (len(vae_kwargs["block_out_channels"]) - 1)
+    kwargs = {**TINY["decoders"][denoiser], "sample_size": latent_size, **denoiser_overrides}
     model = decoders.get(denoiser)(backbone=backbone, **kwargs).eval()
-    vae_kwargs = {k: v for k, v in TINY["tokenizers"]["image_vae"].items()}
-    vae = ImageVAETokenizer(**vae_kwargs)
+    vae = ImageVAETokenizer(**vae_kwargs)  # after the denoiser: its random draws come first
     return pipelines.get(task)(backbone=backbone, denoiser=model, vae=vae,
                                tokenizer=tiny_tokenizer(), checkpoint_id="tiny")
 
@@ -217,21 +220,28 @@ def tiny_image_folder(directory, *, count: int = 40, fmt: str = "jsonl", size: i
     return str(path)
 
 
-def tiny_image_checkpoint(path, denoiser: str = "latent_unet"):
+def tiny_image_checkpoint(path, denoiser: str = "latent_unet", *, image_channels: int = 1,
+                          image_size: int = 32):
     """Save a checkpoint of tiny, barely trained image components (no dataset needed): a VAE
-    fitted for a few steps on random images, an untrained backbone and denoiser. Returns the
-    checkpoint directory."""
+    fitted for a few steps on random images, an untrained backbone and denoiser; grey 32x32 by
+    default, ``image_channels=3, image_size=64`` for a colour one like the emoji model. Returns
+    the checkpoint directory."""
     import torch
 
     # deferred: the specs import this module while the registry loads its built-ins
     from multimodal.model import MultimodalModel
     from multimodal.checkpoint import save_checkpoint
 
-    pipe = tiny_image_pipeline(denoiser=denoiser)
+    pipe = tiny_image_pipeline(denoiser=denoiser, image_channels=image_channels,
+                               image_size=image_size)
     generator = torch.Generator().manual_seed(0)
-    images = [{"image": torch.rand(1, 32, 32, generator=generator) * 2 - 1} for _ in range(16)]
+    shape = (image_channels, image_size, image_size)
+    images = [{"image": torch.rand(shape, generator=generator) * 2 - 1} for _ in range(16)]
     pipe.vae.fit(images, progress=False)
-    config = tiny_image_config(decoders={"image": {"type": denoiser, **TINY["decoders"][denoiser]}})
+    config = tiny_image_config(
+        tokenizers={"image": {"in_channels": image_channels, "image_size": image_size}},
+        decoders={"image": {"type": denoiser, **TINY["decoders"][denoiser],
+                            "sample_size": pipe.vae.latent_shape[-1]}})
     model = MultimodalModel(backbone=pipe.backbone, decoders={"image": pipe.denoiser})
     return save_checkpoint(path, model=model, config=config,
                            tokenizers={"text": pipe.tokenizer, "image": pipe.vae})

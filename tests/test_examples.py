@@ -139,3 +139,31 @@ def test_finetune_images_example(tmp_path):
     assert out.returncode == 0, out.stderr
     config = yaml.safe_load((tmp_path / "frozen" / "finetune.yaml").read_text())
     assert config["train"]["freeze"] == ["backbone"] and "lora" not in config["train"]
+
+
+@requires_fashion_mnist
+def test_finetune_images_example_on_a_colour_checkpoint(tmp_path):
+    import json
+
+    import numpy as np
+    import yaml
+
+    from multimodal.testing import tiny_image_checkpoint
+
+    # a tiny RGB 64x64 checkpoint, like the emoji model; the example folder is made in colour
+    ckpt = tiny_image_checkpoint(tmp_path / "ckpt", "latent_dit", image_channels=3,
+                                 image_size=64)
+    run = tmp_path / "run"
+    out = run_example("finetune_images.py", "--checkpoint", str(ckpt), "--steps", "2",
+                      "--num-images", "6", "--batch-size", "4", "--inference-steps", "2",
+                      "--out-dir", str(run))
+    assert out.returncode == 0, out.stderr
+    first = json.loads((run / "my_images" / "images.jsonl").read_text().splitlines()[0])
+    assert first["caption"].startswith("a photo of my red ")
+    with Image.open(run / "my_images" / first["image"]) as image:
+        assert image.mode == "RGBA" and image.size == (28, 28)
+        assert (np.asarray(image)[..., 3] == 0).any()  # a transparent background
+    data = yaml.safe_load((run / "finetune.yaml").read_text())["data"]["image"]
+    assert (data["channels"], data["image_size"]) == (3, 64)
+    with Image.open(run / "grid.png") as grid:
+        assert grid.mode == "RGB" and grid.size == (8 * 64, 2 * 64)

@@ -71,7 +71,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from multimodal.data import check_split, in_split
-from multimodal.data.images import _MadeCaptions, uint8_to_float
+from multimodal.data.images import _MadeCaptions, composite, uint8_to_float
 from multimodal.errors import DataError, did_you_mean
 from multimodal.io import atomic_write_bytes, cache_root, sha256_file
 from multimodal.registry import datasets
@@ -488,14 +488,6 @@ def parse_background(background: str | Sequence[int]) -> tuple[int, int, int]:
             pass
     raise DataError(f"background must be a colour name ('white', 'black', 'gray', ...), "
                     f"'#rrggbb' or [r, g, b] with values 0-255, got {background!r}")
-
-
-def composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
-    """(k, 4, s, s) uint8 RGBA over a solid ``background`` -> (k, 3, s, s) uint8 RGB."""
-    alpha = rgba[:, 3:4].astype(np.float32) / 255.0
-    colour = np.asarray(background, np.float32)[None, :, None, None]
-    rgb = rgba[:, :3].astype(np.float32) * alpha + colour * (1.0 - alpha)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
 # -- the dataset ---------------------------------------------------------------------------------

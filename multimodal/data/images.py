@@ -157,15 +157,99 @@ def pad_to(pixels: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def pil_to_array(image: Any, *, size: int, channels: int, resample: str = "bicubic") -> np.ndarray:
-    """A PIL image -> (c, size, size) uint8, the way training images are made.
+WHITE = (255, 255, 255)
 
-    A 28x28 image (Fashion-MNIST's size) is padded with black to ``size``, exactly as the
-    training data; any other size is resized to ``size`` x ``size`` (aspect ratio not kept).
+
+def composite(rgba: np.ndarray, background: Sequence[int] = WHITE) -> np.ndarray:
+    """Colour (or grey) with alpha over a solid ``background`` (the "over" operator):
+    (k, c + 1, h, w) uint8 -> (k, c, h, w) uint8, ``round(v * a + b * (1 - a))`` with ``a`` the
+    alpha / 255. ``c`` is 3 (RGBA, ``background`` ``(r, g, b)``) or 1 (LA, ``background`` one
+    grey level).
+
+    Computed in 16-bit integers (exactly the rounded float result; a 4000x4000 image needs
+    about 100 MB per temporary, not 200).
+    """
+    channels = rgba.shape[1] - 1
+    if len(background) != channels:
+        raise ValueError(f"a background of {channels} value(s) is needed, got {background}")
+    alpha = rgba[:, channels:].astype(np.uint16)  # (k, 1, h, w)
+    mixed = rgba[:, :channels].astype(np.uint16)  # (k, c, h, w)
+    mixed *= alpha
+    np.subtract(255, alpha, out=alpha)  # now 1 - alpha
+    for c, level in enumerate(background):  # in place: no (k, c, h, w) temporary
+        mixed[:, c : c + 1] += alpha * np.uint16(level)  # at most 255 * 255: fits in 16 bits
+    mixed += 127  # (x + 127) // 255 == round(x / 255): x / 255 is never a half
+    mixed //= 255
+    return mixed.astype(np.uint8)
+
+
+def flatten_image(image: Any, background: tuple[int, int, int] = WHITE) -> Any:
+    """A PIL image of any mode -> the same picture in mode ``"L"`` (grey) or ``"RGB"``, as an
+    image viewer shows it; the size is unchanged.
+
+    * Transparency (modes RGBA, LA, PA, La, RGBa, and P, L or RGB with a transparent colour)
+      is composited on ``background`` (white by default, as the emoji training data is
+      made: :class:`~multimodal.data.emoji.EmojiDataset`), with :func:`composite`. Grey
+      stays grey: LA -> L.
+    * 16-bit grey (PNG's ``I;16``, ``I`` holding 0-65535) is scaled to 8 bits, not clipped.
+    * ``1`` (black and white) becomes L; P, CMYK, YCbCr and the other colour modes RGB.
+
+    Raises:
+        DataError: a mode with no 8-bit reading (32-bit float ``F``, integers outside
+            0-65535), or one Pillow cannot convert; the message says what is accepted.
     """
     from PIL import Image
 
-    image = image.convert("L" if channels == 1 else "RGB")
+    mode = image.mode
+    if mode in ("L", "RGB") and "transparency" not in image.info:
+        return image
+    if mode == "F" or mode.startswith("I"):
+        pixels = np.asarray(image)
+        if mode == "F" or pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+            kind = "32-bit float" if mode == "F" else "32-bit integer"
+            raise DataError(f"a {mode} image ({kind} pixels) has no 8-bit reading; give an "
+                            "8- or 16-bit PNG, a JPEG, or any 8-bit grey, RGB or RGBA image")
+        # 16-bit grey: 65535 -> 255 (x / 257, rounded)
+        eight = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(eight)
+    grey = mode in ("1", "L", "LA", "La")
+    has_alpha = "A" in image.getbands() or "a" in image.getbands() or \
+        "transparency" in image.info
+    try:
+        if not has_alpha:
+            return image.convert("L" if grey else "RGB")
+        with_alpha = image.convert("LA" if grey else "RGBA")
+    except (ValueError, OSError) as exc:
+        raise DataError(f"cannot convert a {mode} image to RGB ({exc}); give a grey, RGB or "
+                        "RGBA image (PNG, JPEG, ...)") from None
+    # band by band: contiguous planes, several times faster than a transposed (h, w, c) view
+    pixels = np.stack([np.asarray(band) for band in with_alpha.split()])[None]  # (1, c+1, h, w)
+    if grey:
+        level = round(0.299 * background[0] + 0.587 * background[1]
+                      + 0.114 * background[2])
+        return Image.fromarray(composite(pixels, (level,))[0, 0])
+    return Image.merge("RGB", [Image.fromarray(band) for band in composite(pixels, background)[0]])
+
+
+def pil_to_array(image: Any, *, size: int, channels: int, resample: str = "bicubic") -> np.ndarray:
+    """A PIL image of any mode and size -> (c, size, size) uint8, the way training images are
+    made.
+
+    The image is first flattened (:func:`flatten_image`: transparency composited on white,
+    16-bit grey scaled to 8 bits), then converted to grey (``channels`` 1: ITU-R 601 luma) or
+    RGB (``channels`` 3; grey is repeated). A 28x28 image (Fashion-MNIST's size) is padded with
+    black to ``size`` 32, exactly as the training data; any other size, 1x1 to thousands of
+    pixels a side, is resized to ``size`` x ``size`` (bicubic, antialiased when shrinking;
+    ``resample="nearest"`` for masks; the aspect ratio is not kept).
+
+    Raises:
+        DataError: a mode :func:`flatten_image` refuses, or an empty (0-pixel) image.
+    """
+    from PIL import Image
+
+    if image.width < 1 or image.height < 1:
+        raise DataError(f"the image is empty ({image.width}x{image.height} pixels)")
+    image = flatten_image(image).convert("L" if channels == 1 else "RGB")
     if image.size == (28, 28) and size == 32:
         pixels = np.asarray(image)
         pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
@@ -313,8 +397,16 @@ class ImageFolderDataset(_ImageItems):
     JSONL: one object a line, ``{"image": "shoes/001.png", "caption": "a red shoe"}`` with an
     optional integer ``"label"``. CSV: a header row naming ``image`` and ``caption`` (and
     optionally ``label``) columns. Image paths are relative to the list file's directory (or
-    ``root``). Images are read with Pillow, converted to grayscale (``channels: 1``) or RGB, and
-    resized to ``image_size`` square (28x28 images are padded instead, like Fashion-MNIST).
+    ``root``). Images of any size and mode (grey, RGB, RGBA, P, 16-bit grey, ...) are read with
+    Pillow as a viewer shows them (transparency composited on white, as the emoji data is made;
+    :func:`pil_to_array`), converted to grayscale (``channels: 1``) or RGB (``channels: 3``) and
+    resized to ``image_size`` square (28x28 images are padded instead when ``image_size`` is 32,
+    like Fashion-MNIST). ``channels`` and ``image_size`` must be the model's (the image VAE's
+    ``in_channels`` and ``image_size``; training checks it): 3 and 64 to fine-tune the emoji
+    model.
+
+    Items: ``{"image": (channels, image_size, image_size) float in [-1, 1], "caption": str,
+    "label": int (-1 if none)}``.
 
     Args:
         path: The ``.jsonl`` or ``.csv`` file.
@@ -326,8 +418,9 @@ class ImageFolderDataset(_ImageItems):
         val_fraction: Share of records held out for validation (default 0.05).
 
     Raises:
-        DataError: the list file is missing, malformed (names the line), or names an image that
-            does not exist; an image that cannot be decoded is reported when it is read.
+        DataError: a bad ``channels`` or ``image_size``; the list file is missing, malformed
+            (names the line), or names an image that does not exist; an image that cannot be
+            decoded (or has no 8-bit reading, like 32-bit float) is reported when it is read.
     """
 
     injected_args = ("split",)
@@ -337,7 +430,10 @@ class ImageFolderDataset(_ImageItems):
                  val_fraction: float = 0.05):
         check_split(split)
         if channels not in (1, 3):
-            raise DataError(f"channels must be 1 or 3, got {channels}")
+            raise DataError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise DataError(f"image_size must be a positive integer (the model's, e.g. 32 or "
+                            f"64), got {image_size!r}")
         _, self.paths, self.captions, self.labels = read_media_split(
             path, "image", split=split, val_fraction=val_fraction, root=root)
         self.image_size, self.channels = image_size, channels
@@ -354,7 +450,8 @@ class ImageFolderDataset(_ImageItems):
                 with Image.open(self.paths[index]) as image:
                     self._cache[index] = pil_to_array(image, size=self.image_size,
                                                       channels=self.channels)
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
+            except (UnidentifiedImageError, OSError, ValueError,
+                    Image.DecompressionBombError) as exc:
                 raise DataError(f"cannot read image {self.paths[index]}: {exc}") from None
         return self._cache[index]
 

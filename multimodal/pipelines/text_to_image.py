@@ -39,14 +39,22 @@ returned the input unchanged); strength 0 runs none and returns the input. Outpu
 steps actually run as ``steps_run`` where that is not ``int(num_inference_steps * strength)``
 (the bumped single step) or is 0.
 
-Input images are read with Pillow and converted to the model's format: grayscale for a
-1-channel model (Fashion-MNIST, 32x32), RGB for a 3-channel one (emoji, 64x64), at the VAE's
-image size; 28x28 images (Fashion-MNIST's size) are padded with black like the training data
-of a 32x32 model, any other size is resized (bicubic; masks: nearest). A colour image given to
-a grayscale model for inpainting is refused (the kept pixels could not stay unchanged); for
-image-to-image it is converted to grayscale. Outputs are at the model's resolution and channels:
-(h, w) for grayscale, (h, w, 3) for RGB. Masks: white (> 127) = regenerate, black = keep; a
-mask must have the image's size.
+Input images are read with Pillow as a viewer shows them (:func:`~multimodal.modalities.image.
+files.load_image_array`): transparency (RGBA, LA, P with a transparent colour) is composited on
+white, as the emoji training data is, for grey and colour models alike; 16-bit grey is scaled to
+8 bits. They are then converted to the model's format: grayscale for a 1-channel model
+(Fashion-MNIST, 32x32), RGB for a 3-channel one (emoji, 64x64), at the VAE's image size; 28x28
+images (Fashion-MNIST's size) are padded with black like the training data of a 32x32 model, any
+other size (1x1 to Pillow's decompression-bomb limit, ~89 million pixels) is resized (bicubic;
+masks: nearest; the aspect ratio is not kept). A colour image given to a grayscale model for
+inpainting is refused (the kept pixels could not stay unchanged); for image-to-image it is
+converted to grayscale. Outputs are at the model's resolution and channels: (h, w) for
+grayscale, (h, w, 3) for RGB; inpainting keeps the unmasked pixels of the converted image
+exactly. Masks (:func:`~multimodal.modalities.image.files.load_mask_array`) must have the
+image's size (else refused): black and white, white (> 127) = regenerate, black = keep, in any
+grey mode (L, 1, grey RGB or P); one with transparency (RGBA, LA, P) that is not opaque
+everywhere follows OpenAI's convention instead: clear = regenerate, opaque = keep. A colour mask
+is refused.
 
 Axes: s samples, b batch (2 s with guidance), n prompt tokens, d backbone width, l latent
 channels, y x latent height and width, c image channels, h w image height and width.
@@ -67,7 +75,7 @@ from tqdm.auto import tqdm
 
 from multimodal.data.images import pil_to_array
 from multimodal.errors import InputError
-from multimodal.modalities.image.files import load_image_array
+from multimodal.modalities.image.files import load_image_array, load_mask_array
 from multimodal.modalities.image.modality import encode_captions
 from multimodal.modalities.image.schedulers import make_scheduler
 from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_int,
@@ -365,7 +373,8 @@ class LatentDiffusionPipeline(Pipeline):
                 ``euler``); default DPM-Solver++.
             progress: Show a tqdm bar over the steps.
             image: Start image (path, PIL image or uint8 array) for editing tasks.
-            mask: Inpainting mask of the image's size; white = regenerate.
+            mask: Inpainting mask of the image's size; white = regenerate, black = keep, or
+                transparent = regenerate for a mask with alpha (see the module docstring).
             strength: Share of the schedule to run from the noised ``image``, in [0, 1].
             output_type: ``"uint8"`` (default), ``"pil"``, ``"np"`` or ``"pt"`` (see
                 :class:`ImageGenerationOutput`).
@@ -382,8 +391,9 @@ class LatentDiffusionPipeline(Pipeline):
 
         Raises:
             InputError: an argument outside the ranges above, a mask whose size differs from
-                the image, an unreadable or non-image file, a colour image to inpaint with a
-                grayscale model (the channel mismatch), lists of the wrong length.
+                the image or that is in colour, an unreadable or non-image file, a colour
+                image to inpaint with a grayscale model (the channel mismatch), lists of the
+                wrong length.
             UnknownComponentError: an unknown scheduler name.
         """
         is_list = isinstance(prompt, (list, tuple))
@@ -579,7 +589,7 @@ class LatentDiffusionPipeline(Pipeline):
         pixels = torch.from_numpy(pixels.copy()).float()[None]  # (1, c, h, w), 0..255
         if mask is None:
             return pixels, None
-        raw_mask = load_image_array(mask, what="mask")
+        raw_mask = load_mask_array(mask, what="mask")  # (h, w): 255 regenerate, 0 keep
         if raw_mask.shape[:2] != raw.shape[:2]:
             raise InputError(f"the mask is {raw_mask.shape[1]}x{raw_mask.shape[0]} pixels but "
                              f"the image is {raw.shape[1]}x{raw.shape[0]}; give a mask of the "
@@ -732,7 +742,8 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
 
         Args:
             prompt: What to draw (a list: each, from the same image).
-            image: The image to redraw (PNG, JPEG; a path, PIL image or uint8 array).
+            image: The image to redraw (PNG, JPEG; a path, PIL image or uint8 array);
+                transparency is composited on white.
             strength: How far to move from the image, 0..1 (default 0.6).
             negative_prompt: What to steer away from (default none).
             num_inference_steps: Scheduler steps of the whole schedule (default 25).
@@ -785,8 +796,11 @@ class InpaintingPipeline(LatentDiffusionPipeline):
 
         Args:
             prompt: What to draw in the masked area (a list: each, in the same image).
-            image: The image to edit (PNG, JPEG; a path, PIL image or uint8 array).
-            mask: A mask of the image's size: white = regenerate, black = keep.
+            image: The image to edit (PNG, JPEG; a path, PIL image or uint8 array);
+                transparency is composited on white.
+            mask: A mask of the image's size: white = regenerate, black = keep (grey, L, 1
+                or grey RGB); a mask with transparency: clear = regenerate, opaque = keep
+                (OpenAI's); a colour mask is refused.
             strength: Share of the schedule to run in the masked area (default 1).
             negative_prompt: What to steer away from (default none).
             num_inference_steps: Scheduler steps (default 25).

@@ -13,6 +13,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
+from multimodal.errors import InputError
+from multimodal.modalities.image.files import load_mask_array
 from multimodal.pipelines.batching import ImageRequest, image_branches
 from multimodal.pipelines.text_to_image import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER
 from multimodal.serve.engine import EditJob, ImageJob
@@ -114,13 +116,16 @@ async def _form(request: Request) -> tuple[dict[str, str], dict[str, list[Upload
 
 
 def _mask(data: bytes, image: np.ndarray) -> np.ndarray:
-    """The mask as the pipeline reads it (white = regenerate). OpenAI's masks mark the area
-    to edit by transparency: a mask with an alpha channel regenerates where it is clear."""
-    mask = decode_image(data, "mask")
-    with Image.open(io.BytesIO(data)) as raw:
-        if "A" in raw.getbands():
-            alpha = np.asarray(raw.convert("RGBA"))[..., 3]
-            mask = np.where(alpha < 128, 255, 0).astype(np.uint8)
+    """The mask as the pipeline reads it (255 = regenerate; the rule of
+    :func:`~multimodal.modalities.image.files.load_mask_array`): black and white, or, with an
+    alpha channel that is not opaque everywhere, OpenAI's convention (clear = regenerate)."""
+    decode_image(data, "mask")  # a readable image of an accepted size, else 400
+    try:
+        with Image.open(io.BytesIO(data)) as raw:
+            raw.load()
+            mask = load_mask_array(raw, what="mask")
+    except InputError as exc:
+        raise APIError(400, str(exc), param="mask", code="invalid_mask") from None
     if mask.shape[:2] != image.shape[:2]:
         raise APIError(400, f"mask: the mask is {mask.shape[1]}x{mask.shape[0]} pixels but "
                             f"the image is {image.shape[1]}x{image.shape[0]}; give a mask of the "

@@ -114,6 +114,12 @@ class LatentCaptions:
         return self.latents.shape[0]
 
 
+def _describe(shape: tuple[int, int, int]) -> str:
+    """``(3, 64, 64)`` -> ``"RGB 64x64"``."""
+    kind = {1: "grey", 3: "RGB"}.get(shape[0], f"{shape[0]}-channel")
+    return f"{kind} {shape[2]}x{shape[1]}"
+
+
 @modalities.register("image")
 class ImageModality:
     """Text-to-image latent diffusion on the shared backbone (see the module docstring)."""
@@ -125,12 +131,32 @@ class ImageModality:
         captions = getattr(dataset, "captions", None)
         return iter(captions if captions is not None else (item["caption"] for item in dataset))
 
+    def _check_images(self, dataset: Any, vae: Any) -> None:
+        """The dataset's images have the shape (c, h, w) the image tokenizer reads, so that a
+        grey dataset never trains a colour model, nor a 32x32 one a 64x64 model. (A VAE being
+        fitted checks this itself; one from ``init_from`` is checked only here.)
+
+        Raises:
+            DataError: naming both shapes and the keys to set.
+        """
+        expected = (vae.in_channels, vae.image_size, vae.image_size)
+        got = tuple(dataset_images(dataset, [0]).shape[1:])
+        if got != expected:
+            raise DataError(
+                f"data.{self.name}: channel/size mismatch: the dataset's images are "
+                f"{_describe(got)} (c, h, w) = {got} but the model's image tokenizer "
+                f"(tokenizers.image) reads {_describe(expected)} {expected}; give the data the "
+                f"model's format (image_folder: data.{self.name}.channels: {expected[0]} and "
+                f"data.{self.name}.image_size: {expected[1]}; its images are converted and "
+                "resized to them) or use a checkpoint made for the data's")
+
     def prepare(self, dataset: Any, tokenizers: dict, *, seq_len: int) -> LatentCaptions:
         """Encode every image with ``tokenizers["image"]`` and tokenise every caption with
         ``tokenizers["text"]``, padded to the longest caption (at most ``seq_len`` tokens).
 
         Raises:
-            DataError: the dataset is empty, or a tokenizer is missing.
+            DataError: the dataset is empty, a tokenizer is missing, or the images' shape
+                (c, h, w) is not the image tokenizer's (channels and size).
         """
         missing = [k for k in ("image", "text") if k not in tokenizers]
         if missing:
@@ -140,6 +166,7 @@ class ImageModality:
         if len(dataset) == 0:
             raise DataError("the image dataset is empty")
         vae, text = tokenizers["image"], tokenizers["text"]
+        self._check_images(dataset, vae)
         n = len(dataset)
         latents = encode_dataset(vae, dataset)
         captions = list(self.text_corpus(dataset))
