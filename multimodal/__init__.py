@@ -15,11 +15,11 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "list_components", "load_config", "load_pipeline"]
 
 
-def load_pipeline(task, checkpoint=None, *, device="cpu", torch_dtype=None):
+def load_pipeline(task, checkpoint=None, *, device="cpu", torch_dtype=None, compile=False):
     """Load a task's pipeline; see :func:`multimodal.pipelines.load_pipeline`."""
     from multimodal.pipelines import load_pipeline as _load  # deferred: keeps the import cheap
 
-    return _load(task, checkpoint, device=device, torch_dtype=torch_dtype)
+    return _load(task, checkpoint, device=device, torch_dtype=torch_dtype, compile=compile)
 
 
 def list_components(kind: str | None = None) -> dict[str, list[str]]:

@@ -79,7 +79,7 @@ def replay(path: str | Path, *, checkpoint: str | list[str] | None = None,
         checkpoint: The model that made it (default: the task's embedded one); for a composed
             task, ``"STEP=DIR"`` strings, one per step that did not use its default.
         out: The directory the rerun is written into.
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"cpu"``, ``"cuda"`` (``"cuda:N"``) or ``"mps"``.
         overwrite: Replace files of the names the rerun writes that are already in ``out``
             (default: refuse them before generating).
 

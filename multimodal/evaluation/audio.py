@@ -252,6 +252,7 @@ def evaluate_text_to_audio(*, checkpoint=None, num_samples: int = 32, seed: int 
         vocoders: Which to compare (default: every configured one and ``griffin-lim``).
         autoregressive_samples: At most this many words for the (slow) autoregressive vocoder.
         progress: Show a bar while the recogniser trains.
+        device: Where the pipeline runs (``"cpu"``, ``"cuda"``, ``"mps"``).
         recogniser_settings: Overrides of :data:`RECOGNISER_SETTINGS` (for quick tests).
 
     Returns:

@@ -52,6 +52,8 @@ def evaluate_image_to_text(*, checkpoint=None, num_samples: int = 32, seed: int 
         checkpoint: Checkpoint or run directory (default: the embedded one).
         num_samples: Test images per class (drawn with ``seed``).
         root: Fashion-MNIST directory.
+        device: Where the pipeline runs (``"cpu"``, ``"cuda"``, ``"mps"``).
+        batch_size: Images captioned per call.
 
     Returns:
         ``{"item_accuracy", "unnamed_rate", "per_class": {name: accuracy}, "chance",

@@ -56,9 +56,23 @@ def repeated_4gram_rate(texts) -> float:
 
 
 def evaluate_text_generation(*, checkpoint=None, num_samples: int = 32, seed: int = 0,
-                             max_new_tokens: int = 80, eval_batches: int = 50) -> dict:
-    """Evaluate a text checkpoint (default: the embedded one); see the module docstring."""
-    pipe = load_pipeline("text-generation", checkpoint)
+                             max_new_tokens: int = 80, eval_batches: int = 50,
+                             device: str = "cpu") -> dict:
+    """Evaluate a text checkpoint (default: the embedded one); see the module docstring.
+
+    Args:
+        checkpoint: Checkpoint or run directory (default: the embedded one).
+        num_samples: Continuations generated and judged.
+        seed: Seed of the sampling generator.
+        max_new_tokens: Tokens per continuation.
+        eval_batches: Validation batches of the loss and bits per byte.
+        device: Where the pipeline runs (``"cpu"``, ``"cuda"``, ``"mps"``).
+
+    Raises:
+        CheckpointError: the checkpoint is missing or has no text decoder.
+        InputError: an unknown or unavailable device.
+    """
+    pipe = load_pipeline("text-generation", checkpoint, device=device)
     config = {"data": {"text": {"type": "fortunes"}}}
     train_docs = build_datasets(config, "train")["text"]
     val_docs = build_datasets(config, "val")["text"]

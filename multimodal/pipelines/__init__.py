@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from multimodal.checkpoint import find_checkpoint, is_complete, load_checkpoint, read_config
-from multimodal.errors import CheckpointError, InputError, UnknownComponentError, did_you_mean
-from multimodal.pipelines.base import Pipeline, check_dtype, draw_seed, require_parts, seeded
+from multimodal.errors import CheckpointError, UnknownComponentError, did_you_mean
+from multimodal.pipelines.base import (Pipeline, check_bool, check_compile, check_device,
+                                       check_dtype, draw_seed, require_parts, seeded)
 from multimodal.registry import pipelines as pipeline_registry
 from multimodal.safety import SafetyPolicy
 
 __all__ = ["ASSETS", "DEFAULT_CHECKPOINT_NAME", "Pipeline", "check_device",
-           "default_checkpoint", "draw_seed", "load_pipeline", "require_parts", "seeded"]
+           "default_checkpoint", "draw_seed", "load_pipeline", "prepare", "require_parts",
+           "seeded"]
 
 # Checkpoints used when none is given, shipped inside the package (``assets/<name>``): the
 # joint model (configs/joint_tiny*.yaml) serves every built-in task; a plugin's pipeline names
@@ -41,7 +42,8 @@ def default_checkpoint(task: str = "text-generation") -> Path:
 
 
 def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
-                  device: str = "cpu", torch_dtype: torch.dtype | str | None = None):
+                  device: str = "cpu", torch_dtype: torch.dtype | str | None = None,
+                  compile: bool = False):
     """Load the pipeline of ``task`` from a checkpoint.
 
     Args:
@@ -49,10 +51,14 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
         checkpoint: A checkpoint directory or a run directory (its newest checkpoint); default:
             the embedded default checkpoint. A composed task (``text-to-audiovisual``) takes
             ``{step: directory}`` instead.
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``) or ``"mps"`` (Apple silicon; or
+            ``"mps:0"``).
         torch_dtype: The networks' dtype, as diffusers' and transformers' ``from_pretrained``
-            take it: ``torch.bfloat16`` (CPU and GPU), ``torch.float16`` (GPU), or their
-            names (``"bf16"``, ``"fp16"``, ...); default float32. See :meth:`Pipeline.to`.
+            take it: ``torch.bfloat16`` (CPUs and GPUs), ``torch.float16`` (GPUs; on a CPU it
+            runs, slowly, with a warning), or their names (``"bf16"``, ``"fp16"``, ...);
+            default float32. See :meth:`Pipeline.to`.
+        compile: Compile the networks with ``torch.compile`` (see :meth:`Pipeline.compile`;
+            the first call of each shape compiles, seconds to minutes on a CPU).
 
     Returns:
         The pipeline; call it with a prompt.
@@ -62,8 +68,9 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
         CheckpointError: missing, partial or incompatible checkpoint, or one without the
             decoder the task needs.
         ConfigError: the checkpoint's ``safety.blocklist`` cannot be read.
-        InputError: an unknown device, or CUDA asked for where there is none; a
-            ``torch_dtype`` that is not a floating dtype.
+        InputError: an unknown device, or CUDA or MPS asked for where there is none; a
+            ``torch_dtype`` that is not a floating dtype; ``compile`` not a bool, or
+            ``torch.compile`` unable to work here (see :meth:`Pipeline.compile`).
         TypeError: an unknown keyword argument (Python names it).
 
     The pipeline's prompts are checked by the ``safety:`` policy of the checkpoint's config
@@ -78,11 +85,12 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
         ) from None
     check_device(device)
     dtype = None if torch_dtype is None else check_dtype(torch_dtype)
+    check_bool("compile", compile)
+    if compile:
+        check_compile(device)  # before any weight loads
     if getattr(cls, "composed", False):  # each step resolves its own checkpoint
         pipe = cls.from_checkpoint(checkpoint, device=device)
-        for step in pipe.steps.values() if dtype is not None else ():
-            step.to(dtype=dtype)
-        return pipe
+        return prepare(pipe, dtype, compile)
     path = default_checkpoint(task) if checkpoint is None else checkpoint
     if hasattr(cls, "from_loaded"):
         ckpt = load_checkpoint(path, device=device)  # reads and validates the config, once
@@ -93,17 +101,15 @@ def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
         found = find_checkpoint(path)
         config = read_config(found)
     pipe.safety = SafetyPolicy.from_config(config, checkpoint=found)
+    return prepare(pipe, dtype, compile)
+
+
+def prepare(pipe, dtype: torch.dtype | None = None, compile: bool = False):
+    """``pipe`` in ``dtype`` (``None``: as loaded) and, with ``compile``, compiled: what
+    :func:`load_pipeline` does after loading, for a pipeline loaded another way (the CLI's
+    task files)."""
     if dtype is not None:
         pipe.to(dtype=dtype)
+    if compile:
+        pipe.compile()
     return pipe
-
-
-def check_device(device: Any) -> None:
-    """Raise :class:`InputError` unless ``device`` is ``"cpu"``, or ``"cuda"``/``"cuda:N"`` with
-    CUDA available."""
-    name = str(device)
-    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:")
-                                                 and name[5:].isdigit())):
-        raise InputError(f"unknown device {name!r}; use 'cpu' or 'cuda' (or 'cuda:N')")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} asked for, but CUDA is not available here; use 'cpu'")

@@ -17,6 +17,7 @@ import hashlib
 import math
 import numbers
 import unicodedata
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -196,12 +197,18 @@ def seeded(seed: int | None, generator: torch.Generator | None = None
     else a CPU generator seeded with ``seed``, drawn by :func:`draw_seed` when ``None``.
 
     Raises:
-        InputError: a seed :func:`check_seed` refuses, or a ``generator`` that is not one.
+        InputError: a seed :func:`check_seed` refuses, or a ``generator`` that is not one or
+            not on the CPU.
     """
     seed = check_seed(seed)
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise _refuse("generator", generator, "a torch.Generator or None")
+        if generator.device.type != "cpu":
+            # diffusers draws on the CPU for MPS too: the same seed, the same noise anywhere
+            raise InputError(f"generator is on {generator.device}; give a CPU torch.Generator "
+                             "(the pipelines draw their noise on the CPU and move it to the "
+                             "device, so a seed gives the same draws on every device)")
         return generator, seed
     if seed is None:
         seed = draw_seed()
@@ -226,6 +233,64 @@ def check_dtype(dtype: Any) -> torch.dtype:
         return dtype
     raise _refuse("torch_dtype", dtype, "torch.float32, torch.float16 or torch.bfloat16 (or "
                   f"one of {', '.join(map(repr, DTYPES))})")
+
+
+def check_device(device: Any) -> None:
+    """Raise :class:`InputError` unless ``device`` (a name or a ``torch.device``) is
+    ``"cpu"``, ``"cuda"``/``"cuda:N"`` with CUDA available, or ``"mps"``/``"mps:0"`` with MPS
+    available (Apple silicon and a torch built with MPS)."""
+    name = str(device)
+    kind, colon, index = name.partition(":")
+    if not (name == "cpu" or (kind in ("cuda", "mps") and (not colon or index.isdigit()))):
+        raise InputError(f"unknown device {name!r}; use 'cpu', 'cuda' (or 'cuda:N') or 'mps'")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} asked for, but CUDA is not available here; use 'cpu'")
+    if kind == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"device {name!r} asked for, but MPS is not available here (it "
+                             "needs Apple silicon and a torch built with MPS); use 'cpu'")
+        if colon and int(index) != 0:
+            raise InputError(f"device {name!r}: MPS has one device, 'mps' (or 'mps:0')")
+
+
+def check_compile(device: Any = "cpu", backend: Any = "inductor") -> None:
+    """Refuse, before any work, a ``torch.compile`` that cannot run here: Python or platform
+    without TorchDynamo, an unknown backend, inductor for a CPU without a C++ compiler
+    (inductor writes C++ for CPU code and builds it with ``g++``/``clang++``, or ``$CXX``), or
+    inductor for CUDA without Triton (its GPU kernels are Triton's).
+
+    Raises:
+        InputError: naming what is missing and what would work.
+    """
+    import torch._dynamo  # deferred: loads the compiler stack, only when compiling
+
+    if not torch._dynamo.is_dynamo_supported():
+        raise InputError("torch.compile is not supported by this Python or platform (see "
+                         "torch._dynamo.is_dynamo_supported()); load the pipeline without "
+                         "compile")
+    if callable(backend):
+        return
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise InputError(f"unknown torch.compile backend {excerpt(backend)}; this torch has: "
+                         f"{', '.join(known)}")
+    if backend == "inductor" and torch.device(device).type == "cpu":
+        from torch._inductor import cpp_builder  # deferred, as above
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except (RuntimeError, OSError):  # torch._inductor.exc.InvalidCxxCompiler: none found
+            raise InputError(
+                "torch.compile's inductor backend needs a C++ compiler for CPU code and found "
+                "none; install g++ (or clang++, or set CXX), or compile with "
+                "backend='aot_eager' (no speed-up), or leave compile off") from None
+    if backend == "inductor" and torch.device(device).type == "cuda":
+        from torch.utils._triton import has_triton  # deferred, as above
+
+        if not has_triton():
+            raise InputError("torch.compile's inductor backend needs Triton for CUDA and it is "
+                             "not installed; pip install triton, or compile with "
+                             "backend='aot_eager' (no speed-up), or leave compile off")
 
 
 def require_parts(ckpt, task: str, found: dict[str, bool], needs: str) -> None:
@@ -275,16 +340,20 @@ class Pipeline:
         positional arguments are a device and/or a dtype.
 
         Every ``torch.nn.Module`` part goes to ``device`` and ``dtype``; other parts with a
-        ``to`` method (the tokenizers, the image VAE) to ``device`` only: they keep float32
-        and the loops cast at their borders (the diffusion loops keep the scheduler's
-        latents in float32 and run the denoiser in ``dtype``). bf16 runs on CPUs and GPUs;
-        fp16 needs a GPU for speed (on a CPU it runs, slowly, where torch has the kernels).
+        ``to`` method (the tokenizers, the image VAE, the vocoders) to ``device`` only: they
+        keep float32 and the loops cast at their borders (the diffusion loops keep the
+        scheduler's latents in float32 and run the denoiser in ``dtype``). bf16 and fp16 run
+        on CPUs and GPUs (and MPS); fp16 is a GPU format: torch's CPU kernels compute it
+        correctly but slowly (a 1024x1024 matmul 70x slower than float32 on the CPU measured
+        in ``docs/design.md``), so fp16 on a CPU warns, as diffusers does, and bf16 is the
+        CPU's half precision. ``device`` is checked as :func:`check_device` checks it.
 
         Returns:
             The pipeline itself.
 
         Raises:
-            InputError: a dtype that is not a floating one.
+            InputError: a dtype that is not a floating one; an unknown or unavailable
+                device.
         """
         for arg in args:
             if isinstance(arg, torch.dtype):
@@ -293,12 +362,54 @@ class Pipeline:
                 device = arg
         if dtype is not None:
             dtype = check_dtype(dtype)
+        if device is not None:
+            check_device(device)
+        on_cpu = False
         for name in self.parts:
             part = getattr(self, name, None)
             if isinstance(part, torch.nn.Module):
                 part.to(device=device, dtype=dtype)
+                first = next(part.parameters(), None)
+                on_cpu = on_cpu or (first is not None and first.device.type == "cpu")
             elif device is not None and hasattr(part, "to"):
                 part.to(device)
+        if dtype == torch.float16 and on_cpu:
+            warnings.warn("float16 on a CPU computes correctly but slowly (torch's CPU kernels "
+                          "for it are many times slower than float32's); on a CPU use "
+                          "torch.bfloat16 (CLI: --torch-dtype bf16)", stacklevel=2)
+        return self
+
+    def compile(self, **compile_kwargs: Any):
+        """Compile the pipeline's networks in place with :func:`torch.compile`, as
+        transformers' ``model.compile()`` and diffusers' ``pipe.unet =
+        torch.compile(pipe.unet)`` do: every ``torch.nn.Module`` part (the backbone, the
+        denoiser, the LM head, captioner or acoustic decoder) through
+        ``module.compile(**compile_kwargs)``, and every other part with a ``compile`` method
+        through it (the audio tokenizer: its learned vocoders).
+
+        In place: each module keeps its class and its ``state_dict`` keys (no ``_orig_mod.``
+        prefix), so the pipeline moves, casts and exports as before; outputs equal the
+        uncompiled ones up to float rounding. Nothing compiles here: the first call of each
+        new shape does (seconds to minutes on a CPU, once per process), later calls run the
+        compiled code. Worth it for many calls (a server), not for one.
+
+        Args:
+            **compile_kwargs: ``torch.compile``'s keyword arguments: ``backend`` (default
+                ``"inductor"``; ``"aot_eager"`` or ``"eager"`` trace without generating
+                code), ``mode``, ``dynamic``, ``fullgraph``, ``options``.
+
+        Returns:
+            The pipeline itself.
+
+        Raises:
+            InputError: ``torch.compile`` cannot run here (see :func:`check_compile`).
+        """
+        device = getattr(self, "device", "cpu")
+        check_compile(device, compile_kwargs.get("backend", "inductor"))
+        for name in self.parts:
+            part = getattr(self, name, None)
+            if isinstance(part, torch.nn.Module) or hasattr(part, "compile"):
+                part.compile(**compile_kwargs)
         return self
 
     @classmethod

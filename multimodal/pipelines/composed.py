@@ -234,6 +234,26 @@ class ComposedPipeline:
     def __init__(self, steps: dict[str, Any]):
         self.steps = steps
 
+    def to(self, *args: Any, **kwargs: Any) -> "ComposedPipeline":
+        """Move or cast every step's pipeline (see :meth:`Pipeline.to`).
+
+        Raises:
+            InputError: a dtype or device a step refuses.
+        """
+        for pipe in self.steps.values():
+            pipe.to(*args, **kwargs)
+        return self
+
+    def compile(self, **compile_kwargs: Any) -> "ComposedPipeline":
+        """Compile every step's networks in place (see :meth:`Pipeline.compile`).
+
+        Raises:
+            InputError: ``torch.compile`` cannot run here.
+        """
+        for pipe in self.steps.values():
+            pipe.compile(**compile_kwargs)
+        return self
+
     @classmethod
     def from_checkpoint(cls, checkpoint: Any = None, *, device: str = "cpu"
                         ) -> "ComposedPipeline":

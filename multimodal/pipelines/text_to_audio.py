@@ -14,6 +14,10 @@ voice), which espeak-ng would read out letter name by letter name.
 Random draws come from one ``torch.Generator`` seeded with ``seed``: the vocoder's noise
 (parallel) or its sampling (autoregressive), sample after sample.
 
+``pipe.to(dtype)`` (``load_pipeline(..., torch_dtype=...)``) runs the backbone and the acoustic
+decoder in bf16 or fp16; the mel leaves them as float32, and the vocoders stay float32.
+``pipe.compile()`` compiles those two and the learned vocoders.
+
 Files (written by the audio spec's writer through :func:`multimodal.outputs.write_outputs`,
 not here): 16-bit PCM WAV (soundfile) and a sidecar JSON with the prompt and settings.
 """
@@ -29,8 +33,8 @@ import torch
 
 from multimodal.data.espeak import foreign_letters
 from multimodal.errors import InputError, excerpt
-from multimodal.pipelines.base import (Pipeline, check_bool, check_dtype, check_float,
-                                       check_num_samples, check_seed, check_text, seeded)
+from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_num_samples,
+                                       check_seed, check_text, seeded)
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
 
@@ -111,24 +115,6 @@ class TextToAudioPipeline(Pipeline):
     @property
     def device(self) -> torch.device:
         return next(self.decoder.parameters()).device
-
-    def to(self, *args: Any, device: str | torch.device | None = None,
-           dtype: torch.dtype | str | None = None):
-        """Move the networks to ``device`` (see :meth:`Pipeline.to`); float32 only: the
-        acoustic decoder mixes its own float32 features into its layers.
-
-        Raises:
-            InputError: a dtype other than float32.
-        """
-        for arg in args:
-            if isinstance(arg, torch.dtype):
-                dtype = arg
-            else:
-                device = arg
-        if dtype is not None and check_dtype(dtype) != torch.float32:
-            raise InputError(f"text-to-audio runs in float32 only, got dtype {dtype}; load it "
-                             "without torch_dtype")
-        return super().to(device=device)
 
     @property
     def max_phonemes(self) -> int:

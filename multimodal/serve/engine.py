@@ -35,7 +35,7 @@ class Engine:
 
     Args:
         checkpoint: A checkpoint or run directory (default: the embedded joint model).
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"cpu"``, ``"cuda"`` (``"cuda:N"``) or ``"mps"``.
 
     Attributes:
         pipes: Task name -> pipeline, for every built-in task the checkpoint can do.

@@ -97,12 +97,15 @@ def resolve_device(name: str) -> torch.device:
     """The device of ``train.device`` (a validated name) on this machine.
 
     Raises:
-        ConfigError: CUDA is asked for but not available.
+        ConfigError: CUDA or MPS is asked for but not available.
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device is {name!r} but CUDA is not available; use 'cpu' or 'auto'")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device is {name!r} but MPS is not available here (it needs "
+                          "Apple silicon and a torch built with MPS); use 'cpu' or 'auto'")
     return torch.device(name)
 
 

@@ -225,7 +225,8 @@ class MelDecoder(nn.Module):
         frame_mask = torch.arange(f, device=states.device)[None] < durations.sum(1)[:, None]
         h_frames = expand(states, durations, f)
         mu_frames = expand(mu, durations, f)
-        x = self.frame_in(torch.cat([h_frames, mu_frames, position_features(durations, f)], -1))
+        positions = position_features(durations, f).to(h_frames.dtype)  # float32 -> bf16/fp16
+        x = self.frame_in(torch.cat([h_frames, mu_frames, positions], -1))
         x = (x + self.frame_voice(voice_ids)[:, None]).masked_fill(~frame_mask[..., None], 0)
         for block in self.decoder:
             x = block(x, frame_mask)

@@ -149,6 +149,14 @@ class LogMelTokenizer:
             vocoder.to(device)
         return self
 
+    def compile(self, **compile_kwargs: Any) -> "LogMelTokenizer":
+        """Compile the learned vocoders in place, each through its ``compile`` method
+        (``torch.compile``'s keyword arguments; see
+        :meth:`multimodal.pipelines.base.Pipeline.compile`); Griffin-Lim is no network."""
+        for vocoder in self.vocoders.values():
+            vocoder.compile(**compile_kwargs)
+        return self
+
     @torch.no_grad()
     def encode(self, wave: torch.Tensor) -> torch.Tensor:
         """(b, t) or (t,) float waveform at 16 kHz in [-1, 1] -> normalised log-mel

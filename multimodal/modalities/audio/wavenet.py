@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -305,10 +305,22 @@ class WaveNetVocoder(nn.Module):
                              device=generator.device if generator is not None else device)
         return uniform.to(device)
 
+    # generate's default for ``compile``: set by :meth:`compile`
+    compile_generation: bool = False
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """``nn.Module.compile`` (the teacher-forced forward of training), and from now on
+        :meth:`generate`'s per-sample step compiled too (its ``compile`` default), the part
+        sampling spends its time in: with inductor, torch.compile's default backend (the
+        step is compiled with inductor's C++ wrapper whatever the options); any other
+        backend leaves the step as it is."""
+        super().compile(*args, **kwargs)
+        self.compile_generation = kwargs.get("backend", "inductor") == "inductor"
+
     @torch.inference_mode()
     def generate(self, mel: torch.Tensor, *, generator: torch.Generator | None = None,
                  temperature: float = 1.0, progress: bool = False,
-                 compile: bool = False) -> torch.Tensor:
+                 compile: bool | None = None) -> torch.Tensor:
         """Fast WaveNet sampling (Paine et al. 2016) with per-layer queues.
 
         Args:
@@ -318,7 +330,8 @@ class WaveNetVocoder(nn.Module):
             progress: Show a tqdm bar (updated once per frame).
             compile: Run the per-sample step through ``torch.compile`` with inductor's C++
                 wrapper (about 2x faster per sample on CPUs, but ~15-20 s to compile once per
-                process, model size and batch size: worth it from a few seconds of audio).
+                process, model size and batch size: worth it from a few seconds of audio);
+                default: whether :meth:`compile` was called.
 
         Returns:
             (b, f * hop_length) waveform in [-1, 1] at 16 kHz.
@@ -326,6 +339,8 @@ class WaveNetVocoder(nn.Module):
         Raises:
             ValueError: a mel of the wrong shape, or ``temperature <= 0``.
         """
+        if compile is None:
+            compile = self.compile_generation
         return mu_law_decode(self._generate(mel, generator=generator, temperature=temperature,
                                             progress=progress, compile=compile)[0],
                              self.quantization_channels)
