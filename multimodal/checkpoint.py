@@ -511,19 +511,98 @@ def check_checkpoint_files(path: Path) -> None:
 
 
 def export_checkpoint(source: str | Path, destination: str | Path, *,
-                      dtype: torch.dtype | None = torch.float16) -> Path:
+                      dtype: torch.dtype | None = torch.float16,
+                      takes: list[tuple[str | Path, str]] | None = None) -> Path:
     """Copy a checkpoint for shipping: weights only (no optimizer state), the model's and the
-    tokenizers' weights cast to ``dtype`` (EMA weights where the checkpoint has them).
+    tokenizers' weights cast to ``dtype`` (EMA weights where the checkpoint has them); with
+    ``takes``, decoders of other stages joined in (:func:`compose_checkpoint`).
 
     Weights are cast back to the model's dtype (fp32) when loaded.
     """
-    loaded = load_checkpoint(source)
+    loaded = compose_checkpoint(source, takes) if takes else load_checkpoint(source)
     blocklist = loaded.path / CHECKPOINT_BLOCKLIST
     return save_checkpoint(destination, model=loaded.model, config=loaded.config,
                            tokenizers=loaded.tokenizers, step=loaded.meta.get("step", 0),
                            dtype=dtype, tokenizer_dtype=dtype,
                            extra_files={CHECKPOINT_BLOCKLIST: blocklist.read_bytes()}
                            if blocklist.is_file() else None)
+
+
+def _same_tokenizer(a: Path, b: Path, name: str) -> bool:
+    """Whether two checkpoints saved the same tokenizer ``name``: the same files, equal bytes
+    but for JSON files, whose shared keys must agree (a fit's statistics, such as a VAE's
+    final loss, are kept only by the run that fitted it)."""
+    files = [sorted(p.relative_to(d) for p in d.rglob("*") if p.is_file())
+             for d in (a / "tokenizers" / name, b / "tokenizers" / name)]
+    if files[0] != files[1]:
+        return False
+    for rel in files[0]:
+        x, y = a / "tokenizers" / name / rel, b / "tokenizers" / name / rel
+        if rel.suffix == ".json":
+            dx, dy = (json.loads(f.read_text(encoding="utf-8")) for f in (x, y))
+            if not (isinstance(dx, dict) and isinstance(dy, dict)):
+                if dx != dy:
+                    return False
+            elif any(dx[k] != dy[k] for k in dx.keys() & dy.keys()):
+                return False
+        elif sha256_file(x) != sha256_file(y):
+            return False
+    return True
+
+
+def compose_checkpoint(base: str | Path, takes: list[tuple[str | Path, str]]) -> LoadedCheckpoint:
+    """``base`` with decoders taken from other checkpoints that share its frozen backbone.
+
+    Two stages that freeze the same backbone and train different decoders can run side by
+    side; this joins them. Each ``(source, "decoders.NAME")`` brings that decoder's weights,
+    its config section (and ``data.NAME``, for the record) and any tokenizer the base lacks.
+
+    Raises:
+        CheckpointError: a part that is not ``decoders.NAME`` or that the source lacks, a
+            backbone that differs from the base's in any weight (the decoder was fitted to
+            another backbone), or a tokenizer both have that differs.
+    """
+    loaded = load_checkpoint(base)
+    config = {**loaded.config, "decoders": dict(loaded.config.get("decoders") or {})}
+    config["data"] = dict(loaded.config.get("data") or {})
+    config["tokenizers"] = dict(loaded.config.get("tokenizers") or {})
+    tokenizers, weights = dict(loaded.tokenizers), loaded.model.state_dict()
+    backbone = {k: v for k, v in weights.items() if k.startswith("backbone.")}
+    for source, part in takes:
+        src = load_checkpoint(source)
+        name = part.removeprefix("decoders.")
+        if not part.startswith("decoders.") or name not in (src.config.get("decoders") or {}):
+            raise CheckpointError(f"cannot take '{part}' from {src.path}: name one of its "
+                                  f"decoders: " + ", ".join(f"decoders.{d}" for d in
+                                                            src.config.get("decoders") or {}))
+        theirs = src.model.state_dict()
+        differ = [k for k, v in backbone.items()
+                  if k not in theirs or not torch.equal(theirs[k].to(v.dtype), v)]
+        if differ or any(k.startswith("backbone.") and k not in backbone for k in theirs):
+            raise CheckpointError(f"cannot take '{part}' from {src.path}: its backbone is not "
+                                  f"the one of {loaded.path} ({len(differ)} weights differ, "
+                                  f"e.g. {differ[:1]}); decoders join only across stages that "
+                                  "froze the same backbone")
+        for tok in src.config.get("tokenizers") or {}:
+            if tok not in tokenizers:
+                tokenizers[tok] = src.tokenizers[tok]
+                config["tokenizers"][tok] = src.config["tokenizers"][tok]
+            elif not _same_tokenizer(src.path, loaded.path, tok):
+                raise CheckpointError(f"cannot take '{part}' from {src.path}: its tokenizer "
+                                      f"'{tok}' differs from the one of {loaded.path}")
+        config["decoders"][name] = src.config["decoders"][name]
+        if name in (src.config.get("data") or {}):
+            config["data"][name] = src.config["data"][name]
+        weights = {k: v for k, v in weights.items() if not k.startswith(part + ".")}
+        weights.update({k: v for k, v in theirs.items() if k.startswith(part + ".")})
+    validate_config(config, source=f"{loaded.path} composed")
+    try:
+        model = build_model(config, tokenizers, checkpoint_dir=loaded.path)
+    except ConfigError as exc:
+        raise CheckpointError(f"cannot build the composed model: {exc}") from None
+    load_weights(model, weights)
+    return LoadedCheckpoint(path=loaded.path, config=config, model=model.eval(),
+                            tokenizers=tokenizers, meta=loaded.meta)
 
 
 # -- sharded checkpoints (train.strategy: fsdp) ------------------------------------------------

@@ -154,6 +154,53 @@ def test_init_from_skip_keeps_those_weights_fresh(base, tmp_path):
                 out_dir=tmp_path / "bad2", progress=False)
 
 
+def test_init_from_skip_may_name_a_layer_new_in_a_taken_part(base, tmp_path):
+    # a deeper model: its extra block is new inside the taken backbone (as a pooled_proj
+    # added to a taken decoder) and starts fresh
+    depth = len({k.split(".")[2] for k in _weights(base) if k.startswith("backbone.blocks.")})
+    deeper = {"backbone": {"depth": depth + 1}, "train": {"max_steps": 1}}
+    config = tiny_config(init_from=[{"from": str(base), "take": ["backbone"],
+                                     "skip": [f"backbone.blocks.{depth}"]}], **deeper)
+    state = Trainer(config, out_dir=tmp_path / "run", progress=False).model.state_dict()
+    weights = _weights(base)
+    assert all(torch.equal(state[k], weights[k]) for k in weights if k.startswith("backbone."))
+    assert any(k.startswith(f"backbone.blocks.{depth}.") for k in state)
+    with pytest.raises(CheckpointError, match=rf"skip 'backbone.blocks.{depth + 1}' names no "
+                                              "weight of the model"):
+        Trainer(tiny_config(init_from=[{"from": str(base), "take": ["backbone"],
+                                        "skip": [f"backbone.blocks.{depth + 1}"]}], **deeper),
+                out_dir=tmp_path / "bad", progress=False)
+
+
+@requires_fashion_mnist
+def test_compose_joins_decoders_of_stages_that_froze_one_backbone(tmp_path):
+    from multimodal.checkpoint import compose_checkpoint, export_checkpoint
+    from multimodal.testing import tiny_image_config
+
+    def run(name, **train_settings):
+        config = tiny_image_config(train={"max_steps": 2, **train_settings})
+        return train(config, out_dir=tmp_path / name, progress=False)["checkpoint"]
+
+    base = run("base")
+    # a parallel stage on base's frozen backbone trains its image decoder further
+    stage = train(tiny_image_config(init_from=base, train={"max_steps": 2,
+                                                           "freeze": ["backbone"]}),
+                  out_dir=tmp_path / "stage", progress=False)["checkpoint"]
+    composed = compose_checkpoint(base, [(stage, "decoders.image")])
+    mine, theirs = composed.model.state_dict(), load_checkpoint(stage).model.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)  # here: all of stage
+    out = export_checkpoint(base, tmp_path / "joined", dtype=None,
+                            takes=[(stage, "decoders.image")])
+    joined = load_checkpoint(out).model.state_dict()
+    assert all(torch.equal(joined[k], theirs[k]) for k in joined)
+    with pytest.raises(CheckpointError, match="name one of its decoders: decoders.image"):
+        compose_checkpoint(base, [(stage, "decoders.audio")])
+    moved = train(tiny_image_config(init_from=base, train={"max_steps": 2}),
+                  out_dir=tmp_path / "moved", progress=False)["checkpoint"]
+    with pytest.raises(CheckpointError, match="its backbone is not the one of"):
+        compose_checkpoint(base, [(moved, "decoders.image")])
+
+
 def test_init_from_take_can_rename_a_part(base, tmp_path):
     config = tiny_config(init_from=[str(base), {"from": str(base), "take": {
         "backbone.blocks.1": "backbone.blocks.0"}}], train={"max_steps": 1})

@@ -426,6 +426,46 @@ def test_image_to_text_kv_cached_decoding_equals_the_full_forward():
     pipe.use_kv_cache = True
 
 
+def test_captioner_with_its_own_encoder_and_decoder_layers():
+    """``encoder_layers`` see the whole image (bidirectional), ``decoder_layers`` are causal
+    after the backbone (a later caption token changes no earlier logit), and the pipeline
+    decodes with them (no backbone cache then)."""
+    from multimodal.errors import ConfigError
+    from multimodal.modalities.image.caption import LatentCaptioner
+    from multimodal.modalities.image.vae import ImageVAETokenizer
+    from multimodal.pipelines.image_to_text import ImageToTextPipeline
+    from multimodal.testing import tiny_tokenizer
+
+    torch.manual_seed(0)
+    backbone = tiny_backbone().eval()
+    captioner = LatentCaptioner(backbone=backbone, encoder_layers=2, decoder_layers=2).eval()
+    latents = torch.randn(2, *captioner.latent_shape)
+    ids = torch.randint(0, backbone.vocab_size, (2, 6))
+    with torch.no_grad():
+        logits = captioner(latents, ids)
+        changed = ids.clone()
+        changed[:, -1] = (ids[:, -1] + 1) % backbone.vocab_size
+        torch.testing.assert_close(captioner(latents, changed)[:, :-1], logits[:, :-1])
+        corner = latents.clone()
+        corner[:, :, -1, -1] += 3.0  # the last patch: the encoder carries it to every token
+        tokens, moved = captioner.image_tokens(latents), captioner.image_tokens(corner)
+        assert not torch.allclose(tokens[:, 0], moved[:, 0])
+    assert {n.split(".")[0] for n, _ in captioner.named_parameters()} == {
+        "patch_embed", "encoder", "decoder"}
+    with pytest.raises(ConfigError, match="decoder_layers must be >= 0"):
+        LatentCaptioner(backbone=backbone, decoder_layers=-1)
+
+    vae = ImageVAETokenizer(**TINY["tokenizers"]["image_vae"])
+    vae.fit([{"image": torch.rand(1, 32, 32) * 2 - 1} for _ in range(8)], progress=False)
+    tokenizer = tiny_tokenizer()
+    with torch.no_grad():
+        backbone.tok_embeddings.weight[tokenizer.eos_id] = 0.0
+    pipe = ImageToTextPipeline(backbone=backbone, captioner=captioner, vae=vae,
+                               tokenizer=tokenizer)
+    texts = pipe([random_image(seed=i) for i in range(2)], max_new_tokens=8).texts
+    assert len(texts) == 2 and all(texts)
+
+
 def test_oversized_images_are_refused_clearly(tmp_path, monkeypatch):
     import numpy as np
     from PIL import Image

@@ -163,10 +163,12 @@ class ImageToTextPipeline(Pipeline):
         eos, k, device = self.tokenizer.eos_id, len(pixels), self.device
         ids = torch.full((k, 1), eos, dtype=torch.long, device=device)  # (k, n)
         done = torch.zeros(k, dtype=torch.bool, device=device)
-        if self.use_kv_cache:
+        # the captioner's own decoder layers keep no cache: then re-run the prefix per token
+        cached = self.use_kv_cache and getattr(self.captioner, "decoder", None) is None
+        if cached:
             m = self.captioner.num_image_tokens
             cache = self.backbone.new_kv_cache(k, m + 1 + max_new_tokens)
-            prefix = torch.cat([self.captioner.patch_embed(latents),
+            prefix = torch.cat([self.captioner.image_tokens(latents),
                                 self.backbone.tok_embeddings(ids)], dim=1)  # (k, m + 1, d)
             modality = torch.tensor([MODALITY_IDS["image"]] * m + [MODALITY_IDS["text"]],
                                     device=device)
@@ -174,7 +176,7 @@ class ImageToTextPipeline(Pipeline):
                                    modality_ids=modality[None].expand(k, -1))
             logits = self._logits(hidden[:, -1])  # (k, v)
         for step in range(max_new_tokens):
-            if not self.use_kv_cache:
+            if not cached:
                 logits = self.captioner(latents, ids)[:, -1].float()  # (k, v)
             nxt = sample_next_token(logits.cpu(), do_sample=do_sample, temperature=temperature,
                                     top_k=top_k, top_p=top_p, generator=generator)
@@ -183,7 +185,7 @@ class ImageToTextPipeline(Pipeline):
             done |= nxt == eos
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            if self.use_kv_cache:
+            if cached:
                 hidden = self.backbone(inputs_embeds=self.backbone.tok_embeddings(nxt[:, None]),
                                        modality_ids=MODALITY_IDS["text"], kv_cache=cache)
                 logits = self._logits(hidden[:, -1])

@@ -99,8 +99,15 @@ def _resolve(entries: list[InitEntry]) -> tuple[list[InitSource], list[Problem]]
                     found.append(f"{where}: init_from {path}: take '{part}': it has no such "
                                  f"tokenizer; it has: {', '.join(tokenizer_names(path)) or 'none'}")
             given = [new for new, _ in _renamed(keys(), entry.take)] if entry.skip else []
-            found += [f"{where}: skip '{prefix}' names none of the weights this entry gives"
-                      for prefix in entry.skip if not any(_in_part(k, prefix) for k in given)]
+            # A prefix may also name a layer the new model adds inside a part this entry
+            # takes (a fresh pooled_proj in a taken decoder); merge_init_weights then checks
+            # that the model has it.
+            taken = [new for new, _ in entry.take or []]
+            found += [f"{where}: skip '{prefix}' names none of the weights this entry gives "
+                      f"and lies in no part it takes"
+                      for prefix in entry.skip
+                      if not any(_in_part(k, prefix) for k in given)
+                      and not any(_in_part(prefix, part) for part in taken)]
         except CheckpointError as exc:
             found.append(f"{where}: {exc}")
         problems += [(where, message) for message in found]
@@ -162,7 +169,12 @@ def merge_init_weights(sources: list[InitSource],
                        if not any(_in_part(new, p) for p in src.skip)})
     skipped = [p for src in sources for p in src.skip]
     if model is not None and skipped:
-        merged.update({k: v for k, v in model.state_dict().items()
+        own = model.state_dict()
+        unknown = [p for p in skipped if not any(_in_part(k, p) for k in own)]
+        if unknown:
+            raise CheckpointError(f"init_from skip {', '.join(map(repr, unknown))} names no "
+                                  f"weight of the model built from the config")
+        merged.update({k: v for k, v in own.items()
                        if k not in merged and any(_in_part(k, p) for p in skipped)})
     return merged
 

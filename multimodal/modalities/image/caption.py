@@ -3,9 +3,13 @@ its caption (a prefix captioner: the image tokens come first, then the caption's
 the "prefix LM" recipe of SimVLM, Wang et al. 2022, https://arxiv.org/abs/2108.10904, on
 ViT-style latent patches, Dosovitskiy et al. 2021).
 
-The decoder ``latent_captioner`` owns only the patch embedding: the backbone and its token
-embedding (as the output projection) are the ones every other modality uses, so captioning
-trains the same network that conditions the image, video and speech decoders. The modality
+The decoder ``latent_captioner`` owns the patch embedding and, with ``encoder_layers > 0``, a
+small bidirectional ViT encoder over the patches (Dosovitskiy et al. 2021): the backbone and its
+token embedding (as the output projection) are the ones every other modality uses, so
+captioning trains the same network that conditions the image, video and speech decoders. When
+that backbone is frozen (a joint model whose other decoders read it), the encoder is what learns
+to see, and the backbone reads its output as a soft prefix: the recipe of LLaVA's first stage
+(Liu et al. 2023, https://arxiv.org/abs/2304.08485), with the vision tower trained. The modality
 ``caption`` reads any image dataset (image + caption) and its loss is the next-token
 cross-entropy of the caption, end-of-text included, given the image.
 
@@ -40,15 +44,43 @@ class LatentCaptioner(nn.Module):
         latent_channels: ``l`` of the image VAE (default 4).
         sample_size: Latent side (default 8: 32x32 images, 4x VAE).
         patch_size: Patch side (default 2: 16 image tokens).
+        encoder_layers: Pre-norm Transformer encoder layers (``torch.nn.TransformerEncoder``,
+            bidirectional over the image tokens, width ``d``) between the patch embedding and
+            the backbone (default 0: the patches go straight in).
+        encoder_heads: Attention heads of those layers and of the decoder's (default 4; must
+            divide ``d``).
+        decoder_layers: Causal pre-norm Transformer layers of the captioner's own after the
+            backbone, over its image and caption states, before the tied head (default 0).
+            With a frozen backbone they are what learns the caption's language; the
+            backbone's key-value cache then serves no more, and captions re-run the prefix
+            per token (short captions: cheap).
     """
 
     injected_args = ("backbone",)
 
     def __init__(self, *, backbone: nn.Module, latent_channels: int = 4, sample_size: int = 8,
-                 patch_size: int = 2):
+                 patch_size: int = 2, encoder_layers: int = 0, encoder_heads: int = 4,
+                 decoder_layers: int = 0):
         super().__init__()
+        if min(encoder_layers, decoder_layers) < 0 or encoder_heads < 1 \
+                or backbone.dim % encoder_heads:
+            raise ConfigError(f"latent_captioner: encoder_layers and decoder_layers must be "
+                              f">= 0 (got {encoder_layers}, {decoder_layers}) and "
+                              f"encoder_heads >= 1 must divide the backbone width "
+                              f"{backbone.dim} (got {encoder_heads})")
         self.patch_embed = LatentPatchEmbed(dim=backbone.dim, latent_channels=latent_channels,
                                             sample_size=sample_size, patch_size=patch_size)
+        layer = nn.TransformerEncoderLayer(backbone.dim, encoder_heads,
+                                           dim_feedforward=4 * backbone.dim, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = self.decoder = None
+        if encoder_layers:
+            self.encoder = nn.Sequential(
+                nn.TransformerEncoder(layer, encoder_layers, enable_nested_tensor=False),
+                nn.LayerNorm(backbone.dim))
+        if decoder_layers:  # residual refinements of the backbone's states (no final norm)
+            self.decoder = nn.TransformerEncoder(layer, decoder_layers,
+                                                 enable_nested_tensor=False)
         self._backbone = [backbone]  # not registered twice: it is saved under the model
         self.latent_shape = (latent_channels, sample_size, sample_size)
 
@@ -62,6 +94,11 @@ class LatentCaptioner(nn.Module):
                               f"the captioner reads {self.latent_shape}; set its "
                               "latent_channels / sample_size to the VAE's")
 
+    def image_tokens(self, latents: torch.Tensor) -> torch.Tensor:
+        """(b, l, y, x) scaled VAE latents -> (b, m, d) the backbone's image prefix."""
+        image = self.patch_embed(latents)
+        return image if self.encoder is None else self.encoder(image)
+
     def forward(self, latents: torch.Tensor, ids: torch.Tensor,
                 kv_cache: Any = None) -> torch.Tensor:
         """Logits of the token after each caption position.
@@ -74,13 +111,17 @@ class LatentCaptioner(nn.Module):
             (b, n, v) logits: row i predicts caption token i + 1.
         """
         backbone = self._backbone[0]
-        image = self.patch_embed(latents)  # (b, m, d)
+        image = self.image_tokens(latents)  # (b, m, d)
         text = backbone.tok_embeddings(ids)  # (b, n, d)
         m = image.shape[1]
         modality = torch.cat([torch.full((m,), MODALITY_IDS["image"]),
                               torch.full((ids.shape[1],), MODALITY_IDS["text"])]).to(ids.device)
         hidden = backbone(inputs_embeds=torch.cat([image, text], dim=1),
                           modality_ids=modality[None].expand(ids.shape[0], -1))
+        if self.decoder is not None:
+            causal = nn.Transformer.generate_square_subsequent_mask(
+                hidden.shape[1], device=hidden.device, dtype=hidden.dtype)
+            hidden = self.decoder(hidden, mask=causal, is_causal=True)
         return F.linear(hidden[:, m:], backbone.tok_embeddings.weight)
 
 
