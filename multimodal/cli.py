@@ -8,9 +8,9 @@ the pipeline's ``__call__`` (each keyword argument a ``--kebab-case`` option, it
 default from the annotation and default, ``bool`` a flag, ``Literal`` a choice, help from the
 docstring's ``Args:``), so a plugin's pipeline has a command line without writing one; where a
 signature cannot say today's command line exactly, :data:`OVERRIDES` says it. The CLI adds the
-options it owns (``--checkpoint``, ``--device``, ``--out``, ``--grid``, ``--strip``,
-``--no-progress``), calls ``pipe(**kwargs)`` and writes the output through
-:func:`multimodal.outputs.write_outputs`.
+options it owns (``--checkpoint``, ``--device``, ``--torch-dtype``, ``--compile``, ``--out``,
+``--grid``, ``--strip``, ``--no-progress``), calls ``pipe(**kwargs)`` and writes the output
+through :func:`multimodal.outputs.write_outputs`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from multimodal.evaluation import evaluate
 from multimodal.interop import export_hf
 from multimodal.io import OutputFiles, atomic_write_text
 from multimodal.outputs import check_overwrite, output_stems, write_outputs
-from multimodal.pipelines import check_device, load_pipeline
+from multimodal.pipelines import check_device, load_pipeline, prepare
+from multimodal.pipelines.base import DTYPES, check_compile, check_dtype
 from multimodal.pipelines.composed import composed_task
 from multimodal.pipelines.text_generation import TextStreamer
 from multimodal.plot import plot_run
@@ -50,6 +51,7 @@ from multimodal.training.plan import memory_plan, parse_memory
 from multimodal.training.trainer import resolve_device, train
 
 EXIT_USAGE = 2
+DEVICE_HELP = "where the networks run: cpu (default), cuda, cuda:N or mps (Apple silicon)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
         "train", help="train a model from a YAML config",
         description="A run directory holds one run: a new run refuses one that already holds "
                     "checkpoints (use --resume, another --out-dir, or remove it), and a run "
-                    "in progress locks it.")
+                    "in progress locks it. The device is the config's train.device (auto: "
+                    "CUDA where there is one, else the CPU; cpu, cuda, cuda:N or mps), e.g. "
+                    "the override train.device=cuda.")
     train.__class__ = _IntermixedParser  # flags may follow the overrides
     train.add_argument("config", help="YAML config file")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -97,14 +101,18 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="measure a checkpoint's quality")
     ev.add_argument("task", help="task name, e.g. text-generation")
     ev.add_argument("--checkpoint", help="checkpoint or run directory (default: embedded)")
-    ev.add_argument("--num-samples", type=int, default=32, help="generated samples to judge")
+    ev.add_argument("--num-samples", type=int, default=None,
+                    help="samples to judge per class or concept (default: the evaluation's "
+                         "own, 32 for Fashion-MNIST, 8 for emoji)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", help="also write the report as JSON to this file")
+    ev.add_argument("--device", default="cpu", help=DEVICE_HELP)
 
     demo = sub.add_parser("demo", help="generate one of everything the default model can make")
     demo.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
     demo.add_argument("--checkpoint", help="checkpoint or run directory (default: embedded)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="cpu", help=DEVICE_HELP)
 
     rp = sub.add_parser("replay", help="regenerate an output file from the settings it carries")
     rp.add_argument("file", help="a PNG, or a WAV/MP4/GIF/TXT with its sidecar .json")
@@ -112,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="the model that made it (default: embedded); for a composed task "
                          "STEP=DIR, repeatable")
     rp.add_argument("--out", default="out/replay", help="output directory (default out/replay)")
-    rp.add_argument("--device", default="cpu", help="cpu or cuda")
+    rp.add_argument("--device", default="cpu", help=DEVICE_HELP)
     rp.add_argument("--overwrite", action="store_true",
                     help="replace files of the same names in --out (default: refuse them)")
 
@@ -123,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="address to bind (default 127.0.0.1: this machine only)")
     srv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     srv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every request")
-    srv.add_argument("--device", default="cpu", help="cpu or cuda")
+    srv.add_argument("--device", default="cpu", help=DEVICE_HELP)
 
     ex = sub.add_parser(
         "export", help="write a checkpoint for shipping, or as Hugging Face folders",
@@ -237,11 +245,15 @@ def _cmd_generate(args) -> int:
     options = task_options(cls, task)
     parser = task_parser(cls, task, options, prog=f"multimodal generate {args.task}")
     ns = parser.parse_args(args.rest)
-    if getattr(cls, "composed", False):
+    if getattr(cls, "composed", False):  # a task file's class is not registered: load it here
         check_device(ns.device)
-        pipe = cls.from_checkpoint(ns.checkpoint, device=ns.device)
+        dtype = None if ns.torch_dtype is None else check_dtype(ns.torch_dtype)
+        if ns.compile:
+            check_compile(ns.device)
+        pipe = prepare(cls.from_checkpoint(ns.checkpoint, device=ns.device), dtype, ns.compile)
     else:
-        pipe = load_pipeline(args.task, ns.checkpoint, device=ns.device)
+        pipe = load_pipeline(args.task, ns.checkpoint, device=ns.device,
+                             torch_dtype=ns.torch_dtype, compile=ns.compile)
     kwargs = {}
     for option in options:
         value = getattr(ns, option.dest)
@@ -351,7 +363,16 @@ def task_parser(cls, task: str, options: list[Option], *, prog: str) -> argparse
                                  "default: each step's embedded one)")
     else:
         parser.add_argument("--checkpoint", help="checkpoint or run directory (default: embedded)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    parser.add_argument("--torch-dtype", "--dtype", dest="torch_dtype", choices=list(DTYPES),
+                        metavar="DTYPE",
+                        help="the networks' dtype: float32 (default), bfloat16 (bf16: CPUs "
+                             "and GPUs), float16 (fp16: GPUs; on a CPU it runs, slowly, with a "
+                             "warning); also fp32, half")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the networks with torch.compile (inductor; on a CPU it "
+                             "needs a C++ compiler): the first sample waits for the compile, "
+                             "tens of seconds or more, so it pays off over many samples")
     for option in options:
         parser.add_argument(*option.flags, dest=option.dest, **option.kwargs)
     if task in OPTIONAL_OUT:
@@ -515,8 +536,10 @@ def report(task: str, output: Any, written: list[Path], kwargs: dict[str, Any],
 
 
 def _cmd_evaluate(args) -> int:
-    result = evaluate(args.task, checkpoint=args.checkpoint, num_samples=args.num_samples,
-                      seed=args.seed)
+    check_device(args.device)
+    given = {} if args.num_samples is None else {"num_samples": args.num_samples}
+    result = evaluate(args.task, checkpoint=args.checkpoint, seed=args.seed,
+                      device=args.device, **given)
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
@@ -525,6 +548,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_replay(args) -> int:
+    check_device(args.device)
     result = replay(args.file, checkpoint=args.checkpoint, out=args.out, device=args.device,
                     overwrite=args.overwrite)
     report(result["task"], result["output"], result["written"], result["kwargs"],
@@ -535,7 +559,8 @@ def _cmd_replay(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    for line in run_demo(args.out, checkpoint=args.checkpoint, seed=args.seed):
+    for line in run_demo(args.out, checkpoint=args.checkpoint, seed=args.seed,
+                         device=args.device):
         print(line)
     return 0
 

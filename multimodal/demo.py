@@ -3,9 +3,10 @@
 Writes ``text.txt`` (+ ``text.json``) from the text model and, for each other task whose
 model is there (else a "skipped" line):
 
-* ``image.png``: one sample for each of ten prompts naming the Fashion-MNIST items, as a grid
-  (2 rows of 5; each 32x32 sample upscaled 4x, nearest neighbour), its prompts, seed and
-  settings in the PNG's text chunk;
+* ``image.png``: one sample for each prompt of :data:`IMAGE_PROMPTS` for the image data the
+  checkpoint was trained on (16 common emoji concepts as a 4x4 grid of 64x64 colour samples
+  upscaled 2x; the ten Fashion-MNIST items as 2 rows of 5 of 32x32 grey samples upscaled 4x;
+  nearest neighbour), its prompts, seed and settings in the PNG's text chunk;
 * ``audio.wav`` (+ ``audio.json``): :data:`AUDIO_PROMPT` spoken, 16 kHz;
 * ``video.mp4`` and ``video.gif`` (+ ``video.json``): :data:`VIDEO_PROMPTS`' first clip at
   10 frames per second (the MP4 is skipped with a warning when no ffmpeg is available), and
@@ -31,32 +32,45 @@ from multimodal.io import atomic_write_bytes, atomic_write_text, prepare_out_dir
 from multimodal.modalities.audio.files import wav_bytes
 from multimodal.modalities.image.files import image_grid, png_bytes
 from multimodal.modalities.video import files
-from multimodal.pipelines import load_pipeline
+from multimodal.checkpoint import find_checkpoint, read_config
+from multimodal.pipelines import check_device, default_checkpoint, load_pipeline
 
 TEXT_PROMPT = "The secret of life is"
 AUDIO_PROMPT = "Seven. A sneaker and a bag."
 VIDEO_PROMPTS = ("a sneaker moving left", "a bag moving right", "a dress moving up",
                  "an ankle boot moving down")
-IMAGE_PROMPTS = ("a t-shirt", "a pair of trousers", "a pullover", "a dress", "a coat",
-                 "a sandal", "a shirt", "a sneaker", "a bag", "an ankle boot")
+# The image grid's prompts by the checkpoint's image dataset (``data.image.type``); the first
+# entry serves any other.
+IMAGE_PROMPTS = {
+    "fashion_mnist": ("a t-shirt", "a pair of trousers", "a pullover", "a dress", "a coat",
+                      "a sandal", "a shirt", "a sneaker", "a bag", "an ankle boot"),
+    "emoji": ("a red apple", "a banana", "a slice of pizza", "a pineapple",
+              "a cat face", "a dog face", "a frog", "a penguin",
+              "a red car", "a rocket", "a bicycle", "an airplane",
+              "a grinning face", "a red heart", "a sunflower", "an umbrella"),
+}
 
 
-def run_demo(out_dir: str | Path, *, checkpoint=None, seed: int = 0) -> Iterator[str]:
+def run_demo(out_dir: str | Path, *, checkpoint=None, seed: int = 0,
+             device: str = "cpu") -> Iterator[str]:
     """Generate with the embedded (or given) checkpoints; yield a line per file written.
 
     Args:
         out_dir: Output directory (created).
         checkpoint: Use this checkpoint for every task it supports instead of the embedded ones.
         seed: Seed of every sample.
+        device: Where the networks run: ``"cpu"``, ``"cuda"`` (``"cuda:N"``) or ``"mps"``.
 
     Raises:
         CheckpointError: no usable checkpoint for text generation.
-        InputError: ``out_dir`` cannot be written.
+        InputError: ``out_dir`` cannot be written; an unknown or unavailable ``device``
+            (refused before anything is written).
     """
+    check_device(device)
     out = prepare_out_dir(out_dir)
 
     start = time.perf_counter()
-    pipe = load_pipeline("text-generation", checkpoint)
+    pipe = load_pipeline("text-generation", checkpoint, device=device)
     max_new_tokens = min(120, pipe.backbone.max_seq_len - 1)  # a toy model's context is short
     result = pipe(TEXT_PROMPT, max_new_tokens=max_new_tokens, seed=seed)
     text = TEXT_PROMPT + result.texts[0]
@@ -71,23 +85,37 @@ def run_demo(out_dir: str | Path, *, checkpoint=None, seed: int = 0) -> Iterator
                        ("text-to-video", _video)):
         start = time.perf_counter()
         try:
-            pipe = load_pipeline(task, checkpoint)
+            pipe = load_pipeline(task, checkpoint, device=device)
         except CheckpointError as exc:
             yield f"{task}: skipped ({exc})"
             continue
-        line = step(pipe, out, seed)
+        line = step(pipe, out, seed, checkpoint) if step is _image else step(pipe, out, seed)
         yield f"{task} ({time.perf_counter() - start:.1f} s) -> {line}"
 
 
-def _image(image_pipe, out: Path, seed: int) -> str:
+def image_prompts(checkpoint=None) -> tuple[str, ...]:
+    """The demo's image prompts for what ``checkpoint`` (default: the embedded one) drew in
+    training: :data:`IMAGE_PROMPTS` of its ``data.image.type``."""
+    path = find_checkpoint(default_checkpoint("text-to-image") if checkpoint is None
+                           else checkpoint)
+    kind = ((read_config(path).get("data") or {}).get("image") or {}).get("type")
+    return IMAGE_PROMPTS.get(kind, IMAGE_PROMPTS["fashion_mnist"])
+
+
+def _image(image_pipe, out: Path, seed: int, checkpoint=None) -> str:
+    prompts = image_prompts(checkpoint)
+    columns = 4 if len(prompts) == 16 else 5
     samples, settings = [], None
-    for prompt in IMAGE_PROMPTS:
+    for prompt in prompts:
         result = image_pipe(prompt, seed=seed, progress=False)
-        samples.append(result.images[0].repeat(4, axis=0).repeat(4, axis=1))
+        scale = max(1, 128 // result.images[0].shape[0])  # 32 -> 4x, 64 -> 2x
+        samples.append(result.images[0].repeat(scale, axis=0).repeat(scale, axis=1))
         settings = result.metadata(0)
-    settings = dict(settings, prompt=list(IMAGE_PROMPTS), sample=None, grid="2 rows of 5")
-    atomic_write_bytes(out / "image.png", png_bytes(image_grid(samples, columns=5), settings))
-    return f"{out / 'image.png'}: " + ", ".join(IMAGE_PROMPTS)
+    settings = dict(settings, prompt=list(prompts), sample=None,
+                    grid=f"{len(prompts) // columns} rows of {columns}")
+    atomic_write_bytes(out / "image.png", png_bytes(image_grid(samples, columns=columns),
+                                                    settings))
+    return f"{out / 'image.png'}: " + ", ".join(prompts)
 
 
 def _audio(audio_pipe, out: Path, seed: int) -> str:

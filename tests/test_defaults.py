@@ -1,5 +1,5 @@
 """The embedded default (``multimodal/assets/joint``): every built-in task loads the one joint
-checkpoint without a checkpoint argument, and the assets fit the 40 MB budget."""
+checkpoint without a checkpoint argument, and the assets fit the 64 MB budget."""
 
 from __future__ import annotations
 
@@ -23,4 +23,4 @@ def test_every_built_in_task_loads_the_embedded_joint_model(task):
 
 def test_embedded_defaults_fit_the_budget():
     size = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
-    assert size <= 40e6, f"multimodal/assets holds {size / 1e6:.1f} MB; the budget is 40 MB"
+    assert size <= 64e6, f"multimodal/assets holds {size / 1e6:.1f} MB; the budget is 64 MB"
