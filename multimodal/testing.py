@@ -165,10 +165,22 @@ def tiny_image_config(**sections: Any) -> dict:
     return merge(config, copy.deepcopy(sections))
 
 
+def _tiny_latent_size(image_size) -> int | list[int]:
+    """The denoiser's ``sample_size`` for a tiny VAE's ``image_size`` (an int or [h, w])."""
+    # deferred: the specs import this module while the registry loads its built-ins
+    from multimodal.data.images import image_height_width
+
+    height, width = image_height_width(image_size)
+    factor = 2 ** (len(TINY["tokenizers"]["image_vae"]["block_out_channels"]) - 1)
+    return height // factor if height == width else [height // factor, width // factor]
+
+
 def tiny_image_pipeline(task: str = "text-to-image", denoiser: str = "latent_unet", *,
-                        image_channels: int = 1, image_size: int = 32, **denoiser_overrides):
+                        image_channels: int = 1, image_size: int | tuple[int, int] = 32,
+                        **denoiser_overrides):
     """An untrained image pipeline of tiny components, built in milliseconds (no data): grey
-    32x32 by default, ``image_channels=3, image_size=64`` for one like the emoji model."""
+    32x32 by default, ``image_channels=3, image_size=64`` for one like the emoji model,
+    ``image_size=(h, w)`` for a rectangular one."""
     # deferred: the specs import this module while the registry loads its built-ins
     from multimodal.modalities.image.vae import ImageVAETokenizer
     from multimodal.registry import decoders, pipelines
@@ -176,8 +188,8 @@ def tiny_image_pipeline(task: str = "text-to-image", denoiser: str = "latent_une
     backbone = tiny_backbone().eval()
     vae_kwargs = dict(TINY["tokenizers"]["image_vae"], in_channels=image_channels,
                       image_size=image_size)
-    latent_size = image_size // 2 ** (len(vae_kwargs["block_out_channels"]) - 1)
-    kwargs = {**TINY["decoders"][denoiser], "sample_size": latent_size, **denoiser_overrides}
+    kwargs = {**TINY["decoders"][denoiser], "sample_size": _tiny_latent_size(image_size),
+              **denoiser_overrides}
     model = decoders.get(denoiser)(backbone=backbone, **kwargs).eval()
     vae = ImageVAETokenizer(**vae_kwargs)  # after the denoiser: its random draws come first
     return pipelines.get(task)(backbone=backbone, denoiser=model, vae=vae,
@@ -221,11 +233,11 @@ def tiny_image_folder(directory, *, count: int = 40, fmt: str = "jsonl", size: i
 
 
 def tiny_image_checkpoint(path, denoiser: str = "latent_unet", *, image_channels: int = 1,
-                          image_size: int = 32):
+                          image_size: int | tuple[int, int] = 32):
     """Save a checkpoint of tiny, barely trained image components (no dataset needed): a VAE
     fitted for a few steps on random images, an untrained backbone and denoiser; grey 32x32 by
-    default, ``image_channels=3, image_size=64`` for a colour one like the emoji model. Returns
-    the checkpoint directory."""
+    default, ``image_channels=3, image_size=64`` for a colour one like the emoji model,
+    ``image_size=(h, w)`` for a rectangular one. Returns the checkpoint directory."""
     import torch
 
     # deferred: the specs import this module while the registry loads its built-ins
@@ -235,13 +247,15 @@ def tiny_image_checkpoint(path, denoiser: str = "latent_unet", *, image_channels
     pipe = tiny_image_pipeline(denoiser=denoiser, image_channels=image_channels,
                                image_size=image_size)
     generator = torch.Generator().manual_seed(0)
-    shape = (image_channels, image_size, image_size)
+    shape = pipe.vae.image_shape
     images = [{"image": torch.rand(shape, generator=generator) * 2 - 1} for _ in range(16)]
     pipe.vae.fit(images, progress=False)
     config = tiny_image_config(
-        tokenizers={"image": {"in_channels": image_channels, "image_size": image_size}},
+        tokenizers={"image": {"in_channels": image_channels,
+                              "image_size": (list(image_size) if isinstance(image_size, tuple)
+                                             else image_size)}},
         decoders={"image": {"type": denoiser, **TINY["decoders"][denoiser],
-                            "sample_size": pipe.vae.latent_shape[-1]}})
+                            "sample_size": _tiny_latent_size(image_size)}})
     model = MultimodalModel(backbone=pipe.backbone, decoders={"image": pipe.denoiser})
     return save_checkpoint(path, model=model, config=config,
                            tokenizers={"text": pipe.tokenizer, "image": pipe.vae})

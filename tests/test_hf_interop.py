@@ -422,7 +422,8 @@ def test_a_vae_for_other_channels_than_the_data_is_refused_before_training(tmp_p
                                                      "image_size": 32}},
                                data={"image": {"type": "fashion_mnist",
                                                **TINY["datasets"]["fashion_mnist"]}})
-    with pytest.raises(DataError, match=r"\(3, 32, 32\).*\(1, 32, 32\)"):
+    with pytest.raises(DataError, match=r"images are grey 32x32 .*\(1, 32, 32\).* reads RGB "
+                                        r"32x32 \(3, 32, 32\)"):
         train(config, out_dir=tmp_path / "run", progress=False)
     assert not list((tmp_path / "run").glob("checkpoints/step_*"))
 

@@ -231,32 +231,117 @@ def flatten_image(image: Any, background: tuple[int, int, int] = WHITE) -> Any:
     return Image.merge("RGB", [Image.fromarray(band) for band in composite(pixels, background)[0]])
 
 
-def pil_to_array(image: Any, *, size: int, channels: int, resample: str = "bicubic") -> np.ndarray:
-    """A PIL image of any mode and size -> (c, size, size) uint8, the way training images are
-    made.
+# How an image of another aspect ratio than the target is fitted to it.
+ASPECTS = ("stretch", "pad", "crop")
 
-    The image is first flattened (:func:`flatten_image`: transparency composited on white,
-    16-bit grey scaled to 8 bits), then converted to grey (``channels`` 1: ITU-R 601 luma) or
-    RGB (``channels`` 3; grey is repeated). A 28x28 image (Fashion-MNIST's size) is padded with
-    black to ``size`` 32, exactly as the training data; any other size, 1x1 to thousands of
-    pixels a side, is resized to ``size`` x ``size`` (bicubic, antialiased when shrinking;
-    ``resample="nearest"`` for masks; the aspect ratio is not kept).
+
+def image_height_width(image_size: Any, *, what: str = "image_size") -> tuple[int, int]:
+    """``image_size`` as ``(height, width)``: an integer is a square's side, a pair
+    ``[height, width]`` a rectangle (diffusers' order: height first).
 
     Raises:
-        DataError: a mode :func:`flatten_image` refuses, or an empty (0-pixel) image.
+        ValueError: anything else than a positive integer or a pair of them, naming ``what``.
+    """
+    if isinstance(image_size, (list, tuple)) and len(image_size) == 2:
+        sides = tuple(image_size)
+    else:
+        sides = (image_size, image_size)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sides):
+        raise ValueError(f"{what} must be a positive integer (a square's side, e.g. 32) or "
+                         f"[height, width] (e.g. [48, 96]), got {image_size!r}")
+    return int(sides[0]), int(sides[1])
+
+
+def size_setting(height: int, width: int) -> int | tuple[int, int]:
+    """The ``image_size`` a config writes for ``height`` x ``width``: one integer for a square,
+    else ``(height, width)``."""
+    return height if height == width else (height, width)
+
+
+def default_pad_colour(channels: int) -> tuple[int, ...]:
+    """The letterbox colour of ``aspect: pad`` when none is given: black for grey images (as
+    Fashion-MNIST is padded), white for colour ones (as the emoji are composited)."""
+    return (0,) if channels == 1 else WHITE
+
+
+def fit_image(image: Any, height: int, width: int, *, aspect: str = "stretch",
+              pad_colour: int | Sequence[int] | None = None,
+              resample: str = "bicubic") -> Any:
+    """Fit a PIL image (mode ``L`` or ``RGB``) to ``width`` x ``height`` pixels.
+
+    * ``"stretch"``: resize to exactly that size; an image of another aspect ratio is
+      distorted.
+    * ``"pad"``: resize to fit inside, keeping the aspect ratio, and centre it on a canvas of
+      ``pad_colour`` (letterbox; default :func:`default_pad_colour`).
+    * ``"crop"``: cut the largest centred window of the target's aspect ratio, then resize it.
+
+    Resizing is bicubic (antialiased when shrinking) or ``resample="nearest"`` (masks).
+
+    Raises:
+        ValueError: an unknown ``aspect``, or a ``pad_colour`` of the wrong length.
     """
     from PIL import Image
 
+    if aspect not in ASPECTS:
+        raise ValueError(f"aspect must be one of {', '.join(ASPECTS)}, got {aspect!r}")
+    method = Image.Resampling.NEAREST if resample == "nearest" else Image.Resampling.BICUBIC
+    w, h = image.size
+    if aspect == "crop" and w * height != h * width:
+        if w * height > h * width:  # too wide: keep the full height
+            crop_w = max(1, round(h * width / height))
+            left = (w - crop_w) // 2
+            image = image.crop((left, 0, left + crop_w, h))
+        else:  # too tall: keep the full width
+            crop_h = max(1, round(w * height / width))
+            top = (h - crop_h) // 2
+            image = image.crop((0, top, w, top + crop_h))
+    if aspect != "pad" or w * height == h * width:
+        return image if image.size == (width, height) else image.resize((width, height), method)
+    scale = min(width / w, height / h)
+    inner = (min(width, max(1, round(w * scale))), min(height, max(1, round(h * scale))))
+    bands = len(image.getbands())
+    colour = default_pad_colour(bands) if pad_colour is None else (
+        (pad_colour,) if isinstance(pad_colour, int) else tuple(pad_colour))
+    if bands == 1 and len(colour) == 3:  # an RGB colour on grey: its luma (ITU-R 601)
+        colour = (round(0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]),)
+    elif bands == 3 and len(colour) == 1:
+        colour = colour * 3
+    if len(colour) != bands:
+        raise ValueError(f"pad_colour must be one grey level or [r, g, b], got {pad_colour!r}")
+    canvas = Image.new(image.mode, (width, height), colour[0] if bands == 1 else colour)
+    resized = image if image.size == inner else image.resize(inner, method)
+    canvas.paste(resized, ((width - inner[0]) // 2, (height - inner[1]) // 2))
+    return canvas
+
+
+def pil_to_array(image: Any, *, size: int | Sequence[int], channels: int,
+                 resample: str = "bicubic", aspect: str = "stretch",
+                 pad_colour: int | Sequence[int] | None = None) -> np.ndarray:
+    """A PIL image of any mode and size -> (c, h, w) uint8, the way training images are made.
+
+    The image is first flattened (:func:`flatten_image`: transparency composited on white,
+    16-bit grey scaled to 8 bits), then converted to grey (``channels`` 1: ITU-R 601 luma) or
+    RGB (``channels`` 3; grey is repeated). ``size`` is a square's side or ``(height,
+    width)``. A 28x28 image (Fashion-MNIST's size) is padded with black to 32x32, exactly as
+    the training data; any other size, 1x1 to thousands of pixels a side, is fitted to
+    ``size`` by :func:`fit_image` as ``aspect`` says (``"stretch"`` by default: resized, the
+    aspect ratio not kept; ``"pad"``: letterboxed on ``pad_colour``; ``"crop"``: centre crop),
+    bicubic (antialiased when shrinking) or ``resample="nearest"`` for masks.
+
+    Raises:
+        DataError: a mode :func:`flatten_image` refuses, or an empty (0-pixel) image.
+        ValueError: a bad ``size``, ``aspect`` or ``pad_colour``.
+    """
+    height, width = image_height_width(size, what="size")
     if image.width < 1 or image.height < 1:
         raise DataError(f"the image is empty ({image.width}x{image.height} pixels)")
     image = flatten_image(image).convert("L" if channels == 1 else "RGB")
-    if image.size == (28, 28) and size == 32:
+    if image.size == (28, 28) and (height, width) == (32, 32):
         pixels = np.asarray(image)
         pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-        return pad_to(pixels, size)
-    if image.size != (size, size):
-        method = Image.Resampling.NEAREST if resample == "nearest" else Image.Resampling.BICUBIC
-        image = image.resize((size, size), method)
+        return pad_to(pixels, 32)
+    image = fit_image(image, height, width, aspect=aspect, pad_colour=pad_colour,
+                      resample=resample)
     pixels = np.asarray(image)
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
@@ -400,12 +485,12 @@ class ImageFolderDataset(_ImageItems):
     ``root``). Images of any size and mode (grey, RGB, RGBA, P, 16-bit grey, ...) are read with
     Pillow as a viewer shows them (transparency composited on white, as the emoji data is made;
     :func:`pil_to_array`), converted to grayscale (``channels: 1``) or RGB (``channels: 3``) and
-    resized to ``image_size`` square (28x28 images are padded instead when ``image_size`` is 32,
-    like Fashion-MNIST). ``channels`` and ``image_size`` must be the model's (the image VAE's
-    ``in_channels`` and ``image_size``; training checks it): 3 and 64 to fine-tune the emoji
-    model.
+    fitted to ``image_size`` (a square's side, or ``[height, width]``) as ``aspect`` says (28x28
+    images are padded with black instead when ``image_size`` is 32, like Fashion-MNIST).
+    ``channels`` and ``image_size`` must be the model's (the image VAE's ``in_channels`` and
+    ``image_size``; training checks it): 3 and 64 to fine-tune the emoji model.
 
-    Items: ``{"image": (channels, image_size, image_size) float in [-1, 1], "caption": str,
+    Items: ``{"image": (channels, height, width) float in [-1, 1], "caption": str,
     "label": int (-1 if none)}``.
 
     Args:
@@ -413,30 +498,53 @@ class ImageFolderDataset(_ImageItems):
         split: ``"train"`` or ``"val"`` (set by the builder); decided by a CRC32 of each image
             path, so it is stable when records are added.
         root: Directory the image paths are relative to (default: the list file's directory).
-        image_size: Side of the square images (default 32).
+        image_size: Side of square images, or ``[height, width]`` (e.g. ``[48, 96]`` for
+            images twice as wide as high) (default 32).
         channels: 1 (grayscale) or 3 (RGB) (default 1).
+        aspect: How an image of another aspect ratio than ``image_size`` is fitted:
+            ``"stretch"`` (default: resized to it, distorted), ``"pad"`` (resized to fit inside
+            and letterboxed on ``pad_colour``) or ``"crop"`` (the largest centred window of
+            ``image_size``'s aspect ratio, resized).
+        pad_colour: The letterbox colour of ``aspect: pad``: a grey level 0-255 or ``[r, g,
+            b]`` (default: black for ``channels: 1``, as Fashion-MNIST is padded; white for
+            ``channels: 3``, as transparency is composited).
         val_fraction: Share of records held out for validation (default 0.05).
 
     Raises:
-        DataError: a bad ``channels`` or ``image_size``; the list file is missing, malformed
-            (names the line), or names an image that does not exist; an image that cannot be
-            decoded (or has no 8-bit reading, like 32-bit float) is reported when it is read.
+        DataError: a bad ``channels``, ``image_size``, ``aspect`` or ``pad_colour``; the list
+            file is missing, malformed (names the line), or names an image that does not
+            exist; an image that cannot be decoded (or has no 8-bit reading, like 32-bit float)
+            is reported when it is read.
     """
 
     injected_args = ("split",)
 
     def __init__(self, *, path: str, split: Literal["train", "val"] = "train",
-                 root: str | None = None, image_size: int = 32, channels: Literal[1, 3] = 1,
+                 root: str | None = None, image_size: int | tuple[int, int] = 32,
+                 channels: Literal[1, 3] = 1,
+                 aspect: Literal["stretch", "pad", "crop"] = "stretch",
+                 pad_colour: int | tuple[int, int, int] | None = None,
                  val_fraction: float = 0.05):
         check_split(split)
         if channels not in (1, 3):
             raise DataError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise DataError(f"image_size must be a positive integer (the model's, e.g. 32 or "
-                            f"64), got {image_size!r}")
+        try:
+            self.height, self.width = image_height_width(image_size)
+        except ValueError as exc:
+            raise DataError(f"{exc} (the model's size)") from None
+        if aspect not in ASPECTS:
+            raise DataError(f"aspect must be one of {', '.join(ASPECTS)} (how an image of "
+                            f"another aspect ratio is fitted), got {aspect!r}")
+        levels = [pad_colour] if isinstance(pad_colour, int) else list(pad_colour or [])
+        if pad_colour is not None and (len(levels) not in (1, 3) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255
+                for v in levels)):
+            raise DataError(f"pad_colour must be a grey level 0-255 or [r, g, b] of 0-255, got "
+                            f"{pad_colour!r}")
         _, self.paths, self.captions, self.labels = read_media_split(
             path, "image", split=split, val_fraction=val_fraction, root=root)
-        self.image_size, self.channels = image_size, channels
+        self.image_size = size_setting(self.height, self.width)
+        self.channels, self.aspect, self.pad_colour = channels, aspect, pad_colour
         self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -448,20 +556,21 @@ class ImageFolderDataset(_ImageItems):
 
             try:
                 with Image.open(self.paths[index]) as image:
-                    self._cache[index] = pil_to_array(image, size=self.image_size,
-                                                      channels=self.channels)
+                    self._cache[index] = pil_to_array(
+                        image, size=(self.height, self.width), channels=self.channels,
+                        aspect=self.aspect, pad_colour=self.pad_colour)
             except (UnidentifiedImageError, OSError, ValueError,
                     Image.DecompressionBombError) as exc:
                 raise DataError(f"cannot read image {self.paths[index]}: {exc}") from None
         return self._cache[index]
 
     def get_images(self, indices: Sequence[int] | slice | None = None):
-        """Images (k, c, s, s) float in [-1, 1] of ``indices`` (default: all)."""
+        """Images (k, c, h, w) float in [-1, 1] of ``indices`` (default: all)."""
         chosen = range(len(self))[indices] if isinstance(indices, slice) else (
             range(len(self)) if indices is None else indices)
-        c, s = self.channels, self.image_size
+        c, h, w = self.channels, self.height, self.width
         pixels = np.stack([self._pixels(int(i)) for i in chosen]) if len(chosen) else \
-            np.zeros((0, c, s, s), np.uint8)
+            np.zeros((0, c, h, w), np.uint8)
         return uint8_to_float(pixels)
 
     def caption(self, index: int) -> str:

@@ -368,8 +368,8 @@ def _export_vae(tok, directory: Path, report: ExportReport, *, part: str) -> Non
     vae.register_to_config(scaling_factor=float(tok.scaling_factor),
                            shift_factor=float(tok.shift_factor))
     vae.save_pretrained(str(directory), safe_serialization=True)
-    side = int(tok.image_size)
-    images = torch.rand(2, int(tok.in_channels), side, side,
+    height, width = int(tok.height), int(tok.width)
+    images = torch.rand(2, int(tok.in_channels), height, width,
                         generator=torch.Generator().manual_seed(0)) * 2 - 1  # (b, c, h, w)
     ours = tok.encode(images).float().cpu()
     theirs_vae = AutoencoderKL.from_pretrained(str(directory), local_files_only=True,
@@ -383,7 +383,7 @@ def _export_vae(tok, directory: Path, report: ExportReport, *, part: str) -> Non
     if diff > LATENTS_RTOL * max(1.0, float(ours.abs().max())):
         raise CheckpointError(f"the exported VAE's latents differ from the checkpoint's by "
                               f"{diff:.3g}; nothing was written")
-    report.parts[part] = (f"AutoencoderKL ({tok.in_channels} channels, {side}x{side} -> "
+    report.parts[part] = (f"AutoencoderKL ({tok.in_channels} channels, {width}x{height} -> "
                           f"{tuple(tok.latent_shape)} latents, scaling_factor "
                           f"{tok.scaling_factor:.4g}, shift_factor {tok.shift_factor:.4g})")
 

@@ -109,7 +109,7 @@ class ImageToTextPipeline(Pipeline):
         rows = []
         for i, item in enumerate(items):
             raw = load_image_array(item, what=f"image {i}" if len(items) > 1 else "image")
-            rows.append(pil_to_array(Image.fromarray(raw), size=self.vae.image_size,
+            rows.append(pil_to_array(Image.fromarray(raw), size=(self.vae.height, self.vae.width),
                                      channels=self.vae.in_channels))
         return torch.from_numpy(np.stack(rows)).float() / 127.5 - 1.0
 

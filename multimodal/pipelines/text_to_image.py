@@ -39,18 +39,29 @@ returned the input unchanged); strength 0 runs none and returns the input. Outpu
 steps actually run as ``steps_run`` where that is not ``int(num_inference_steps * strength)``
 (the bumped single step) or is 0.
 
+Sizes: every task takes diffusers' ``height`` and ``width`` in pixels (default: the size the
+model was trained at, the VAE's ``image_size``, which may be a rectangle), each a multiple of
+the VAE's down-sampling factor times the denoiser's own step (the UNet's down-sampling, the
+DiT's patch side: :meth:`LatentDiffusionPipeline.size_limits`), from that multiple up to
+:data:`MAX_SIZE_FACTOR` times the longer training side; anything else is refused naming what is
+accepted. The initial noise is (num_samples, l, height / f, width / f); at the training size it
+is the same draw as before ``height``/``width`` existed, so old seeds reproduce. Outputs record
+height and width, so replay makes the same size. Sizes far from the training size run but are
+out of what the model learnt.
+
 Input images are read with Pillow as a viewer shows them (:func:`~multimodal.modalities.image.
 files.load_image_array`): transparency (RGBA, LA, P with a transparent colour) is composited on
 white, as the emoji training data is, for grey and colour models alike; 16-bit grey is scaled to
 8 bits. They are then converted to the model's format: grayscale for a 1-channel model
-(Fashion-MNIST, 32x32), RGB for a 3-channel one (emoji, 64x64), at the VAE's image size; 28x28
-images (Fashion-MNIST's size) are padded with black like the training data of a 32x32 model, any
-other size (1x1 to Pillow's decompression-bomb limit, ~89 million pixels) is resized (bicubic;
-masks: nearest; the aspect ratio is not kept). A colour image given to a grayscale model for
-inpainting is refused (the kept pixels could not stay unchanged); for image-to-image it is
-converted to grayscale. Outputs are at the model's resolution and channels: (h, w) for
-grayscale, (h, w, 3) for RGB; inpainting keeps the unmasked pixels of the converted image
-exactly. Masks (:func:`~multimodal.modalities.image.files.load_mask_array`) must have the
+(Fashion-MNIST, 32x32), RGB for a 3-channel one (emoji, 64x64), at ``height`` x ``width``
+(default the training size); 28x28 images (Fashion-MNIST's size) are padded with black like the
+training data of a 32x32 model, any other size (1x1 to Pillow's decompression-bomb limit, ~89
+million pixels) is resized (bicubic; masks: nearest; the aspect ratio is not kept: give a
+``height`` and ``width`` of the image's shape to keep it). A colour image given to a grayscale
+model for inpainting is refused (the kept pixels could not stay unchanged); for image-to-image
+it is converted to grayscale. Outputs are at ``height`` x ``width`` and the model's channels:
+(h, w) for grayscale, (h, w, 3) for RGB; inpainting keeps the unmasked pixels of the converted
+image exactly. Masks (:func:`~multimodal.modalities.image.files.load_mask_array`) must have the
 image's size (else refused): black and white, white (> 127) = regenerate, black = keep, in any
 grey mode (L, 1, grey RGB or P); one with transparency (RGBA, LA, P) that is not opaque
 everywhere follows OpenAI's convention instead: clear = regenerate, opaque = keep. A colour mask
@@ -86,6 +97,9 @@ from multimodal.safety import policy_of
 
 DEFAULT_SCHEDULER = "dpm_solver_multistep"
 DEFAULT_GUIDANCE = 4.0
+# The largest height or width a call may ask for: this many times the longer side the model was
+# trained at (a guard on memory and time; the model learnt one size, far sizes are poor).
+MAX_SIZE_FACTOR = 4
 
 # ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs) -> dict``: diffusers'
 # convention, called after each scheduler step with ``{"latents": (s, l, y, x)}`` (the names in
@@ -119,6 +133,8 @@ class ImageGenerationOutput:
         latents: The final latents (s, l, y, x) before decoding (``None`` when no step ran).
         task, prompt, negative_prompt, seed, num_inference_steps, guidance_scale, scheduler,
             checkpoint_id, strength: The settings used (``strength`` for editing tasks).
+        height, width: The images' size in pixels (``None`` in outputs made before sizes
+            were recorded).
         steps_run: The scheduler steps that ran, where it is not what ``num_inference_steps``
             and ``strength`` say (``None``: as they say); 0 when nothing ran; fewer when a
             ``callback_on_step_end`` stopped the loop (``pipe.interrupt = True``).
@@ -139,6 +155,8 @@ class ImageGenerationOutput:
     scheduler: str = DEFAULT_SCHEDULER
     checkpoint_id: str = "none"
     strength: float | None = None
+    height: int | None = None
+    width: int | None = None
     steps_run: int | None = None
     num_images_per_prompt: list[int] | None = None
     output_type: str = "uint8"
@@ -171,6 +189,8 @@ class ImageGenerationOutput:
                 "checkpoint_id": self.checkpoint_id}
         if self.strength is not None:
             meta["strength"] = self.strength
+        if self.height is not None:
+            meta["height"], meta["width"] = self.height, self.width
         if self.steps_run is not None:
             meta["steps_run"] = self.steps_run
         return meta
@@ -323,6 +343,40 @@ class LatentDiffusionPipeline(Pipeline):
         uncond, cond = prediction.chunk(2)
         return uncond + guidance_scale * (cond - uncond)
 
+    def size_limits(self) -> tuple[int, int, tuple[int, int]]:
+        """``(multiple, largest, (training height, training width))`` in pixels: ``height``
+        and ``width`` must be multiples of ``multiple`` (the VAE's down-sampling factor times
+        the denoiser's :attr:`~multimodal.modalities.image.denoiser.LatentDenoiser.
+        size_multiple`) from ``multiple`` to ``largest`` (:data:`MAX_SIZE_FACTOR` times the
+        longer training side)."""
+        multiple = self.vae.downsample_factor * getattr(self.denoiser, "size_multiple", 1)
+        trained = (self.vae.height, self.vae.width)
+        largest = MAX_SIZE_FACTOR * max(trained)
+        return multiple, largest - largest % multiple, trained
+
+    def check_size(self, height: Any, width: Any) -> tuple[int, int]:
+        """``(height, width)`` in pixels, ``None`` giving the training size.
+
+        Raises:
+            InputError: a side that is not an integer multiple of :meth:`size_limits`'s
+                ``multiple`` within its range, naming what is accepted.
+        """
+        multiple, largest, trained = self.size_limits()
+        sides = []
+        for name, value, default in (("height", height, trained[0]),
+                                     ("width", width, trained[1])):
+            value = default if value is None else value
+            accepted = (f"a multiple of {multiple} from {multiple} to {largest} pixels (the "
+                        f"VAE's down-sampling factor {self.vae.downsample_factor} times the "
+                        f"denoiser's {multiple // self.vae.downsample_factor}; at most "
+                        f"{MAX_SIZE_FACTOR}x the longer side of the size the model was trained "
+                        f"at, {trained[1]}x{trained[0]} (width x height), the default)")
+            value = check_int(name, value, accepted=accepted)
+            if value % multiple or not multiple <= value <= largest:
+                raise InputError(f"{name} must be {accepted}, got {value}")
+            sides.append(value)
+        return sides[0], sides[1]
+
     # -- the loop ---------------------------------------------------------------------------
     @property
     def interrupt(self) -> bool:
@@ -347,6 +401,7 @@ class LatentDiffusionPipeline(Pipeline):
                  generator: torch.Generator | None = None, scheduler: str | None = None,
                  progress: bool = True, image: ImageInput | None = None,
                  mask: ImageInput | None = None, strength: float = 1.0,
+                 height: int | None = None, width: int | None = None,
                  output_type: str = "uint8",
                  callback_on_step_end: StepCallback | None = None,
                  callback_on_step_end_tensor_inputs: list[str] | tuple[str, ...] = ("latents",)
@@ -376,6 +431,8 @@ class LatentDiffusionPipeline(Pipeline):
             mask: Inpainting mask of the image's size; white = regenerate, black = keep, or
                 transparent = regenerate for a mask with alpha (see the module docstring).
             strength: Share of the schedule to run from the noised ``image``, in [0, 1].
+            height, width: The images' size in pixels (default: the training size); an input
+                image and mask are resized to it. See :meth:`check_size`.
             output_type: ``"uint8"`` (default), ``"pil"``, ``"np"`` or ``"pt"`` (see
                 :class:`ImageGenerationOutput`).
             callback_on_step_end: diffusers' hook, called after every scheduler step as
@@ -387,10 +444,12 @@ class LatentDiffusionPipeline(Pipeline):
                 (only ``"latents"`` exists).
 
         Returns:
-            :class:`ImageGenerationOutput` with ``num_samples`` images per prompt.
+            :class:`ImageGenerationOutput` with ``num_samples`` images per prompt, each
+            ``height`` x ``width`` pixels.
 
         Raises:
-            InputError: an argument outside the ranges above, a mask whose size differs from
+            InputError: an argument outside the ranges above (a height or width that is not
+                an accepted multiple, or too large), a mask whose size differs from
                 the image or that is in colour, an unreadable or non-image file, a colour
                 image to inpaint with a grayscale model (the channel mismatch), lists of the
                 wrong length.
@@ -408,15 +467,18 @@ class LatentDiffusionPipeline(Pipeline):
             raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got "
                              f"{output_type!r}")
         check_tensor_inputs(callback_on_step_end_tensor_inputs)
+        height, width = self.check_size(height, width)
+        factor = self.vae.downsample_factor
+        latent_shape = (self.denoiser.latent_shape[0], height // factor, width // factor)
         sched = self.make_scheduler(scheduler)
-        init_pixels, pixel_mask = self._load_inputs(image, mask)
+        init_pixels, pixel_mask = self._load_inputs(image, mask, height, width)
         # The draws of each prompt, in order: its initial noise from its own generator, its
         # scheduler noise from one generator per sample, as it would draw alone.
         noises, step_generators = [], []
         for i, (count, prompt_seed_) in enumerate(zip(counts, seeds)):
             gen, seeds[i] = seeded(prompt_seed_, generator)
             step_generators += sample_generators(seeds[i], gen, count)
-            noises.append(torch.randn((count, *self.denoiser.latent_shape), generator=gen))
+            noises.append(torch.randn((count, *latent_shape), generator=gen))
         total = sum(counts)
         output = ImageGenerationOutput(
             images=[], task=self.task, prompt=list(prompts) if is_list else prompts[0],
@@ -424,6 +486,7 @@ class LatentDiffusionPipeline(Pipeline):
             seed=list(seeds) if is_list else seeds[0], num_inference_steps=steps,
             guidance_scale=guidance_scale, scheduler=scheduler or DEFAULT_SCHEDULER,
             checkpoint_id=self.checkpoint_id, strength=strength if image is not None else None,
+            height=height, width=width,
             num_images_per_prompt=list(counts) if is_list else None, output_type=output_type)
 
         device = self.device
@@ -433,7 +496,6 @@ class LatentDiffusionPipeline(Pipeline):
         x0 = latent_mask = None
         if init_pixels is not None:
             x0 = self.vae.encode(self._to_model_range(init_pixels)).float().to(device)
-            self.denoiser.check_latents(x0)
             x0 = x0.expand(total, -1, -1, -1)  # (s, l, y, x)
         if strength < 1.0:  # SDEdit: start part-way, from the noised image
             run = min(int(steps * strength), steps)
@@ -566,17 +628,15 @@ class LatentDiffusionPipeline(Pipeline):
                                accepted="in [0, 1] (0 keeps the image, 1 ignores it)")
         return steps, guidance_scale, strength
 
-    @property
-    def _image_format(self) -> tuple[int, int]:
-        return self.vae.in_channels, self.vae.image_size
-
-    def _load_inputs(self, image, mask) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """``(pixels (1, c, h, w) uint8-valued float, mask (1, 1, h, w) in {0, 1})``."""
+    def _load_inputs(self, image, mask, height: int, width: int
+                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(pixels (1, c, h, w) uint8-valued float, mask (1, 1, h, w) in {0, 1})`` at
+        ``height`` x ``width``."""
         if image is None:
             if mask is not None:
                 raise InputError("a mask needs an image to inpaint")
             return None, None
-        channels, size = self._image_format
+        channels, size = self.vae.in_channels, (height, width)
         raw = load_image_array(image, what="image")
         if mask is not None and channels == 1 and has_colour(raw):
             raise InputError(
@@ -672,6 +732,7 @@ class TextToImagePipeline(LatentDiffusionPipeline):
                  negative_prompt: str | list[str | None] | None = None,
                  num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
                  num_samples: int = 1, num_images_per_prompt: int | None = None,
+                 height: int | None = None, width: int | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None,
                  scheduler: str = DEFAULT_SCHEDULER, progress: bool = True,
                  output_type: Literal["uint8", "pil", "np", "pt"] = "uint8",
@@ -690,6 +751,10 @@ class TextToImagePipeline(LatentDiffusionPipeline):
                 ignores the prompt (default 4.0).
             num_samples: Images made per prompt (>= 1).
             num_images_per_prompt: diffusers' name of ``num_samples`` (give one of the two).
+            height: Image height in pixels (default: the model's training height); a multiple
+                of the VAE's down-sampling factor times the denoiser's (8 for the shipped
+                models), up to 4x the longer training side.
+            width: Image width in pixels (default: the model's training width); as height.
             seed: Seed of the generator (random when neither it nor ``generator`` is given);
                 prompt ``i`` of a list uses a seed derived from it (recorded per image).
             generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
@@ -705,14 +770,17 @@ class TextToImagePipeline(LatentDiffusionPipeline):
 
         Raises:
             InputError: an editing argument (``image``, ``mask``, ``strength``), naming the
-                task that takes it.
+                task that takes it; a ``height`` or ``width`` that is not an accepted multiple
+                or is out of range (the message says which); any other bad argument (see
+                :meth:`LatentDiffusionPipeline.generate`).
         """
         _refuse(self.task, editing, "image-to-image or inpainting")
         return self.generate(prompt, negative_prompt=negative_prompt,
                              num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale,
                              num_samples=images_per_prompt(num_samples, num_images_per_prompt),
-                             seed=seed, generator=generator, scheduler=scheduler,
+                             height=height, width=width, seed=seed, generator=generator,
+                             scheduler=scheduler,
                              progress=progress, output_type=output_type,
                              callback_on_step_end=callback_on_step_end,
                              callback_on_step_end_tensor_inputs=(
@@ -732,6 +800,7 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
                  strength: float = 0.6, negative_prompt: str | list[str | None] | None = None,
                  num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
                  num_samples: int = 1, num_images_per_prompt: int | None = None,
+                 height: int | None = None, width: int | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None,
                  scheduler: str = DEFAULT_SCHEDULER, progress: bool = True,
                  output_type: Literal["uint8", "pil", "np", "pt"] = "uint8",
@@ -750,6 +819,10 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
             guidance_scale: Classifier-free guidance weight >= 0 (default 4.0).
             num_samples: Images made per prompt (>= 1).
             num_images_per_prompt: diffusers' name of ``num_samples`` (give one of the two).
+            height: Output height in pixels (default: the model's training height); the image
+                (and mask) is resized to it (aspect ratio not kept). Multiples as for
+                text-to-image.
+            width: Output width in pixels (default: the model's training width); as height.
             seed: Seed of the generator (random when neither it nor ``generator`` is given);
                 prompt ``i`` of a list uses a seed derived from it (recorded per image).
             generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
@@ -769,7 +842,8 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
                              num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale,
                              num_samples=images_per_prompt(num_samples, num_images_per_prompt),
-                             seed=seed, generator=generator, scheduler=scheduler,
+                             height=height, width=width, seed=seed, generator=generator,
+                             scheduler=scheduler,
                              progress=progress, output_type=output_type,
                              callback_on_step_end=callback_on_step_end,
                              callback_on_step_end_tensor_inputs=(
@@ -786,6 +860,7 @@ class InpaintingPipeline(LatentDiffusionPipeline):
                  strength: float = 1.0, negative_prompt: str | list[str | None] | None = None,
                  num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
                  num_samples: int = 1, num_images_per_prompt: int | None = None,
+                 height: int | None = None, width: int | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None,
                  scheduler: str = DEFAULT_SCHEDULER, progress: bool = True,
                  output_type: Literal["uint8", "pil", "np", "pt"] = "uint8",
@@ -807,6 +882,10 @@ class InpaintingPipeline(LatentDiffusionPipeline):
             guidance_scale: Classifier-free guidance weight >= 0 (default 4.0).
             num_samples: Images made per prompt (>= 1).
             num_images_per_prompt: diffusers' name of ``num_samples`` (give one of the two).
+            height: Output height in pixels (default: the model's training height); the image
+                (and mask) is resized to it (aspect ratio not kept). Multiples as for
+                text-to-image.
+            width: Output width in pixels (default: the model's training width); as height.
             seed: Seed of the generator (random when neither it nor ``generator`` is given);
                 prompt ``i`` of a list uses a seed derived from it (recorded per image).
             generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
@@ -822,7 +901,8 @@ class InpaintingPipeline(LatentDiffusionPipeline):
                              num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale,
                              num_samples=images_per_prompt(num_samples, num_images_per_prompt),
-                             seed=seed, generator=generator, scheduler=scheduler,
+                             height=height, width=width, seed=seed, generator=generator,
+                             scheduler=scheduler,
                              progress=progress, output_type=output_type,
                              callback_on_step_end=callback_on_step_end,
                              callback_on_step_end_tensor_inputs=(

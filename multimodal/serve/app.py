@@ -85,14 +85,17 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_queue: int = 6
 
 def _model(engine: Engine) -> dict:
     """OpenAI's model object, plus what a client needs to fill its settings: the tasks, the
-    voices of speech and the side of the square images (pixels)."""
+    voices of speech and the images' default size in pixels (``image_size``: a square's side,
+    or ``[height, width]``; ``image_width`` and ``image_height`` either way)."""
     speech = engine.pipes.get("text-to-audio")
     image = engine.pipes.get("text-to-image")
     return {"id": engine.model_id, "object": "model", "created": engine.created,
             "owned_by": "multimodal", "tasks": list(engine.pipes),
             "checkpoint_id": engine.checkpoint_id,
             "voices": list(speech.voices) if speech is not None else [],
-            "image_size": image.vae.image_size if image is not None else None}
+            "image_size": image.vae.image_size if image is not None else None,
+            "image_width": image.vae.width if image is not None else None,
+            "image_height": image.vae.height if image is not None else None}
 
 
 def _add_handlers(app: FastAPI) -> None:

@@ -113,7 +113,7 @@ async def create_video(request: Request):
         if error.param is None and "num_frames" in str(exc):
             error.param = "seconds" if body.num_frames is None else "num_frames"
         raise error from None
-    height, width = pipe.vae.image_size, pipe.vae.image_size
+    height, width = pipe.vae.height, pipe.vae.width
     check_size(body.size, height, width)
     kwargs = {"prompt": body.prompt, "negative_prompt": body.negative_prompt,
               "num_frames": num_frames, "fps": fps, "num_inference_steps": steps,

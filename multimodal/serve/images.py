@@ -42,13 +42,12 @@ def _settings(pipe, body) -> tuple[int, float, str]:
         if error.param is None:
             error.param = "scheduler" if "scheduler" in str(exc) else None
         raise error from None
-    size = pipe.vae.image_size
-    check_size(body.size, size, size)
+    check_size(body.size, pipe.vae.height, pipe.vae.width)
     return steps, guidance, scheduler
 
 
 def _size(pipe) -> str:
-    return f"{pipe.vae.image_size}x{pipe.vae.image_size}"
+    return f"{pipe.vae.width}x{pipe.vae.height}"
 
 
 def _events(prefix: str, size: str):

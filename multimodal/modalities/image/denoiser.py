@@ -15,6 +15,13 @@ and the prompt-dropout rate for classifier-free guidance (Ho & Salimans 2022,
 https://arxiv.org/abs/2207.12598) as plain arguments. Models never sample: the pipelines own
 the loop and build their schedulers from :attr:`LatentDenoiser.noise_schedule`.
 
+Both are trained at one latent size (``sample_size``: a square's side or ``[y, x]``) and run at
+others (the pipelines' ``height`` and ``width``): the UNet is convolutional, and the DiT's
+sin-cos position table is rebuilt for each patch grid (diffusers ``PatchEmbed``), its
+coordinates spread over the training grid's range on each axis (PixArt's interpolated
+positions, https://arxiv.org/abs/2310.00426, section 2.3) whatever the grid's size. Sizes far
+from the training size are supported, not good: the models learnt one.
+
 Axes: b batch, l latent channels, y x latent height and width, n caption tokens, d backbone
 width.
 """
@@ -26,6 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from multimodal.data.images import image_height_width
 from multimodal.errors import ConfigError
 from multimodal.modalities.image.patches import unpatchify
 from multimodal.modalities.image.schedulers import ddpm
@@ -43,7 +51,12 @@ class LatentDenoiser(nn.Module):
 
     injected_args = ("backbone",)
 
-    def _set_schedule(self, *, in_channels: int, sample_size: int, num_train_timesteps: int,
+    # Latent sides it runs at must be multiples of this (the UNet's down-sampling, the DiT's
+    # patch side); subclasses set it.
+    size_multiple = 1
+
+    def _set_schedule(self, *, in_channels: int, sample_size: int | tuple[int, int],
+                      num_train_timesteps: int,
                       beta_start: float, beta_end: float, beta_schedule: str,
                       prediction_type: str, cond_dropout: float,
                       snr_gamma: float | None) -> None:
@@ -55,6 +68,8 @@ class LatentDenoiser(nn.Module):
         if snr_gamma is not None and not snr_gamma > 0:
             raise ValueError(f"snr_gamma must be > 0 or null, got {snr_gamma}")
         self.in_channels, self.sample_size = in_channels, sample_size
+        self.sample_height, self.sample_width = image_height_width(sample_size,
+                                                                   what="sample_size")
         self.num_train_timesteps = num_train_timesteps
         self.prediction_type = prediction_type
         self.cond_dropout = cond_dropout
@@ -67,8 +82,9 @@ class LatentDenoiser(nn.Module):
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        """(l, y, x) of the latents this denoiser reads."""
-        return (self.in_channels, self.sample_size, self.sample_size)
+        """(l, y, x) of the latents it is trained on (it also reads other multiples of
+        :attr:`size_multiple`)."""
+        return (self.in_channels, self.sample_height, self.sample_width)
 
     @property
     def training_scheduler(self):
@@ -78,7 +94,8 @@ class LatentDenoiser(nn.Module):
         return self._training_scheduler
 
     def check_latents(self, latents: torch.Tensor) -> None:
-        """Raise a clear error when the VAE's latents do not fit this denoiser.
+        """Raise a clear error when the VAE's training latents do not fit this denoiser (the
+        training size: a config mismatch).
 
         Raises:
             ConfigError: the shapes differ (names the arguments to change).
@@ -86,8 +103,9 @@ class LatentDenoiser(nn.Module):
         if tuple(latents.shape[1:]) != self.latent_shape:
             raise ConfigError(
                 f"the image tokenizer makes latents of shape {tuple(latents.shape[1:])} but "
-                f"the denoiser reads {self.latent_shape}; set its in_channels / sample_size "
-                "to the VAE's latent_channels / image_size // 2**(stages - 1)")
+                f"the denoiser reads {self.latent_shape} (l, y, x); set its in_channels / "
+                "sample_size to the VAE's latent_channels / image_size // 2**(stages - 1) "
+                "([y, x] for a rectangle)")
 
     @staticmethod
     def pooled(context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
@@ -121,7 +139,8 @@ class LatentUNet(LatentDenoiser):
     Args:
         backbone: The shared backbone (set by the builder); cross-attention reads its width.
         in_channels: Latent channels ``l`` (default 4; must match the VAE).
-        sample_size: Latent side ``y = x`` (default 8; must match the VAE).
+        sample_size: Latent side ``y = x``, or ``[y, x]`` (default 8; must match the VAE's
+            training size); each a multiple of ``2**(levels - 1)``.
         block_out_channels: Widths per resolution; every level has cross-attention
             (default (64, 128): 8x8 and 4x4).
         layers_per_block: ResNet + attention layers per level (default 1).
@@ -142,7 +161,8 @@ class LatentUNet(LatentDenoiser):
             help).
     """
 
-    def __init__(self, *, backbone: nn.Module, in_channels: int = 4, sample_size: int = 8,
+    def __init__(self, *, backbone: nn.Module, in_channels: int = 4,
+                 sample_size: int | tuple[int, int] = 8,
                  block_out_channels: tuple[int, ...] = (64, 128), layers_per_block: int = 1,
                  num_attention_heads: int = 4, norm_num_groups: int = 32,
                  num_train_timesteps: int = 1000, beta_start: float = 1e-4,
@@ -159,14 +179,17 @@ class LatentUNet(LatentDenoiser):
                            snr_gamma=snr_gamma)
         block_out_channels = tuple(block_out_channels)
         levels = len(block_out_channels)
-        if sample_size % 2 ** (levels - 1):
+        self.size_multiple = 2 ** (levels - 1)
+        if self.sample_height % self.size_multiple or self.sample_width % self.size_multiple:
             raise ValueError(f"sample_size {sample_size} must divide by 2**{levels - 1} for "
                              f"{levels} levels of block_out_channels")
         if any(w % norm_num_groups for w in block_out_channels):
             raise ValueError(f"norm_num_groups ({norm_num_groups}) must divide every width of "
                              f"block_out_channels {block_out_channels}")
         self.net = UNet2DConditionModel(
-            sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
+            sample_size=(sample_size if isinstance(sample_size, int)
+                         else (self.sample_height, self.sample_width)),
+            in_channels=in_channels, out_channels=in_channels,
             down_block_types=("CrossAttnDownBlock2D",) * levels,
             up_block_types=("CrossAttnUpBlock2D",) * levels,
             block_out_channels=block_out_channels, layers_per_block=layers_per_block,
@@ -196,8 +219,10 @@ class LatentDiT(LatentDenoiser):
     Args:
         backbone: The shared backbone (set by the builder); its width is projected to the DiT's.
         in_channels: Latent channels ``l`` (default 4; must match the VAE).
-        sample_size: Latent side (default 8; must match the VAE).
-        patch_size: Latent patch side; tokens = (sample_size / patch_size)**2 (default 2: 16).
+        sample_size: Latent side, or ``[y, x]`` (default 8; must match the VAE's training
+            size); each a multiple of ``patch_size``.
+        patch_size: Latent patch side; tokens = (y / patch_size) (x / patch_size) (default 2:
+            16 at 8x8).
         num_layers: Transformer blocks (default 6).
         num_attention_heads: Heads (default 4).
         attention_head_dim: Width per head; the DiT's width is heads x this (default 32).
@@ -206,7 +231,8 @@ class LatentDiT(LatentDenoiser):
             prompt joins adaLN's timestep embedding).
     """
 
-    def __init__(self, *, backbone: nn.Module, in_channels: int = 4, sample_size: int = 8,
+    def __init__(self, *, backbone: nn.Module, in_channels: int = 4,
+                 sample_size: int | tuple[int, int] = 8,
                  patch_size: int = 2, num_layers: int = 6, num_attention_heads: int = 4,
                  attention_head_dim: int = 32, num_train_timesteps: int = 1000,
                  beta_start: float = 1e-4, beta_end: float = 0.02,
@@ -221,13 +247,18 @@ class LatentDiT(LatentDenoiser):
                            beta_end=beta_end, beta_schedule=beta_schedule,
                            prediction_type=prediction_type, cond_dropout=cond_dropout,
                            snr_gamma=snr_gamma)
-        if sample_size % patch_size:
+        if self.sample_height % patch_size or self.sample_width % patch_size:
             raise ValueError(f"sample_size {sample_size} must divide by patch_size {patch_size}")
+        self.size_multiple = patch_size
         width = num_attention_heads * attention_head_dim
         self.net = PixArtTransformer2DModel(
             num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim,
             in_channels=in_channels, out_channels=in_channels, num_layers=num_layers,
-            cross_attention_dim=width, sample_size=sample_size, patch_size=patch_size,
+            cross_attention_dim=width, patch_size=patch_size,
+            # PixArt's config holds one side; it sets the position table's range (base_size:
+            # the longer side, in patches) and the grid it is precomputed for. Other grids,
+            # a rectangle's included, get theirs rebuilt by PatchEmbed at each forward.
+            sample_size=max(self.sample_height, self.sample_width),
             num_embeds_ada_norm=num_train_timesteps, caption_channels=backbone.dim,
             use_additional_conditions=False, interpolation_scale=1)
         self.patch_size = patch_size

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import torch
 
+from multimodal.data.images import image_height_width
 from multimodal.errors import CheckpointError, DataError
 from multimodal.modalities.image.vae import ImageVAETokenizer
 from multimodal.registry import tokenizers
@@ -60,8 +61,8 @@ class DiffusersVAETokenizer(ImageVAETokenizer):
 
     Args:
         path: The folder (``config.json`` + ``diffusion_pytorch_model.safetensors``).
-        image_size: Side of the square training images (default: the VAE's ``sample_size``);
-            must divide by the VAE's down-sampling factor.
+        image_size: Side of square training images, or ``[height, width]`` (default: the
+            VAE's ``sample_size``); each must divide by the VAE's down-sampling factor.
         fit_steps: Fine-tuning steps on the training images before the backbone trains
             (default 0: frozen).
         batch_size, lr, kl_weight, reconstruction_loss, num_threads, fit_on: Fine-tuning
@@ -78,7 +79,8 @@ class DiffusersVAETokenizer(ImageVAETokenizer):
         steps = section.get("fit_steps", 0)
         return isinstance(steps, int) and steps <= 0
 
-    def __init__(self, *, path: str, image_size: int | None = None, fit_steps: int = 0,
+    def __init__(self, *, path: str, image_size: int | tuple[int, int] | None = None,
+                 fit_steps: int = 0,
                  batch_size: int = 16, lr: float = 1e-4, kl_weight: float = 1e-6,
                  reconstruction_loss: Literal["l1", "mse"] = "l1",
                  num_threads: int | None = None, fit_on: str = "image"):
@@ -96,10 +98,12 @@ class DiffusersVAETokenizer(ImageVAETokenizer):
         self.in_channels, self.latent_channels = int(cfg.in_channels), int(cfg.latent_channels)
         self.downsample_factor = 2 ** (len(cfg.block_out_channels) - 1)
         size = cfg.sample_size if image_size is None else image_size
-        self.image_size = int(size[0] if isinstance(size, (list, tuple)) else size)
-        if self.image_size % self.downsample_factor:
-            raise ValueError(f"image_size {self.image_size} must divide by the VAE's "
-                             f"down-sampling factor {self.downsample_factor}")
+        height, width = image_height_width(
+            [int(v) for v in size] if isinstance(size, (list, tuple)) else int(size))
+        if height % self.downsample_factor or width % self.downsample_factor:
+            raise ValueError(f"image_size {size} must divide by the VAE's down-sampling "
+                             f"factor {self.downsample_factor} (height and width)")
+        self._set_size(height, width)
         if reconstruction_loss not in ("l1", "mse"):
             raise ValueError(f"reconstruction_loss must be 'l1' or 'mse', got "
                              f"{reconstruction_loss!r}")
@@ -145,14 +149,18 @@ class DiffusersVAETokenizer(ImageVAETokenizer):
         """Images (b, c, h, w) in [-1, 1] -> scaled latents (b, l, y, x).
 
         Raises:
-            DataError: images of other channels or size than the VAE's.
+            DataError: images of other channels than the VAE's, or a height or width that is
+                not a multiple of its down-sampling factor.
         """
-        expected = (self.in_channels, self.image_size, self.image_size)
-        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
-            raise DataError(f"the VAE of tokenizers.image takes images of shape {expected} "
-                            f"(c, h, w), the data gives {tuple(images.shape[1:])}; use data of "
-                            f"{self.in_channels} channel(s), or a VAE made for the data's "
-                            "channels, and set image_size to the data's side")
+        factor = self.downsample_factor
+        if images.dim() != 4 or images.shape[1] != self.in_channels or \
+                images.shape[2] % factor or images.shape[3] % factor:
+            raise DataError(f"the VAE of tokenizers.image takes images (b, c, h, w) of "
+                            f"{self.in_channels} channel(s) with h and w multiples of {factor} "
+                            f"(fitted at {self.image_shape}), the data gives "
+                            f"{tuple(images.shape[1:])}; use data of {self.in_channels} "
+                            "channel(s), or a VAE made for the data's channels, and set "
+                            "image_size to the data's size")
         return super().encode(images)
 
     def __repr__(self) -> str:

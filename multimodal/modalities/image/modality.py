@@ -115,7 +115,8 @@ class LatentCaptions:
 
 
 def _describe(shape: tuple[int, int, int]) -> str:
-    """``(3, 64, 64)`` -> ``"RGB 64x64"``."""
+    """``(c, h, w)`` -> ``"RGB 64x64"``, ``"grey 96x48"`` (width x height, as image sizes are
+    written)."""
     kind = {1: "grey", 3: "RGB"}.get(shape[0], f"{shape[0]}-channel")
     return f"{kind} {shape[2]}x{shape[1]}"
 
@@ -132,23 +133,26 @@ class ImageModality:
         return iter(captions if captions is not None else (item["caption"] for item in dataset))
 
     def _check_images(self, dataset: Any, vae: Any) -> None:
-        """The dataset's images have the shape (c, h, w) the image tokenizer reads, so that a
-        grey dataset never trains a colour model, nor a 32x32 one a 64x64 model. (A VAE being
-        fitted checks this itself; one from ``init_from`` is checked only here.)
+        """The dataset's images have the shape (c, h, w) the image tokenizer was fitted at, so
+        that a grey dataset never trains a colour model, nor a 32x32 one a 64x64 model, nor a
+        96x48 one a square model (height and width are checked apart). (A VAE being fitted
+        checks this itself; one from ``init_from`` is checked only here.)
 
         Raises:
             DataError: naming both shapes and the keys to set.
         """
-        expected = (vae.in_channels, vae.image_size, vae.image_size)
+        expected = (vae.in_channels, vae.height, vae.width)
         got = tuple(dataset_images(dataset, [0]).shape[1:])
         if got != expected:
+            size = expected[1] if expected[1] == expected[2] else list(expected[1:])
             raise DataError(
                 f"data.{self.name}: channel/size mismatch: the dataset's images are "
                 f"{_describe(got)} (c, h, w) = {got} but the model's image tokenizer "
                 f"(tokenizers.image) reads {_describe(expected)} {expected}; give the data the "
                 f"model's format (image_folder: data.{self.name}.channels: {expected[0]} and "
-                f"data.{self.name}.image_size: {expected[1]}; its images are converted and "
-                "resized to them) or use a checkpoint made for the data's")
+                f"data.{self.name}.image_size: {size} ([height, width]); its images are "
+                f"converted and fitted to them as data.{self.name}.aspect says: stretch, pad "
+                "or crop) or use a checkpoint made for the data's")
 
     def prepare(self, dataset: Any, tokenizers: dict, *, seq_len: int) -> LatentCaptions:
         """Encode every image with ``tokenizers["image"]`` and tokenise every caption with

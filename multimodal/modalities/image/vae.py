@@ -9,8 +9,12 @@ measured instead of fixed), so the diffusion noise schedule sees unit-variance d
 
 ``encode`` returns the posterior mean (no sampling), so it is deterministic.
 
+The VAE is convolutional: it encodes and decodes images of any height and width that divide
+by its down-sampling factor, not only the ``image_size`` it was fitted at (which may be a
+rectangle, ``[height, width]``).
+
 Axes: b batch, c image channels, h w image height and width, l latent channels,
-y x latent height and width (``h / 2**(len(block_out_channels) - 1)``).
+y x latent height and width (``h / 2**(len(block_out_channels) - 1)``, likewise ``w``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from multimodal.checkpoint import load_weights
+from multimodal.data.images import image_height_width, size_setting
 from multimodal.errors import CheckpointError, DataError
 from multimodal.nn.schedules import cosine_with_warmup
 from multimodal.registry import tokenizers
@@ -56,7 +61,9 @@ class ImageVAETokenizer:
         layers_per_block: ResNet layers per stage (default 1).
         norm_num_groups: GroupNorm groups; must divide every width (default 16).
         mid_block_attention: Self-attention in the middle block (default ``False``).
-        image_size: Side of the square images (default 32).
+        image_size: Side of square images, or ``[height, width]`` of rectangular ones, each
+            a multiple of the down-sampling factor (default 32). The size it is fitted at and
+            the images' default size; it encodes and decodes other multiples too.
         fit_steps: Optimizer steps of :meth:`fit` (default 1500).
         batch_size: Images per fit step (default 64).
         lr: AdamW learning rate, cosine-decayed to 10% (default 2e-3).
@@ -68,8 +75,8 @@ class ImageVAETokenizer:
             ``"caption"`` in a captioning-only run).
 
     Raises:
-        ValueError: widths that ``norm_num_groups`` does not divide, or an image size the
-            down-sampling does not divide.
+        ValueError: widths that ``norm_num_groups`` does not divide, or an image size that is
+            not a positive integer or pair, or that the down-sampling does not divide.
     """
 
     fit_on = "image"
@@ -77,7 +84,8 @@ class ImageVAETokenizer:
     def __init__(self, *, in_channels: int = 1, latent_channels: int = 4,
                  block_out_channels: tuple[int, ...] = (32, 64, 64), layers_per_block: int = 1,
                  norm_num_groups: int = 16, mid_block_attention: bool = False,
-                 image_size: int = 32, fit_steps: int = 1500, batch_size: int = 64,
+                 image_size: int | tuple[int, int] = 32, fit_steps: int = 1500,
+                 batch_size: int = 64,
                  lr: float = 2e-3, kl_weight: float = 1e-6,
                  reconstruction_loss: Literal["l1", "mse"] = "l1",
                  num_threads: int | None = None, fit_on: str = "image"):
@@ -89,12 +97,14 @@ class ImageVAETokenizer:
             raise ValueError(f"norm_num_groups ({norm_num_groups}) must divide every width of "
                              f"block_out_channels {block_out_channels}")
         factor = 2 ** (len(block_out_channels) - 1)
-        if image_size % factor:
+        height, width = image_height_width(image_size)
+        if height % factor or width % factor:
             raise ValueError(f"image_size {image_size} must divide by the down-sampling factor "
-                             f"{factor} of {len(block_out_channels)} stages")
+                             f"{factor} of {len(block_out_channels)} stages (height and width)")
         self.fit_on = fit_on
         self.in_channels, self.latent_channels = in_channels, latent_channels
-        self.image_size, self.downsample_factor = image_size, factor
+        self._set_size(height, width)
+        self.downsample_factor = factor
         self.fit_steps, self.batch_size, self.lr = fit_steps, batch_size, lr
         self.kl_weight, self.num_threads = kl_weight, num_threads
         if reconstruction_loss not in ("l1", "mse"):
@@ -106,7 +116,8 @@ class ImageVAETokenizer:
             up_block_types=("UpDecoderBlock2D",) * len(block_out_channels),
             block_out_channels=block_out_channels, layers_per_block=layers_per_block,
             latent_channels=latent_channels, norm_num_groups=norm_num_groups,
-            sample_size=image_size, mid_block_add_attention=mid_block_attention,
+            sample_size=height if height == width else [height, width],
+            mid_block_add_attention=mid_block_attention,
         ).eval().requires_grad_(False)
         self.scaling_factor = 1.0
         self.shift_factor = 0.0
@@ -117,11 +128,22 @@ class ImageVAETokenizer:
     def is_trained(self) -> bool:
         return self._trained
 
+    def _set_size(self, height: int, width: int) -> None:
+        """The training size: ``height``, ``width`` and ``image_size`` (an integer for a
+        square, else ``(height, width)``)."""
+        self.height, self.width = height, width
+        self.image_size = size_setting(height, width)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(c, h, w) of the images it is fitted on (and makes by default)."""
+        return (self.in_channels, self.height, self.width)
+
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        """(l, y, x) of one image's latents."""
-        side = self.image_size // self.downsample_factor
-        return (self.latent_channels, side, side)
+        """(l, y, x) of one image's latents at the training size."""
+        f = self.downsample_factor
+        return (self.latent_channels, self.height // f, self.width // f)
 
     @property
     def device(self) -> torch.device:
@@ -147,11 +169,11 @@ class ImageVAETokenizer:
         if n == 0:
             raise DataError("the image dataset is empty: nothing to fit the VAE on")
         probe = dataset_images(data, [0])
-        expected = (self.in_channels, self.image_size, self.image_size)
+        expected = self.image_shape
         if tuple(probe.shape[1:]) != expected:
-            raise DataError(f"the VAE expects images of shape {expected}, the dataset gives "
-                            f"{tuple(probe.shape[1:])}; set its in_channels / image_size to "
-                            "match the data")
+            raise DataError(f"the VAE expects images of shape (c, h, w) = {expected}, the "
+                            f"dataset gives {tuple(probe.shape[1:])}; set its in_channels / "
+                            "image_size ([height, width] for a rectangle) to match the data")
         threads = torch.get_num_threads()
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
@@ -212,6 +234,7 @@ class ImageVAETokenizer:
         meta = {"format": FORMAT, "scaling_factor": self.scaling_factor,
                 "shift_factor": self.shift_factor, "latent_shape": list(self.latent_shape),
                 "in_channels": self.in_channels, "image_size": self.image_size,
+                "height": self.height, "width": self.width,
                 **getattr(self, "fit_stats", {})}
         (directory / META_FILE).write_text(json.dumps(meta, indent=1))
 
@@ -250,12 +273,14 @@ class ImageVAETokenizer:
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (b, c, h, w) in [-1, 1] -> scaled latents (b, l, y, x), about unit variance."""
+        """Images (b, c, h, w) in [-1, 1] -> scaled latents (b, l, y, x), about unit variance
+        (``h`` and ``w`` multiples of ``downsample_factor``; ``y = h / factor``)."""
         return (self._encode_raw(images.float()) - self.shift_factor) * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-        """Scaled latents (b, l, y, x) -> images (b, c, h, w), clamped to [-1, 1]."""
+        """Scaled latents (b, l, y, x) -> images (b, c, h, w) (``h = y * factor``), clamped to
+        [-1, 1]."""
         device = self.device
         raw = latents.float().to(device) / self.scaling_factor + self.shift_factor
         parts = [self.vae.decode(raw[i : i + chunk]).sample for i in range(0, len(raw), chunk)]

@@ -58,7 +58,7 @@ class VideoModality(ImageModality):
             raise DataError("the video dataset is empty")
         n = len(dataset)
         probe = _videos(dataset, [0])
-        expected = (vae.in_channels, vae.image_size, vae.image_size)
+        expected = (vae.in_channels, vae.height, vae.width)
         if tuple(probe.shape[2:]) != expected:
             raise DataError(f"the video dataset has frames of shape {tuple(probe.shape[2:])} but "
                             f"the frame tokenizer reads {expected}; set its image_size / "

@@ -256,7 +256,7 @@ async function loadModel() {
   try {
     const model = (await (await request("GET", "/v1/models")).json()).data[0];
     $("model").textContent = `Model ${model.id} (checkpoint ${model.checkpoint_id}), `
-      + `${model.image_size}x${model.image_size} images.`;
+      + `${model.image_width}x${model.image_height} images.`;
     for (const radio of document.querySelectorAll('input[name="task"]')) {
       radio.disabled = !model.tasks.includes(PIPELINES[radio.value]);
     }
