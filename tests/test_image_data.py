@@ -95,6 +95,19 @@ def test_image_folder_reads_jsonl_and_csv(tmp_path, fmt):
     assert train.get_images([0, 1]).shape == (2, 1, 32, 32)
     rgb = ImageFolderDataset(path=path, split="train", channels=3, image_size=16, val_fraction=0.2)
     assert rgb[0]["image"].shape == (3, 16, 16)
+    # the folder itself, holding its one list, reads the same
+    from pathlib import Path
+    folder = ImageFolderDataset(path=str(Path(path).parent), split="train", val_fraction=0.2)
+    assert folder.paths == train.paths
+
+
+def test_a_folder_with_no_or_two_lists_is_refused(tmp_path):
+    with pytest.raises(DataError, match="is a folder with 0 list files .none.; give one JSONL"):
+        ImageFolderDataset(path=str(tmp_path))
+    (tmp_path / "a.jsonl").write_text("")
+    (tmp_path / "b.csv").write_text("image,caption\n")
+    with pytest.raises(DataError, match="is a folder with 2 list files .a.jsonl, b.csv."):
+        ImageFolderDataset(path=str(tmp_path))
 
 
 def test_image_folder_errors_name_the_problem(tmp_path):

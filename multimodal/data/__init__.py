@@ -27,8 +27,9 @@ def in_split(key: str, split: str, val_fraction: float) -> bool:
 def read_media_split(path: str, key: str, *, split: str, val_fraction: float,
                      root: str | None = None) -> tuple[Path, list[Path], list[str], list[int]]:
     """The files, captions and labels of ``split`` from a JSONL or CSV media list
-    (:func:`read_media_list`), split by a checksum of each listed path (:func:`in_split`);
-    paths are relative to ``root`` (default: the list's directory).
+    (:func:`read_media_list`; ``path`` may be a folder holding exactly one), split by a
+    checksum of each listed path (:func:`in_split`); paths are relative to ``root`` (default:
+    the list's directory).
 
     Returns:
         ``(list file, paths, captions, labels)``.
@@ -38,6 +39,15 @@ def read_media_split(path: str, key: str, *, split: str, val_fraction: float,
             five named).
     """
     list_file = Path(os.path.expanduser(path))
+    if list_file.is_dir():  # a folder: its one list file, as a user names "my_images"
+        lists = sorted(f for f in list_file.iterdir()
+                       if f.suffix in (".jsonl", ".csv") and f.is_file())
+        if len(lists) != 1:
+            raise DataError(f"{list_file} is a folder with {len(lists)} list files "
+                            f"({', '.join(f.name for f in lists) or 'none'}); give one JSONL "
+                            f"({{\"{key}\": PATH, \"caption\": TEXT}} per line) or CSV (columns "
+                            f"{key},caption) list, or a folder holding exactly one")
+        list_file = lists[0]
     if not list_file.is_file():
         raise DataError(f"{key} list file not found: {list_file}")
     base = Path(os.path.expanduser(root)) if root else list_file.parent

@@ -622,7 +622,8 @@ def evaluate_text_to_image_emoji(*, checkpoint=None, num_samples: int = 8, seed:
             training split.
     """
     if num_samples < 2:
-        raise InputError(f"num_samples (per concept) must be >= 2, got {num_samples}")
+        raise InputError(f"num_samples (per concept) must be >= 2 (each concept's samples are "
+                         f"split over at least two held-out phrasings), got {num_samples}")
     pipe = load_pipeline("text-to-image", checkpoint, device=device)
     section = _emoji_section(checkpoint, "text-to-image")
     # The recogniser's classes are the concepts of the checkpoint's training split.
@@ -733,8 +734,8 @@ def evaluate_image_to_text_emoji(*, checkpoint=None, num_samples: int = 8, seed:
         max_new_tokens: Longest caption.
 
     Returns:
-        ``{"named_rate", "per_category", "min_category", "unnamed_rate", "quality_bar_met",
-        "style", "style_seen_in_training", "examples", ...}`` (JSON-serialisable). The images
+        ``{"named_rate", "per_category", "min_category", "unnamed_rate", "named_rate_bar",
+        "quality_bar_met", "style", "style_seen_in_training", "examples", ...}`` (JSON-serialisable). The images
         go to the pipeline as (s, s, 3) uint8 RGB arrays.
 
     Raises:
@@ -775,7 +776,7 @@ def evaluate_image_to_text_emoji(*, checkpoint=None, num_samples: int = 8, seed:
             "num_images": len(captions), "named_rate": rate,
             "per_category": per_category, "min_category": min(per_category.values()),
             "unnamed_rate": sum(not n for n in named) / len(named),
-            "quality_bar_met": rate >= 0.5,
+            "named_rate_bar": 0.5, "quality_bar_met": rate >= 0.5,
             "examples": [{"concept": names[t], "caption": c, "right": r}
                          for t, c, r in list(zip(truth, captions, right))
                          [::max(1, len(captions) // 12)]]}
