@@ -164,8 +164,9 @@ def call_kwargs(cls, task: str, settings: dict[str, Any]) -> dict[str, Any]:
                 value is not None and not isinstance(value, (dict, list))):
             kwargs[name] = value
         elif param.default is inspect.Parameter.empty:
-            raise InputError(f"replay: {task} needs inputs the file does not record "
-                             f"(settings: {', '.join(settings)})")
+            raise InputError(f"replay: {task} needs its '{name}' input, which the file does "
+                             f"not record (it records: {', '.join(settings)}); run `multimodal "
+                             f"generate {task}` with those settings and the same {name}")
     if "progress" in params:
         kwargs["progress"] = False
     return kwargs

@@ -73,3 +73,13 @@ def test_bad_png_settings_and_grids_are_clear_errors(tmp_path):
         replay(tmp_path / "grid.png")
     with pytest.raises(InputError, match="is a directory"):
         read_settings(tmp_path)
+
+
+def test_an_edit_names_the_input_replay_lacks():
+    from multimodal.registry import pipelines
+    from multimodal.replay import call_kwargs
+
+    settings = {"task": "image-to-image", "prompt": "a bag", "seed": 0, "strength": 0.6}
+    with pytest.raises(InputError, match="image-to-image needs its 'image' input, which the "
+                                         "file does not record .it records: task, prompt"):
+        call_kwargs(pipelines.get("image-to-image"), "image-to-image", settings)
