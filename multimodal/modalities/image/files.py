@@ -149,12 +149,17 @@ def load_mask_array(source: Any, *, what: str = "mask") -> np.ndarray:
 
     Raises:
         InputError: as :func:`open_image`; a colour mask (a colour pixel says nothing about
-            regenerate or keep), or a 16-bit or float mask.
+            regenerate or keep), or a 32-bit (integer or float) mask. A 16-bit grey mask is
+            scaled to 8 bits, as images are.
     """
     image = open_image(source, what=what)
-    if image.mode.startswith("I") or image.mode == "F":
-        raise InputError(f"{what}: a {image.mode} (16/32-bit) mask is not accepted; give an "
-                         "8-bit black and white PNG (white = regenerate, black = keep)")
+    if image.mode.startswith("I") or image.mode == "F":  # 16-bit grey reads as images do
+        try:
+            image = flatten_image(image)
+        except DataError:
+            raise InputError(f"{what}: a {image.mode} (32-bit) mask is not accepted; give an "
+                             "8- or 16-bit black and white PNG (white = regenerate, black = "
+                             "keep)") from None
     if "A" in image.getbands() or "a" in image.getbands() or "transparency" in image.info:
         alpha = np.asarray(image.convert("RGBA"))[..., 3]
         if (alpha < 255).any():
