@@ -196,6 +196,16 @@ def tiny_image_pipeline(task: str = "text-to-image", denoiser: str = "latent_une
                                tokenizer=tiny_tokenizer(), checkpoint_id="tiny")
 
 
+def same_components(pipe: Any, task: str) -> Any:
+    """The image pipeline of ``task`` (``"image-to-image"``, ``"inpainting"``, ...) on the very
+    components of ``pipe`` (as diffusers' ``Pipeline(**pipe.components)``)."""
+    # deferred: the specs import this module while the registry loads its built-ins
+    from multimodal.registry import pipelines
+
+    return pipelines.get(task)(backbone=pipe.backbone, denoiser=pipe.denoiser, vae=pipe.vae,
+                               tokenizer=pipe.tokenizer, checkpoint_id=pipe.checkpoint_id)
+
+
 def tiny_image_folder(directory, *, count: int = 40, fmt: str = "jsonl", size: int = 28) -> str:
     """Write ``count`` small grayscale PNGs (two kinds: bars and blobs) with captions and their
     list file (``images.jsonl`` or ``images.csv``) into ``directory``; return the list path."""

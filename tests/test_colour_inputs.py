@@ -22,8 +22,7 @@ from PIL import Image
 from multimodal.data.images import ImageFolderDataset, composite, flatten_image, pil_to_array
 from multimodal.errors import DataError, InputError
 from multimodal.modalities.image.files import load_image_array, load_mask_array
-from multimodal.registry import pipelines
-from multimodal.testing import tiny_image_checkpoint, tiny_image_pipeline
+from multimodal.testing import same_components, tiny_image_checkpoint, tiny_image_pipeline
 
 
 def rgba_image(h: int = 64, w: int = 64, seed: int = 0) -> np.ndarray:
@@ -53,14 +52,9 @@ def grey():
     return tiny_image_pipeline()
 
 
-def like(pipe, task):
-    return pipelines.get(task)(backbone=pipe.backbone, denoiser=pipe.denoiser, vae=pipe.vae,
-                               tokenizer=pipe.tokenizer, checkpoint_id=pipe.checkpoint_id)
-
-
 def keep(pipe, image):
     """The image as the model reads it: image-to-image at strength 0 returns it unchanged."""
-    return like(pipe, "image-to-image")("x", image=image, strength=0.0, seed=0,
+    return same_components(pipe, "image-to-image")("x", image=image, strength=0.0, seed=0,
                                         progress=False).images[0]
 
 
@@ -154,7 +148,7 @@ def test_rgba_inputs_are_composited_on_white_for_colour_and_grey_models(colour, 
     expected = np.asarray(Image.fromarray(on_white(rgba_image(32, 32))).convert("L"))
     assert np.array_equal(keep(grey, rgba_image(32, 32)), expected)
     # edited for real, the output has the model's format
-    out = like(colour, "image-to-image")("a cat", image=rgba, strength=0.5,
+    out = same_components(colour, "image-to-image")("a cat", image=rgba, strength=0.5,
                                          num_inference_steps=2, seed=0, progress=False)
     assert out.images[0].shape == (64, 64, 3)
 
@@ -174,7 +168,7 @@ def test_inpainting_keeps_the_composited_pixels_in_colour(colour):
     rgba = rgba_image()
     mask = np.zeros((64, 64), np.uint8)
     mask[:, 40:] = 255
-    out = like(colour, "inpainting")("a dog", image=rgba, mask=mask, num_inference_steps=2,
+    out = same_components(colour, "inpainting")("a dog", image=rgba, mask=mask, num_inference_steps=2,
                                      seed=0, progress=False).images[0]
     assert np.array_equal(out[:, :40], on_white(rgba)[:, :40])
 
@@ -184,11 +178,11 @@ def test_grey_checkpoint_still_names_the_channel_mismatch_for_colour_rgba(grey):
     mask[:8] = 255
     with pytest.raises(InputError, match=r"channel mismatch: .*grayscale \(1 channel\) but the "
                                          r"image to inpaint is in colour \(3 channels\)"):
-        like(grey, "inpainting")("a bag", image=rgba_image(32, 32), mask=mask,
+        same_components(grey, "inpainting")("a bag", image=rgba_image(32, 32), mask=mask,
                                  num_inference_steps=2, progress=False)
     # grey with alpha is grey: accepted, the kept pixels composited on white
     la = rgba_image(32, 32)[..., 2:]
-    out = like(grey, "inpainting")("a bag", image=la, mask=mask, num_inference_steps=2, seed=0,
+    out = same_components(grey, "inpainting")("a bag", image=la, mask=mask, num_inference_steps=2, seed=0,
                                    progress=False)
     assert np.array_equal(out.images[0][8:], on_white(la)[8:, :, 0])
 
@@ -230,7 +224,7 @@ def test_masks_that_say_nothing_clear_are_refused(colour):
     with pytest.raises(InputError, match=r"an? F \(32-bit\) mask is not accepted"):
         load_mask_array(Image.fromarray(np.zeros((4, 6), np.float32)))
     with pytest.raises(InputError, match=r"the mask is 32x32 pixels but the image is 64x64"):
-        like(colour, "inpainting")("a dog", image=rgba_image(), mask=np.zeros((32, 32), np.uint8),
+        same_components(colour, "inpainting")("a dog", image=rgba_image(), mask=np.zeros((32, 32), np.uint8),
                                    num_inference_steps=2, progress=False)
 
 

@@ -17,7 +17,8 @@ from multimodal.pipelines import load_pipeline
 from multimodal.pipelines.base import sample_generators
 from multimodal.modalities.image.files import image_grid, png_bytes, read_png_metadata
 from multimodal.registry import decoders, schedulers
-from multimodal.testing import TINY, tiny_backbone, tiny_image_checkpoint, tiny_image_pipeline
+from multimodal.testing import (TINY, same_components, tiny_backbone, tiny_image_checkpoint,
+                                tiny_image_pipeline)
 
 SCHEDULERS = ("ddpm", "ddim", "dpm_solver_multistep", "euler")
 
@@ -225,7 +226,7 @@ def test_empty_prompt_is_unconditional_and_negative_prompt_steers(pipe):
 
 
 def test_image_to_image_strength_zero_returns_the_input(pipe):
-    img2img = load_like(pipe, "image-to-image")
+    img2img = same_components(pipe, "image-to-image")
     image = random_image()
     out = img2img("a shirt", image=image, strength=0.0, num_samples=2, seed=0, progress=False)
     assert all(np.array_equal(o, image) for o in out.images)
@@ -242,7 +243,7 @@ def test_image_to_image_strength_zero_returns_the_input(pipe):
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler", "dpm_solver_multistep"])
 def test_inpainting_keeps_unmasked_pixels(pipe, scheduler):
-    inpaint = load_like(pipe, "inpainting")
+    inpaint = same_components(pipe, "inpainting")
     image = random_image()
     mask = np.zeros((32, 32), np.uint8)
     mask[:, :12] = 255  # regenerate the left part
@@ -251,14 +252,6 @@ def test_inpainting_keeps_unmasked_pixels(pipe, scheduler):
     for result in out.images:
         assert np.array_equal(result[:, 12:], image[:, 12:])
         assert not np.array_equal(result[:, :12], image[:, :12])
-
-
-def load_like(pipe, task):
-    """The same components under another task's pipeline."""
-    from multimodal.registry import pipelines
-
-    return pipelines.get(task)(backbone=pipe.backbone, denoiser=pipe.denoiser, vae=pipe.vae,
-                               tokenizer=pipe.tokenizer, checkpoint_id=pipe.checkpoint_id)
 
 
 def test_png_metadata_round_trips(tmp_path):
@@ -284,7 +277,7 @@ def test_bad_pipeline_input(pipe, tmp_path):
         pipe(None)
     with pytest.raises(InputError, match="takes no image"):
         pipe("a bag", image=random_image())
-    img2img, inpaint = load_like(pipe, "image-to-image"), load_like(pipe, "inpainting")
+    img2img, inpaint = same_components(pipe, "image-to-image"), same_components(pipe, "inpainting")
     for strength in (-0.1, 1.5):
         with pytest.raises(InputError, match=r"strength must be in \[0, 1\]"):
             img2img("a bag", image=random_image(), strength=strength)

@@ -16,30 +16,14 @@ from multimodal.errors import InputError
 from multimodal.modalities.image.files import png_bytes, read_png_metadata
 from multimodal.modalities.image.modality import ImageModality
 from multimodal.modalities.image.vae import ImageVAETokenizer
-from multimodal.registry import decoders, pipelines
-from multimodal.testing import (TINY, tiny_backbone, tiny_emoji_packages, tiny_image_pipeline,
-                                tiny_tokenizer)
-
-
-def rgb_pipeline(task: str = "text-to-image"):
-    """An untrained tiny RGB pipeline: a 3-channel VAE on 64x64 images (16x16 latents)."""
-    backbone = tiny_backbone().eval()
-    denoiser = decoders.get("latent_dit")(backbone=backbone, sample_size=16,
-                                          **TINY["decoders"]["latent_dit"]).eval()
-    vae = ImageVAETokenizer(**{**TINY["tokenizers"]["image_vae"], "in_channels": 3,
-                               "image_size": 64})
-    return pipelines.get(task)(backbone=backbone, denoiser=denoiser, vae=vae,
-                               tokenizer=tiny_tokenizer(), checkpoint_id="rgb")
+from multimodal.testing import (TINY, same_components, tiny_emoji_packages,
+                                tiny_image_pipeline, tiny_tokenizer)
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    return rgb_pipeline()
-
-
-def like(pipe, task):
-    return pipelines.get(task)(backbone=pipe.backbone, denoiser=pipe.denoiser, vae=pipe.vae,
-                               tokenizer=pipe.tokenizer, checkpoint_id=pipe.checkpoint_id)
+    """An untrained tiny RGB pipeline: a 3-channel VAE on 64x64 images (16x16 latents)."""
+    return tiny_image_pipeline(denoiser="latent_dit", image_channels=3, image_size=64)
 
 
 def colour_image(size: int = 64, seed: int = 0) -> np.ndarray:
@@ -78,7 +62,7 @@ def test_every_scheduler_runs_in_colour(pipe, scheduler):
 
 def test_image_to_image_and_inpainting_in_colour(pipe):
     image = colour_image()
-    img2img, inpaint = like(pipe, "image-to-image"), like(pipe, "inpainting")
+    img2img, inpaint = same_components(pipe, "image-to-image"), same_components(pipe, "inpainting")
     same = img2img("a cat", image=image, strength=0.0, seed=0, progress=False)
     assert np.array_equal(same.images[0], image)  # strength 0: the colour input unchanged
     edited = img2img("a cat", image=image, strength=0.5, num_inference_steps=4, seed=0,
