@@ -447,6 +447,15 @@ def test_captioner_with_its_own_encoder_and_decoder_layers():
         "patch_embed", "encoder", "decoder"}
     with pytest.raises(ConfigError, match="decoder_layers must be >= 0"):
         LatentCaptioner(backbone=backbone, decoder_layers=-1)
+    # without them it draws only its patch embedding's random numbers, as before they existed
+    from multimodal.modalities.image.patches import LatentPatchEmbed
+
+    torch.manual_seed(1)
+    LatentCaptioner(backbone=backbone)
+    after_captioner = torch.rand(3)
+    torch.manual_seed(1)
+    LatentPatchEmbed(dim=backbone.dim)
+    assert torch.equal(after_captioner, torch.rand(3))
 
     vae = ImageVAETokenizer(**TINY["tokenizers"]["image_vae"])
     vae.fit([{"image": torch.rand(1, 32, 32) * 2 - 1} for _ in range(8)], progress=False)

@@ -70,17 +70,20 @@ class LatentCaptioner(nn.Module):
                               f"{backbone.dim} (got {encoder_heads})")
         self.patch_embed = LatentPatchEmbed(dim=backbone.dim, latent_channels=latent_channels,
                                             sample_size=sample_size, patch_size=patch_size)
-        layer = nn.TransformerEncoderLayer(backbone.dim, encoder_heads,
-                                           dim_feedforward=4 * backbone.dim, dropout=0.0,
-                                           activation="gelu", batch_first=True, norm_first=True)
+        def layers(count: int) -> nn.TransformerEncoder:
+            # built only when asked for: a captioner without them draws no random numbers
+            # for them, so its initialisation (and the model's after it) is unchanged
+            layer = nn.TransformerEncoderLayer(backbone.dim, encoder_heads,
+                                               dim_feedforward=4 * backbone.dim, dropout=0.0,
+                                               activation="gelu", batch_first=True,
+                                               norm_first=True)
+            return nn.TransformerEncoder(layer, count, enable_nested_tensor=False)
+
         self.encoder = self.decoder = None
         if encoder_layers:
-            self.encoder = nn.Sequential(
-                nn.TransformerEncoder(layer, encoder_layers, enable_nested_tensor=False),
-                nn.LayerNorm(backbone.dim))
+            self.encoder = nn.Sequential(layers(encoder_layers), nn.LayerNorm(backbone.dim))
         if decoder_layers:  # residual refinements of the backbone's states (no final norm)
-            self.decoder = nn.TransformerEncoder(layer, decoder_layers,
-                                                 enable_nested_tensor=False)
+            self.decoder = layers(decoder_layers)
         self._backbone = [backbone]  # not registered twice: it is saved under the model
         self.latent_shape = (latent_channels, sample_size, sample_size)
 
