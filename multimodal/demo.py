@@ -32,8 +32,7 @@ from multimodal.io import atomic_write_bytes, atomic_write_text, prepare_out_dir
 from multimodal.modalities.audio.files import wav_bytes
 from multimodal.modalities.image.files import image_grid, png_bytes
 from multimodal.modalities.video import files
-from multimodal.checkpoint import find_checkpoint, read_config
-from multimodal.pipelines import check_device, default_checkpoint, load_pipeline
+from multimodal.pipelines import check_device, image_data_type, load_pipeline
 
 TEXT_PROMPT = "The secret of life is"
 AUDIO_PROMPT = "Seven. A sneaker and a bag."
@@ -96,9 +95,7 @@ def run_demo(out_dir: str | Path, *, checkpoint=None, seed: int = 0,
 def image_prompts(checkpoint=None) -> tuple[str, ...]:
     """The demo's image prompts for what ``checkpoint`` (default: the embedded one) drew in
     training: :data:`IMAGE_PROMPTS` of its ``data.image.type``."""
-    path = find_checkpoint(default_checkpoint("text-to-image") if checkpoint is None
-                           else checkpoint)
-    kind = ((read_config(path).get("data") or {}).get("image") or {}).get("type")
+    kind = image_data_type("text-to-image", checkpoint)
     return IMAGE_PROMPTS.get(kind, IMAGE_PROMPTS["fashion_mnist"])
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib
 
-from multimodal.checkpoint import find_checkpoint, read_config
-from multimodal.errors import MultimodalError, UnknownComponentError, did_you_mean
-from multimodal.pipelines import default_checkpoint
+from multimodal.errors import UnknownComponentError, did_you_mean
+from multimodal.pipelines import checkpoint_config, image_data_type
+
+__all__ = ["DATA_EVALUATORS", "EVALUATORS", "checkpoint_config", "evaluate", "image_data_type"]
 
 EVALUATORS = {
     "text-generation": "multimodal.evaluation.text:evaluate_text_generation",
@@ -26,28 +27,6 @@ DATA_EVALUATORS = {
     ("text-to-image", "emoji"): "multimodal.evaluation.emoji:evaluate_text_to_image_emoji",
     ("image-to-text", "emoji"): "multimodal.evaluation.emoji:evaluate_image_to_text_emoji",
 }
-
-
-def checkpoint_config(task: str, checkpoint=None) -> dict | None:
-    """The config saved in ``checkpoint`` (a checkpoint or run directory; ``None``: the
-    embedded default of ``task``), or ``None`` when there is no readable checkpoint there
-    (the evaluator then loads it and says what is wrong)."""
-    try:
-        path = default_checkpoint(task) if checkpoint is None else checkpoint
-        return read_config(find_checkpoint(path))
-    except (MultimodalError, TypeError, OSError):
-        return None
-
-
-def image_data_type(task: str, checkpoint=None) -> str | None:
-    """The ``type`` of the data a checkpoint's images came from (``data.image``; for
-    image-to-text ``data.caption`` first), e.g. ``"emoji"``; ``None`` when there is none."""
-    data = (checkpoint_config(task, checkpoint) or {}).get("data") or {}
-    for slot in ("caption", "image") if task == "image-to-text" else ("image",):
-        section = data.get(slot)
-        if isinstance(section, dict) and section.get("type"):
-            return section["type"]
-    return None
 
 
 def evaluate(task: str, **kwargs) -> dict:

@@ -7,15 +7,27 @@ from pathlib import Path
 import torch
 
 from multimodal.checkpoint import find_checkpoint, is_complete, load_checkpoint, read_config
-from multimodal.errors import CheckpointError, UnknownComponentError, did_you_mean
+from multimodal.errors import (CheckpointError, MultimodalError, UnknownComponentError,
+                               did_you_mean)
 from multimodal.pipelines.base import (Pipeline, check_bool, check_compile, check_device,
                                        check_dtype, draw_seed, require_parts, seeded)
 from multimodal.registry import pipelines as pipeline_registry
 from multimodal.safety import SafetyPolicy
 
-__all__ = ["ASSETS", "DEFAULT_CHECKPOINT_NAME", "Pipeline", "check_device",
-           "default_checkpoint", "draw_seed", "load_pipeline", "prepare", "require_parts",
-           "seeded"]
+__all__ = [
+    "ASSETS",
+    "DEFAULT_CHECKPOINT_NAME",
+    "Pipeline",
+    "check_device",
+    "checkpoint_config",
+    "default_checkpoint",
+    "draw_seed",
+    "image_data_type",
+    "load_pipeline",
+    "prepare",
+    "require_parts",
+    "seeded",
+]
 
 # Checkpoints used when none is given, shipped inside the package (``assets/<name>``): the
 # joint model (configs/joint_tiny*.yaml) serves every built-in task; a plugin's pipeline names
@@ -39,6 +51,29 @@ def default_checkpoint(task: str = "text-generation") -> Path:
             f"the embedded default checkpoint of {task} is missing ({path}); pass "
             "checkpoint=... (CLI: --checkpoint DIR), or train one from configs/")
     return path
+
+
+def checkpoint_config(task: str, checkpoint=None) -> dict | None:
+    """The config saved in ``checkpoint`` (a checkpoint or run directory; ``None``: the
+    embedded default of ``task``), or ``None`` when there is no readable checkpoint there
+    (loading it then says what is wrong). The demo and ``multimodal evaluate`` choose their
+    prompts and judges by it."""
+    try:
+        path = default_checkpoint(task) if checkpoint is None else checkpoint
+        return read_config(find_checkpoint(path))
+    except (MultimodalError, TypeError, OSError):
+        return None
+
+
+def image_data_type(task: str, checkpoint=None) -> str | None:
+    """The ``type`` of the data a checkpoint's images came from (``data.image``; for
+    image-to-text ``data.caption`` first), e.g. ``"emoji"``; ``None`` when there is none."""
+    data = (checkpoint_config(task, checkpoint) or {}).get("data") or {}
+    for slot in ("caption", "image") if task == "image-to-text" else ("image",):
+        section = data.get(slot)
+        if isinstance(section, dict) and section.get("type"):
+            return section["type"]
+    return None
 
 
 def load_pipeline(task: str, checkpoint: str | Path | None = None, *,
