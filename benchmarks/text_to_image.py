@@ -211,21 +211,14 @@ def concept_subset(concepts: dict[str, tuple[str, ...]], count: int) -> dict[str
 def part_c_emoji(pipe, args, checkpoint, smoke: bool) -> dict:
     """(c) on an emoji checkpoint: the recogniser's top-5 on ``--per-concept`` samples of each
     of ``--concepts`` common concepts, under both samplers with the same seeds."""
-    # The evaluator's own helpers (the checkpoint's emoji section, its reader and concept
-    # lookup), so that the samples are drawn and judged as `multimodal evaluate` does it.
-    from multimodal.evaluation.emoji import (_LOCATION_KEYS, COMMON_CONCEPTS,
-                                             RECOGNISER_SETTINGS, _concept_table, _emoji_section,
-                                             _reader, generate_concept_samples, load_recogniser,
-                                             topk_hits)
+    # The evaluator's own judge and concept lookup, so that the samples are drawn and judged
+    # as `multimodal evaluate` does it.
+    from multimodal.evaluation.emoji import (COMMON_CONCEPTS, _concept_table, emoji_judge,
+                                             generate_concept_samples, topk_hits)
 
-    section = _emoji_section(checkpoint, "text-to-image")
-    settings = {**RECOGNISER_SETTINGS,
-                "val_fraction": section.get("val_fraction", RECOGNISER_SETTINGS["val_fraction"]),
-                **(SMOKE_RECOGNISER if smoke else {})}
-    recogniser = load_recogniser(settings=settings, progress=not args.no_progress,
-                                 data_kwargs={k: section[k] for k in _LOCATION_KEYS
-                                              if k in section})
-    data = _reader(section, settings)
+    recogniser, data, _ = emoji_judge(checkpoint,
+                                      recogniser_settings=SMOKE_RECOGNISER if smoke else None,
+                                      progress=not args.no_progress)
     concepts = concept_subset(SMOKE_CONCEPTS if smoke else COMMON_CONCEPTS, args.concepts)
     labels = [label for _, label in _concept_table(data, concepts)]
     keys = [c.key for c in data.concepts]

@@ -586,6 +586,26 @@ def frechet_with_floor(sample_features: torch.Tensor, sample_concepts: Sequence[
     return float(np.mean(generated)), float(np.mean(floor))
 
 
+def emoji_judge(checkpoint=None, *, recogniser_settings: dict | None = None,
+                progress: bool = True) -> tuple[Recogniser, Any, dict]:
+    """What judges a text-to-image emoji checkpoint: ``(recogniser, the reader of its emoji
+    data (all styles, training split), the recogniser's settings)``. The recogniser's classes
+    are the concepts of the checkpoint's training split (its ``val_fraction``);
+    ``recogniser_settings`` override :data:`RECOGNISER_SETTINGS`.
+
+    Raises:
+        CheckpointError, DataError: as :func:`evaluate_text_to_image_emoji`.
+    """
+    section = _emoji_section(checkpoint, "text-to-image")
+    settings = {**RECOGNISER_SETTINGS,
+                "val_fraction": section.get("val_fraction", RECOGNISER_SETTINGS["val_fraction"]),
+                **(recogniser_settings or {})}
+    recogniser = load_recogniser(settings=settings, progress=progress,
+                                 data_kwargs={k: section[k] for k in _LOCATION_KEYS
+                                              if k in section})
+    return recogniser, _reader(section, settings), settings
+
+
 def evaluate_text_to_image_emoji(*, checkpoint=None, num_samples: int = 8, seed: int = 0,
                                  prompts_per_concept: int = 4, num_inference_steps: int = 25,
                                  guidance_scale: float = 4.0, scheduler: str | None = None,
@@ -625,15 +645,8 @@ def evaluate_text_to_image_emoji(*, checkpoint=None, num_samples: int = 8, seed:
         raise InputError(f"num_samples (per concept) must be >= 2 (each concept's samples are "
                          f"split over at least two held-out phrasings), got {num_samples}")
     pipe = load_pipeline("text-to-image", checkpoint, device=device)
-    section = _emoji_section(checkpoint, "text-to-image")
-    # The recogniser's classes are the concepts of the checkpoint's training split.
-    settings = {**RECOGNISER_SETTINGS,
-                "val_fraction": section.get("val_fraction", RECOGNISER_SETTINGS["val_fraction"]),
-                **(recogniser_settings or {})}
-    recogniser = load_recogniser(settings=settings, progress=progress,
-                                 data_kwargs={k: section[k] for k in _LOCATION_KEYS
-                                              if k in section})
-    data = _reader(section, settings)
+    recogniser, data, settings = emoji_judge(checkpoint, recogniser_settings=recogniser_settings,
+                                             progress=progress)
     table = _concept_table(data, concepts)
     category_of = {label: category for category, label in table}
     keys = [c.key for c in data.concepts]
