@@ -4,13 +4,12 @@
 #      browser the server's page is tested in (chromium, chromium-driver) through apt, when
 #      apt is available;
 #   2. a virtual environment at .venv (or $VENV) with torch, the package and its test extras.
-# Which torch: $TORCH_SPEC when set (pip arguments naming a torch 2.11 build and the torchaudio
-# built with it, e.g. "torch==2.11.0+cpu torchaudio==2.11.0+cpu --index-url URL" with PyTorch's
-# CPU or ROCm package index); else the torch the environment already has (a .venv made with
-# --system-site-packages sees the system's); else torch==2.11.0 and torchaudio==2.11.0 from
-# PyPI, the versions tests/test_golden.py was recorded with (the CUDA build on Linux: 5.3 GB).
-# The torch in place is kept; one that is not 2.11 is refused before the package installs
-# (torchaudio ends at 2.11 and loads only with the torch build it was made for).
+# Which torch: $TORCH_SPEC when set (pip arguments naming a torch 2.11 or newer build, e.g. a
+# local CPU-only wheel, or "torch==2.11.0+cpu --index-url URL" with PyTorch's CPU or ROCm
+# package index); else the torch the environment already has (a .venv made with
+# --system-site-packages sees the system's); else torch==2.11.0 from PyPI, the version
+# tests/test_golden.py was recorded with (the CUDA build on Linux: 5.3 GB). The torch in place
+# is kept; one older than 2.11 is refused before the package installs.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +37,7 @@ fi
 
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
-DEFAULT_TORCH_SPEC="torch==2.11.0 torchaudio==2.11.0"
+DEFAULT_TORCH_SPEC="torch==2.11.0"
 if [ ! -x "$VENV/bin/python" ]; then
     echo "setup: creating $VENV"
     "$PYTHON" -m venv "$VENV"
@@ -62,22 +61,14 @@ if ! "$VENV/bin/python" -c "import multimodal, torch, pytest" >/dev/null 2>&1 \
     # the version pip knows (2.11.0), not torch.__version__ (2.11.0+cu130): pip pins by the former
     torch_version=$("$VENV/bin/python" -c "from importlib.metadata import version; print(version('torch'))" 2>/dev/null || true)
     case "$torch_version" in
-        2.11.*) ;;
-        *) echo "setup: ERROR: torch $torch_version is in $VENV; multimodal needs a torch 2.11 build" \
-                "(torchaudio, which it uses for mel features and resampling, ends at 2.11 and loads" \
-                "only with the torch it was built for). Set TORCH_SPEC to a torch 2.11 build and" \
-                "its torchaudio, e.g. TORCH_SPEC=\"torch==2.11.0 torchaudio==2.11.0\"" >&2
+        2.1[1-9].*|2.[2-9][0-9].*|[3-9].*) ;;
+        *) echo "setup: ERROR: torch ${torch_version:-(none)} is in $VENV; multimodal needs torch" \
+                "2.11 or newer. Set TORCH_SPEC to the pip arguments of one, e.g." \
+                "TORCH_SPEC=\"torch==2.11.0\"" >&2
            exit 1 ;;
     esac
     # the torch in place stays (a CPU or ROCm build is not swapped for PyPI's CUDA one)
     $PIP install -q -e ".[test]" "torch==$torch_version"
-    if ! error=$("$VENV/bin/python" -c "import torchaudio" 2>&1); then
-        echo "setup: ERROR: torchaudio does not load with torch $torch_version:" \
-             "$(echo "$error" | tail -n 1). Install the torchaudio built for this torch (PyPI's" \
-             "needs PyPI's CUDA torch; PyTorch's CPU and ROCm indexes have their own), e.g. in" \
-             "TORCH_SPEC beside torch" >&2
-        exit 1
-    fi
     touch "$VENV/.multimodal-installed"
 fi
 echo "setup: done (torch $("$VENV/bin/python" -c "import torch; print(torch.__version__)" 2>/dev/null))"

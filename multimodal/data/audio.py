@@ -93,7 +93,9 @@ def speak(text: str, voice: str, *, speed: int | None = None) -> tuple[np.ndarra
     """
     import soundfile as sf
     import torch
-    import torchaudio
+
+    # deferred with torch: importing data/ stays cheap
+    from multimodal.nn.dsp import resample
 
     try:
         rate = [] if speed is None else ["-s", str(int(speed))]
@@ -112,7 +114,7 @@ def speak(text: str, voice: str, *, speed: int | None = None) -> tuple[np.ndarra
     ipa = " , ".join(line.strip() for line in out.stdout[:start].decode("utf-8", "replace")
                      .splitlines() if line.strip())
     audio, rate = sf.read(io.BytesIO(out.stdout[start:]), dtype="float32")
-    wave = torchaudio.functional.resample(torch.from_numpy(audio), rate, SAMPLE_RATE).numpy()
+    wave = resample(torch.from_numpy(audio), rate, SAMPLE_RATE).numpy()
     return trim_silence(wave), ipa
 
 
@@ -355,7 +357,9 @@ class AudioFolderDataset(_SpeechItems):
                  max_seconds: float = 10.0):
         import soundfile as sf
         import torch
-        import torchaudio
+
+        # deferred with torch: importing data/ stays cheap
+        from multimodal.nn.dsp import resample
 
         check_split(split)
         root = Path(path)
@@ -384,7 +388,7 @@ class AudioFolderDataset(_SpeechItems):
                 continue
             wave = torch.from_numpy(audio.mean(axis=1))
             if rate != SAMPLE_RATE:
-                wave = torchaudio.functional.resample(wave, rate, SAMPLE_RATE)
+                wave = resample(wave, rate, SAMPLE_RATE)
             self.texts.append(text)
             self.voices.append(voice)
             self.phonemes.append(phonemize(text, language))

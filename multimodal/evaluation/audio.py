@@ -37,6 +37,7 @@ from multimodal.data.audio import SAMPLE_RATE, common_words, fortune_sentences, 
 from multimodal.errors import InputError
 from multimodal.io import atomic_write_bytes, cache_root
 from multimodal.modalities.audio.features import LogMel
+from multimodal.nn.dsp import create_dct
 from multimodal.pipelines import load_pipeline
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -198,14 +199,12 @@ def mel_cepstrum(wave: np.ndarray) -> np.ndarray:
     of the 80-bin natural-log mel of the peak-normalised waveform, floored at
     :data:`DYNAMIC_RANGE_DB` below its loudest bin (so digital silence and a vocoder's faint
     noise floor count the same), frames more than that below the loudest frame removed."""
-    import torchaudio
-
     wave = np.asarray(wave, dtype=np.float32)
     wave = wave / max(float(np.abs(wave).max()), 1e-9)
     mel = _log_mel(wave)  # (80, f)
     floor = float(mel.max()) - DYNAMIC_RANGE_DB / 20 * math.log(10)
     mel = mel.clamp(min=floor)
-    dct = torchaudio.functional.create_dct(MFCC_COEFFICIENTS + 1, mel.shape[0], norm="ortho")
+    dct = create_dct(MFCC_COEFFICIENTS + 1, mel.shape[0], norm="ortho")
     cep = (mel.T @ dct)[:, 1:]  # (f, 13), c0 (energy) left out
     keep = mel.max(0).values > floor + 1e-3  # frames with anything above the floor
     return cep[keep].numpy().astype(np.float64)

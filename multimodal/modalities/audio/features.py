@@ -1,5 +1,5 @@
-"""Log-mel features of 16 kHz speech (torchaudio), the representation the acoustic decoder
-predicts and the vocoders invert.
+"""Log-mel features of 16 kHz speech (plain torch, :mod:`multimodal.nn.dsp`), the
+representation the acoustic decoder predicts and the vocoders invert.
 
 Defaults (HiFi-GAN / Parallel WaveGAN practice, scaled to 16 kHz):
 
@@ -18,8 +18,9 @@ Axes: b batch, t samples, m mel bins, f frames.
 from __future__ import annotations
 
 import torch
-import torchaudio
 from torch import nn
+
+from multimodal.nn import dsp
 
 SAMPLE_RATE = 16_000
 LOG_FLOOR = 1e-5
@@ -45,10 +46,9 @@ class LogMel(nn.Module):
                              f"{sample_rate / 2} Hz of sample_rate {sample_rate}")
         self.sample_rate, self.n_fft, self.hop_length = sample_rate, n_fft, hop_length
         self.n_mels, self.f_min, self.f_max = n_mels, f_min, f_max
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=n_fft, win_length=n_fft, hop_length=hop_length,
-            f_min=f_min, f_max=f_max, n_mels=n_mels, power=1.0, center=True,
-            pad_mode="reflect", norm="slaney", mel_scale="slaney")
+        self.mel = dsp.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft,
+                                      hop_length=hop_length, n_mels=n_mels, f_min=f_min,
+                                      f_max=f_max, power=1.0, norm="slaney", mel_scale="slaney")
 
     def num_frames(self, num_samples: int) -> int:
         """Frames of a waveform of ``num_samples`` samples."""
@@ -62,8 +62,9 @@ class LogMel(nn.Module):
     def griffin_lim(self, log_mel: torch.Tensor, *, n_iter: int = 64,
                     generator_seed: int = 0) -> torch.Tensor:
         """The baseline inversion: least-squares inverse of the mel filter bank
-        (``torchaudio.transforms.InverseMelScale``), then Griffin-Lim
-        phase reconstruction (Griffin & Lim 1984) with torchaudio.
+        (:func:`~multimodal.nn.dsp.inverse_mel_scale`), then fast Griffin-Lim phase
+        reconstruction (Griffin & Lim 1984; Perraudin et al. 2013;
+        :func:`~multimodal.nn.dsp.griffin_lim`).
 
         Args:
             log_mel: (b, m, f) log-mel as returned by :meth:`forward`.
@@ -73,14 +74,13 @@ class LogMel(nn.Module):
         Returns:
             (b, (f - 1) * hop_length) waveform.
         """
-        inverse = torchaudio.transforms.InverseMelScale(
-            n_stft=self.n_fft // 2 + 1, n_mels=self.n_mels, sample_rate=self.sample_rate,
-            f_min=self.f_min, f_max=self.f_max, norm="slaney", mel_scale="slaney")
-        spec = inverse(log_mel.float().exp())  # least-squares, non-negative magnitudes
-        gl = torchaudio.transforms.GriffinLim(n_fft=self.n_fft, win_length=self.n_fft,
-                                              hop_length=self.hop_length, power=1.0,
-                                              n_iter=n_iter)
-        with torch.random.fork_rng(devices=[]):  # random initial phases, seeded, no side effect
-            torch.manual_seed(generator_seed)
-            wave = gl(spec)
+        log_mel = log_mel.float()
+        # least-squares, non-negative magnitudes (b, n_fft // 2 + 1, f)
+        spec = dsp.inverse_mel_scale(log_mel.exp(), self.mel.fb.to(log_mel.device))
+        # random initial phases from their own generator: seeded, no side effect on the global
+        # one (on CPU the same numbers as torch.manual_seed(generator_seed) gave before)
+        generator = torch.Generator(log_mel.device).manual_seed(generator_seed)
+        wave = dsp.griffin_lim(spec, n_fft=self.n_fft, hop_length=self.hop_length,
+                               n_iter=n_iter, window=self.mel.window.to(log_mel.device),
+                               generator=generator)
         return wave[..., : (log_mel.shape[-1] - 1) * self.hop_length]

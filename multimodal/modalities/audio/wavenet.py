@@ -39,12 +39,12 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-import torchaudio
 from einops import rearrange
 from torch import nn
 from tqdm.auto import tqdm
 
 from multimodal.modalities.audio.features import LogMel
+from multimodal.nn import dsp
 from multimodal.nn.schedules import cosine_with_warmup
 from multimodal.registry import vocoders
 
@@ -54,14 +54,14 @@ HOP_LENGTH = 256
 
 def mu_law_encode(audio: torch.Tensor, quantization_channels: int = 256) -> torch.Tensor:
     """Waveform in [-1, 1] -> mu-law classes (long) in ``[0, quantization_channels)``
-    (ITU-T G.711 companding, WaveNet section 2.2; ``torchaudio.functional.mu_law_encoding``)."""
-    return torchaudio.functional.mu_law_encoding(audio.clamp(-1.0, 1.0), quantization_channels)
+    (ITU-T G.711 companding, WaveNet section 2.2; :func:`multimodal.nn.dsp.mu_law_encoding`)."""
+    return dsp.mu_law_encoding(audio.clamp(-1.0, 1.0), quantization_channels)
 
 
 def mu_law_decode(classes: torch.Tensor, quantization_channels: int = 256) -> torch.Tensor:
     """Mu-law classes -> waveform in [-1, 1] (the inverse of :func:`mu_law_encode` up to the
     quantisation error, at most ``ln(1 + mu) / mu**2 * (1 + mu |x|)`` with ``mu = q - 1``)."""
-    return torchaudio.functional.mu_law_decoding(classes, quantization_channels)
+    return dsp.mu_law_decoding(classes, quantization_channels)
 
 
 def check_mel(mel: torch.Tensor, mel_channels: int, name: str = "mel") -> None:
@@ -526,7 +526,7 @@ class ParallelWaveGANGenerator(nn.Module):
                               dilation_cycle=dilation_cycle, kernel_size=kernel_size, fold=fold,
                               cond_channels=cond_channels, mel_channels=mel_channels,
                               hop_length=hop_length, mel_loss_weight=mel_loss_weight)
-        self._log_mel = None  # built on first use (torchaudio)
+        self._log_mel = None  # built on first use
 
     @property
     def receptive_field(self) -> int:
