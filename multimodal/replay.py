@@ -8,24 +8,33 @@ recorded settings (those named like its ``__call__``'s arguments), writes the ou
 ``--out`` through :func:`multimodal.outputs.write_outputs`, and compares the regenerated file
 with the original. Files of the same names already in ``--out`` (the original itself, when
 ``--out`` is its folder) are refused before generating unless ``--overwrite`` is given.
+
+The networks run in the dtype the file records (``torch_dtype``, written by outputs made in
+bf16 or fp16: :func:`~multimodal.pipelines.base.runtime_settings`; a file without one was made
+in float32, as every file before dtypes were recorded). A file made on another kind of device
+(a recorded ``device``, e.g. ``cuda``, against ``--device cpu``) is replayed there with a
+warning: other kernels round differently, so the result may differ in the last bits.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile
+import torch
 from PIL import Image
 
-from multimodal.errors import InputError
+from multimodal.errors import InputError, excerpt
 from multimodal.io import OutputFiles
 from multimodal.modalities.image.files import read_png_metadata
 from multimodal.outputs import check_overwrite, output_stems, write_outputs
 from multimodal.pipelines import load_pipeline
+from multimodal.pipelines.base import DTYPES, check_dtype
 from multimodal.registry import pipelines
 
 SIDECAR_SUFFIXES = (".wav", ".mp4", ".gif", ".txt")
@@ -35,7 +44,8 @@ RECORDED_AS = {"image-to-text": {"images": "image"}}
 # __call__ arguments never taken from a file: objects, not settings.
 NOT_RECORDED = ("self", "generator", "streamer", "progress", "callback_on_step_end",
                 "callback_on_step_end_tensor_inputs", "output_type", "num_images_per_prompt",
-                "num_return_sequences")
+                "num_return_sequences", "num_videos_per_prompt",
+                "num_waveforms_per_prompt")
 # Settings recorded as lists of strings that are one call's argument (not a prompt list).
 LIST_SETTINGS = ("stop_strings",)
 
@@ -89,10 +99,14 @@ def replay(path: str | Path, *, checkpoint: str | list[str] | None = None,
         ``output`` the pipeline's output, ``written`` the files written, ``kwargs`` the
         arguments it was called with).
 
+    The pipeline runs in the recorded ``torch_dtype`` (float32 when none is recorded); a
+    recorded ``device`` kind other than ``device``'s warns (see the module docstring).
+
     Raises:
         InputError: unreadable settings, a task whose inputs were not recorded (editing
             tasks need their input image), a checkpoint other than the one that made it,
-            recorded settings the pipeline refuses, or files in ``out`` it would overwrite.
+            recorded settings the pipeline refuses (a ``torch_dtype`` among them), or files
+            in ``out`` it would overwrite.
         CheckpointError: the checkpoint cannot be loaded.
     """
     path = Path(path)
@@ -109,14 +123,25 @@ def replay(path: str | Path, *, checkpoint: str | list[str] | None = None,
     checkpoints = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint or [])
     if not composed and len(checkpoints) > 1:
         raise InputError(f"replay: {task} takes one --checkpoint, got {len(checkpoints)}")
+    steps = settings.get("steps") if composed and isinstance(settings.get("steps"), dict) \
+        else {}
+    dtypes = {name: recorded_dtype(step, f"{path} (step {name})")
+              for name, step in steps.items() if isinstance(step, dict)}
+    dtype = recorded_dtype(settings, str(path))
+    _warn_other_device(path, [settings] + [s for s in steps.values() if isinstance(s, dict)],
+                       device)
     if composed:
         pipe = cls.from_checkpoint(checkpoints or None, device=device)
+        for name, step_dtype in dtypes.items():  # each step in the dtype it ran in
+            if step_dtype is not None and name in pipe.steps:
+                pipe.steps[name].to(dtype=step_dtype)
         made = {name: (step or {}).get("checkpoint_id")
                 for name, step in (settings.get("steps") or {}).items()}
         parts = [(f"step {name}", made.get(name), getattr(p, "checkpoint_id", None))
                  for name, p in pipe.steps.items()]
     else:
-        pipe = load_pipeline(task, checkpoints[0] if checkpoints else None, device=device)
+        pipe = load_pipeline(task, checkpoints[0] if checkpoints else None, device=device,
+                             torch_dtype=dtype)
         parts = [("", settings.get("checkpoint_id", settings.get("checkpoint")),
                   getattr(pipe, "checkpoint_id", None))]
     for where, recorded, actual in parts:
@@ -143,6 +168,34 @@ def replay(path: str | Path, *, checkpoint: str | list[str] | None = None,
     identical = replayed is not None and _same(path, replayed)
     return {"task": task, "original": str(path), "replayed": str(replayed),
             "identical": identical, "output": output, "written": written, "kwargs": kwargs}
+
+
+def recorded_dtype(settings: dict[str, Any], where: str) -> torch.dtype | None:
+    """The ``torch_dtype`` ``settings`` record (a name such as ``"bfloat16"``), or ``None``
+    when they record none (float32: files made before dtypes were recorded, and float32 runs).
+
+    Raises:
+        InputError: a recorded value that is not a dtype name, naming the accepted ones.
+    """
+    name = settings.get("torch_dtype")
+    if name is None:
+        return None
+    if not isinstance(name, str) or name.removeprefix("torch.") not in DTYPES:
+        raise InputError(f"replay: {where} records torch_dtype {excerpt(name)}, which is not "
+                         f"a dtype these pipelines run in; expected one of "
+                         f"{', '.join(map(repr, DTYPES))}")
+    return check_dtype(name)
+
+
+def _warn_other_device(path: Path, records: list[dict[str, Any]], device: str) -> None:
+    """Warn when ``records`` (the settings, and a composed task's steps) say the file was made
+    on another kind of device than ``device``."""
+    kind = str(device).partition(":")[0]  # "cuda:1" -> "cuda" (checked when it loads)
+    made = sorted({str(r.get("device", "cpu")) for r in records} - {kind})
+    if made:
+        warnings.warn(f"{path} was made on {' and '.join(made)}; replaying on {kind}, whose "
+                      "kernels round differently, may not reproduce it exactly (replay with "
+                      f"--device {made[0]} to use the same kind of device)", stacklevel=3)
 
 
 def call_kwargs(cls, task: str, settings: dict[str, Any]) -> dict[str, Any]:

@@ -87,6 +87,9 @@ def test_prompt_list_argument_errors(t2i):
         t2i(["a", "b"], negative_prompt=["x"], **STEPS)
     with pytest.raises(InputError, match="empty list"):
         t2i([], **STEPS)
+    with pytest.raises(InputError, match=r"prompt\[1\] must be a string .prompt must be a "
+                                         "string or a non-empty list of strings"):
+        t2i(["a bag", None], **STEPS)
     with pytest.raises(InputError, match="output_type"):
         t2i("a bag", output_type="latent", **STEPS)
 
@@ -164,6 +167,159 @@ def test_video_callback_diffusers_form_and_early_stop():
     out = pipe("a sneaker moving left", seed=1, num_inference_steps=3, progress=False,
                callback_on_step_end=stop)
     assert out.metadata(0)["steps_run"] == 1
+
+
+# -- diffusers: generator lists, video and audio --------------------------------------------------
+def _generators(*seeds: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def test_generator_list_gives_each_image_its_generator(t2i):
+    both = t2i("a bag", generator=_generators(11, 12), num_images_per_prompt=2, **STEPS)
+    alone = [t2i("a bag", generator=g, **STEPS) for g in _generators(11, 12)]
+    # image i is what generator[i] makes alone (up to the float rounding of a batch of two);
+    # a shared generator or swapped ones move the latents by whole units
+    for i, single in enumerate(alone):
+        torch.testing.assert_close(both.latents[i : i + 1], single.latents, rtol=0,
+                                   atol=LIST_LATENT_TOLERANCE)
+        assert np.abs(both.images[i].astype(int) - single.images[0]).max() <= 1
+    assert not torch.allclose(both.latents[0], both.latents[1], atol=0.1)
+    # with a prompt list: one generator per image, prompt-major
+    prompts = ["a bag", "a shirt with long sleeves"]
+    listed = t2i(prompts, generator=_generators(11, 12), **STEPS)
+    for i, prompt in enumerate(prompts):
+        single = t2i(prompt, generator=_generators(11 + i)[0], **STEPS)
+        torch.testing.assert_close(listed.latents[i : i + 1], single.latents, rtol=0,
+                                   atol=LIST_LATENT_TOLERANCE)
+
+
+def test_generator_list_errors(t2i):
+    with pytest.raises(InputError, match="generator is a list of 2 but the call makes 3"):
+        t2i("a bag", generator=_generators(1, 2), num_images_per_prompt=3, **STEPS)
+    with pytest.raises(InputError, match="generator is a list of 0"):
+        t2i("a bag", generator=[], **STEPS)
+    with pytest.raises(InputError, match="seed and a list of generators"):
+        t2i("a bag", generator=_generators(1), seed=3, **STEPS)
+    with pytest.raises(InputError, match=r"generator\[1\] must be a torch.Generator"):
+        t2i("a bag", generator=[torch.Generator(), 5], num_images_per_prompt=2, **STEPS)
+
+
+@pytest.fixture(scope="module")
+def t2v():
+    return tiny_video_pipeline()
+
+
+VIDEO_STEPS = {"num_inference_steps": 3, "progress": False}
+
+
+def test_num_videos_per_prompt_is_num_samples(t2v):
+    ours = t2v("a bag moving up", num_samples=2, seed=4, **VIDEO_STEPS)
+    theirs = t2v("a bag moving up", num_videos_per_prompt=2, seed=4, **VIDEO_STEPS)
+    assert len(theirs.videos) == 2 and _same_images(ours.videos, theirs.videos)
+    with pytest.raises(InputError, match="num_videos_per_prompt"):
+        t2v("a bag", num_samples=2, num_videos_per_prompt=3, **VIDEO_STEPS)
+
+
+def test_video_prompt_list_equals_each_prompt_alone(t2v):
+    prompts = ["a sneaker moving left", "a bag moving up", ""]
+    negatives = ["a bag", None, "a shoe"]
+    out = t2v(prompts, negative_prompt=negatives, num_videos_per_prompt=2, seed=7,
+              **VIDEO_STEPS)
+    assert len(out.videos) == 6  # flat, prompt-major, as diffusers
+    for k in range(6):
+        meta = out.metadata(k)
+        assert meta["prompt"] == prompts[k // 2] and meta["sample"] == k % 2
+        assert meta["negative_prompt"] == negatives[k // 2] and meta["num_samples"] == 2
+    assert out.metadata(0)["seed"] == 7  # the first prompt keeps the call's seed
+    assert len({out.metadata(k)["seed"] for k in (0, 2, 4)}) == 3
+    for i, prompt in enumerate(prompts):
+        alone = t2v(prompt, negative_prompt=negatives[i], num_samples=2,
+                    seed=out.metadata(2 * i)["seed"], **VIDEO_STEPS)
+        # the same draws; prompts padded to the longest round the floats differently
+        torch.testing.assert_close(alone.latents, out.latents[2 * i : 2 * i + 2], rtol=0,
+                                   atol=LIST_LATENT_TOLERANCE)
+        for a, b in zip(alone.videos, out.videos[2 * i : 2 * i + 2]):
+            assert np.abs(a.astype(int) - b).max() <= 1, prompt
+    parts = out.split()
+    assert [p.prompt for p in parts] == prompts and all(len(p.videos) == 2 for p in parts)
+    assert [p.seed for p in parts] == [out.metadata(k)["seed"] for k in (0, 2, 4)]
+
+
+def test_video_generator_list_gives_each_clip_its_generator(t2v):
+    both = t2v("a bag moving up", generator=_generators(11, 12), num_videos_per_prompt=2,
+               **VIDEO_STEPS)
+    for i, gen in enumerate(_generators(11, 12)):
+        single = t2v("a bag moving up", generator=gen, **VIDEO_STEPS)
+        torch.testing.assert_close(both.latents[i : i + 1], single.latents, rtol=0,
+                                   atol=LIST_LATENT_TOLERANCE)
+        assert np.abs(both.videos[i].astype(int) - single.videos[0]).max() <= 1
+    with pytest.raises(InputError, match="generator is a list of 1 but the call makes 2"):
+        t2v("a bag", generator=_generators(1), num_videos_per_prompt=2, **VIDEO_STEPS)
+
+
+def test_video_prompt_list_argument_errors(t2v):
+    with pytest.raises(InputError, match="prompt is an empty list; give a string or a "
+                                         "non-empty list of strings"):
+        t2v([], **VIDEO_STEPS)
+    with pytest.raises(InputError, match=r"prompt\[1\] must be a string"):
+        t2v(["a bag", 3], **VIDEO_STEPS)
+    with pytest.raises(InputError, match="negative_prompt has 1 items but there are 2"):
+        t2v(["a", "b"], negative_prompt=["x"], **VIDEO_STEPS)
+    with pytest.raises(InputError, match=r"negative_prompt\[0\] must be a string or None"):
+        t2v(["a", "b"], negative_prompt=[1, None], **VIDEO_STEPS)
+    with pytest.raises(InputError, match="negative_prompt is a list but prompt is one string"):
+        t2v("a", negative_prompt=["x"], **VIDEO_STEPS)
+
+
+@pytest.fixture(scope="module")
+def t2a():
+    return load_pipeline("text-to-audio")
+
+
+AUDIO = {"vocoder": "parallel", "progress": False}  # a vocoder that draws noise
+
+
+def test_num_waveforms_per_prompt_is_num_samples(t2a):
+    ours = t2a("seven", num_samples=2, seed=4, **AUDIO)
+    theirs = t2a("seven", num_waveforms_per_prompt=2, seed=4, **AUDIO)
+    assert len(theirs.audios) == 2 and _same_images(ours.audios, theirs.audios)
+    assert not np.array_equal(theirs.audios[0], theirs.audios[1])
+    with pytest.raises(InputError, match="num_waveforms_per_prompt"):
+        t2a("seven", num_samples=2, num_waveforms_per_prompt=3, **AUDIO)
+
+
+def test_audio_prompt_list_equals_each_prompt_alone(t2a):
+    prompts = ["seven", "two four", "six"]
+    out = t2a(prompts, num_waveforms_per_prompt=2, seed=5, **AUDIO)
+    assert len(out.audios) == 6 and len(out.mels) == 3
+    assert out.metadata(0)["seed"] == 5 and len({out.metadata(k)["seed"] for k in (0, 2, 4)}) == 3
+    for i, prompt in enumerate(prompts):
+        meta = out.metadata(2 * i + 1)
+        assert meta["prompt"] == prompt and meta["sample"] == 1 and meta["num_samples"] == 2
+        alone = t2a(prompt, num_samples=2, seed=meta["seed"], **AUDIO)
+        assert _same_images(alone.audios, out.audios[2 * i : 2 * i + 2]), prompt  # exactly
+        assert meta["phonemes"] == alone.metadata(1)["phonemes"]
+        assert torch.equal(alone.mels[0], out.mels[i])
+    parts = out.split()
+    assert [p.prompt for p in parts] == prompts and all(len(p.audios) == 2 for p in parts)
+
+
+def test_audio_generator_list_and_errors(t2a):
+    both = t2a("seven", generator=_generators(1, 2), num_waveforms_per_prompt=2, **AUDIO)
+    alone = [t2a("seven", generator=g, **AUDIO).audios[0] for g in _generators(1, 2)]
+    assert _same_images(both.audios, alone)
+    listed = t2a(["seven", "six"], generator=_generators(1, 2), **AUDIO)
+    assert np.array_equal(listed.audios[0], alone[0])
+    assert np.array_equal(listed.audios[1],
+                          t2a("six", generator=_generators(2)[0], **AUDIO).audios[0])
+    with pytest.raises(InputError, match="generator is a list of 2 but the call makes 1"):
+        t2a("seven", generator=_generators(1, 2), **AUDIO)
+    with pytest.raises(InputError, match="empty list"):
+        t2a([], **AUDIO)
+    with pytest.raises(InputError, match=r"prompt\[0\] must be a string"):
+        t2a([None], **AUDIO)
+    with pytest.raises(InputError, match="prompt must be a string or a non-empty list"):
+        t2a(7, **AUDIO)
 
 
 def test_server_batch_runs_the_pipeline_with_a_prompt_list(t2i):
@@ -310,6 +466,12 @@ def test_cli_hides_the_aliases_and_replays_transformers_settings(tmp_path, capsy
     assert "--num-samples" in help_text and "--prompt" in help_text
     for hidden in ("--num-images-per-prompt", "--output-type", "--callback"):
         assert hidden not in help_text
+    for task, hidden in (("text-to-video", "--num-videos-per-prompt"),
+                         ("text-to-audio", "--num-waveforms-per-prompt")):
+        with pytest.raises(SystemExit):
+            main(["generate", task, "--help"])
+        help_text = capsys.readouterr().out
+        assert "--num-samples" in help_text and hidden not in help_text, task
     out = tmp_path / "gen"
     assert main(["generate", "text-generation", "--prompt", "The", "--max-new-tokens", "20",
                  "--seed", "3", "--repetition-penalty", "1.3", "--stop-strings", "e",

@@ -154,6 +154,60 @@ def check_text(name: str, value: Any, *, optional: bool = False) -> str | None:
     return value
 
 
+def check_prompts(prompt: Any, name: str = "prompt") -> tuple[list[str], bool]:
+    """``(prompts, is_list)``: the prompts of a call, ``prompt`` alone or the items of a list
+    (diffusers' and transformers' batch of prompts), each checked as :func:`check_text` checks
+    it (an item named ``prompt[i]``).
+
+    Raises:
+        InputError: not a string or a list (tuple) of strings; an empty list; an item that
+            is not a string or holds a character the files cannot carry.
+    """
+    accepted = "a string or a non-empty list of strings (one output group per prompt)"
+    if isinstance(prompt, (list, tuple)):
+        if not prompt:
+            raise InputError(f"{name} is an empty list; give {accepted}")
+        for i, item in enumerate(prompt):
+            if not isinstance(item, str):
+                raise _refuse(f"{name}[{i}]", item, f"a string ({name} must be {accepted})")
+            check_text(f"{name}[{i}]", item)
+        return list(prompt), True
+    if not isinstance(prompt, str):
+        raise _refuse(name, prompt, accepted)
+    return [check_text(name, prompt)], False
+
+
+def per_prompt(name: str, value: Any, count: int) -> list | None:
+    """``value`` as a list of one item per prompt when it is a list (tuple), else ``None``
+    (one value for every prompt).
+
+    Raises:
+        InputError: a list whose length is not ``count``, the number of prompts.
+    """
+    if not isinstance(value, (list, tuple)):
+        return None
+    if len(value) != count:
+        raise InputError(f"{name} has {len(value)} items but there are {count} prompts; give "
+                         "one per prompt (or one value for all)")
+    return list(value)
+
+
+def samples_per_prompt(num_samples: Any, alias: Any, alias_name: str) -> Any:
+    """``num_samples``, or another library's name of it (diffusers' ``num_images_per_prompt``,
+    ``num_videos_per_prompt``, ``num_waveforms_per_prompt``; transformers'
+    ``num_return_sequences``) when that is given (not ``None``).
+
+    Raises:
+        InputError: both given, with different values.
+    """
+    if alias is None:
+        return num_samples
+    if num_samples != 1 and num_samples != alias:
+        raise InputError(f"num_samples={num_samples!r} and {alias_name}={alias!r} name the same "
+                         "setting; give one of them")
+    return alias
+
+
 def derive_seed(seed: int, index: int) -> int:
     """A 64-bit seed for sample ``index`` of a call seeded with ``seed`` (SHA-256 of both:
     unrelated to ``seed + 1``'s samples)."""
@@ -183,6 +237,63 @@ def sample_generators(seed: int | None, generator: torch.Generator, num_samples:
         copy = torch.Generator(device=generator.device).set_state(generator.get_state())
         seed = int(torch.randint(0, 2**62, (), generator=copy).item())
     return [torch.Generator().manual_seed(derive_seed(seed, i)) for i in range(num_samples)]
+
+
+def check_generators(generator: Any, total: int, seeds: list[Any]) -> list[torch.Generator] | None:
+    """diffusers' list of generators: one CPU ``torch.Generator`` per sample of the call
+    (``total`` of them, prompt-major), sample ``i`` drawing from ``generator[i]`` alone;
+    ``None`` when ``generator`` is not a list (tuple).
+
+    Raises:
+        InputError: a list whose length is not ``total``; an item that is not a CPU
+            ``torch.Generator``; a seed given as well (``seeds``: the call's per-prompt seeds,
+            all ``None`` unless a seed was given), since each generator is its sample's seed.
+    """
+    if not isinstance(generator, (list, tuple)):
+        return None
+    if len(generator) != total:
+        raise InputError(f"generator is a list of {len(generator)} but the call makes {total} "
+                         "sample(s) (prompts x samples per prompt); give one torch.Generator "
+                         "per sample, or one torch.Generator for all")
+    if any(seed is not None for seed in seeds):
+        raise InputError("seed and a list of generators were both given; give one: each "
+                         "generator seeds its own sample")
+    for i, item in enumerate(generator):
+        if not isinstance(item, torch.Generator):
+            raise _refuse(f"generator[{i}]", item, "a torch.Generator")
+        seeded(None, item)  # on the CPU, as a single generator must be
+    return list(generator)
+
+
+def initial_noise(shape: tuple[int, ...], counts: list[int], seeds: list[int | None],
+                  generator: torch.Generator | list[torch.Generator] | None
+                  ) -> tuple[torch.Tensor, list[torch.Generator], list[int | None]]:
+    """The draws of a diffusion call, each prompt's as it would draw alone.
+
+    Args:
+        shape: One sample's noise shape, e.g. (l, y, x) or (t, l, y, x).
+        counts: Samples of each prompt.
+        seeds: Each prompt's seed (``None``: drawn, or the caller's generator's).
+        generator: ``None``, one CPU generator (every prompt draws from it in turn), or one
+            per sample (:func:`check_generators`): sample ``i`` draws from ``generator[i]``
+            alone, as a call with ``generator=generator[i]`` and one sample does.
+
+    Returns:
+        ``(noise (s, *shape) float32 on the CPU, one step generator per sample
+        (:func:`sample_generators`), each prompt's seed as used)``.
+    """
+    noises, step_generators, used = [], [], []
+    if isinstance(generator, list):
+        for gen in generator:
+            step_generators += sample_generators(None, gen, 1)
+            noises.append(torch.randn((1, *shape), generator=gen))
+        return torch.cat(noises), step_generators, [None] * len(counts)
+    for count, seed in zip(counts, seeds):
+        gen, seed = seeded(seed, generator)
+        step_generators += sample_generators(seed, gen, count)
+        noises.append(torch.randn((count, *shape), generator=gen))
+        used.append(seed)
+    return torch.cat(noises), step_generators, used
 
 
 def draw_seed() -> int:
@@ -233,6 +344,27 @@ def check_dtype(dtype: Any) -> torch.dtype:
         return dtype
     raise _refuse("torch_dtype", dtype, "torch.float32, torch.float16 or torch.bfloat16 (or "
                   f"one of {', '.join(map(repr, DTYPES))})")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (a name :func:`check_dtype` takes back)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def runtime_settings(pipe: Any) -> dict[str, str]:
+    """How ``pipe`` runs, where that changes the numbers, as its outputs record it:
+    ``torch_dtype`` (its networks' dtype, e.g. ``"bfloat16"``) when not float32, and
+    ``device`` (the kind: ``"cuda"``, ``"mps"``) when not the CPU. A float32 run on the CPU
+    records neither, as files made before they were recorded; ``multimodal replay`` loads the
+    recorded dtype and warns on another device kind."""
+    settings = {}
+    dtype = getattr(pipe, "dtype", torch.float32)
+    if isinstance(dtype, torch.dtype) and dtype != torch.float32:
+        settings["torch_dtype"] = dtype_name(dtype)
+    device = getattr(pipe, "device", None)
+    if device is not None and torch.device(device).type != "cpu":
+        settings["device"] = torch.device(device).type
+    return settings
 
 
 def check_device(device: Any) -> None:
@@ -333,6 +465,18 @@ class Pipeline:
     produces: ClassVar[str] = ""
     parts: ClassVar[dict[str, str | tuple[str, ...]]] = {}
     needs: ClassVar[str] = ""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the networks run in: that of the first floating parameter of the first
+        ``torch.nn.Module`` part (float32 when there is none)."""
+        for name in self.parts:
+            part = getattr(self, name, None)
+            if isinstance(part, torch.nn.Module):
+                for param in part.parameters():
+                    if param.is_floating_point():
+                        return param.dtype
+        return torch.float32
 
     def to(self, *args: Any, device: str | torch.device | None = None,
            dtype: torch.dtype | str | None = None):

@@ -32,7 +32,8 @@ import numpy as np
 from multimodal.config import read_yaml_file
 from multimodal.errors import CheckpointError, ConfigError, InputError, did_you_mean
 from multimodal.pipelines import load_pipeline
-from multimodal.pipelines.base import check_bool, check_seed, check_text, draw_seed
+from multimodal.pipelines.base import (check_bool, check_seed, check_text, draw_seed,
+                                       runtime_settings)
 from multimodal.registry import combiners, pipelines
 from multimodal.safety import policy_of
 
@@ -330,7 +331,8 @@ class ComposedPipeline:
             outputs[name] = pipe(prompt, seed=seed, **kwargs)
             settings[name] = {"task": section["task"], **{k: v for k, v in kwargs.items()
                                                           if k != "progress"},
-                              "checkpoint_id": getattr(pipe, "checkpoint_id", "none")}
+                              "checkpoint_id": getattr(pipe, "checkpoint_id", "none"),
+                              **runtime_settings(pipe)}  # its dtype, for replay
         combine = dict(self.definition["combine"])
         combiner: Callable = combiners.get(combine.pop("type"))
         media = combiner(outputs, **combine)

@@ -27,7 +27,7 @@ from multimodal.data.images import pil_to_array
 from multimodal.errors import InputError
 from multimodal.modalities.image.files import load_image_array
 from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_int,
-                                       check_seed, check_text, seeded)
+                                       check_seed, check_text, runtime_settings, seeded)
 from multimodal.pipelines.sampling import sample_next_token
 from multimodal.registry import pipelines
 
@@ -46,6 +46,8 @@ class CaptionOutput:
         images: The images as given, as text (a path as given; ``None`` for an image given as
             pixels), written with each caption.
         max_new_tokens, do_sample, temperature, top_k, top_p: The settings used.
+        runtime: How the pipeline ran where that changes the numbers (``torch_dtype`` when
+            not float32, ``device`` when not the CPU), written with every caption.
     """
 
     texts: list[str]
@@ -57,6 +59,7 @@ class CaptionOutput:
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
+    runtime: dict[str, str] = field(default_factory=dict)
 
     @property
     def samples(self) -> list[str]:
@@ -74,6 +77,7 @@ class CaptionOutput:
         for name in ("top_k", "top_p"):
             if getattr(self, name) is not None:
                 meta[name] = getattr(self, name)
+        meta.update(self.runtime)
         return meta
 
 
@@ -198,4 +202,5 @@ class ImageToTextPipeline(Pipeline):
         return CaptionOutput(texts=texts, seed=seed if do_sample else None,
                              checkpoint_id=self.checkpoint_id, images=names,
                              max_new_tokens=max_new_tokens, do_sample=do_sample,
-                             temperature=temperature, top_k=top_k, top_p=top_p)
+                             temperature=temperature, top_k=top_k, top_p=top_p,
+                             runtime=runtime_settings(self))

@@ -15,7 +15,7 @@ import torch
 from multimodal.errors import InputError
 from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_int,
                                        check_num_samples, check_seed, check_text, prompt_seed,
-                                       seeded)
+                                       runtime_settings, seeded)
 from multimodal.pipelines.sampling import sample_next_token
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
@@ -40,6 +40,8 @@ class TextGenerationOutput:
         repetition_penalty, stop_strings: transformers' settings, as used (recorded in the
             metadata when they are not the defaults, 1.0 and none).
         num_samples_per_prompt: Samples of each prompt of a list call (``None``: one prompt).
+        runtime: How the pipeline ran where that changes the numbers (``torch_dtype`` when
+            not float32, ``device`` when not the CPU), written with every sample.
     """
 
     texts: list[str]
@@ -56,6 +58,7 @@ class TextGenerationOutput:
     repetition_penalty: float = 1.0
     stop_strings: list[str] | None = None
     num_samples_per_prompt: int | None = None
+    runtime: dict[str, str] = field(default_factory=dict)
 
     def _locate(self, index: int) -> tuple[int | None, int, int]:
         """``(prompt index or None, sample within its prompt, samples of that prompt)``."""
@@ -86,6 +89,7 @@ class TextGenerationOutput:
             meta["repetition_penalty"] = self.repetition_penalty
         if self.stop_strings:
             meta["stop_strings"] = list(self.stop_strings)
+        meta.update(self.runtime)
         return meta
 
 
@@ -313,7 +317,8 @@ class TextGenerationPipeline(Pipeline):
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
             top_k=top_k, top_p=top_p, checkpoint_id=self.checkpoint_id,
             repetition_penalty=repetition_penalty, stop_strings=stops or None,
-            num_samples_per_prompt=num_samples if is_list else None)
+            num_samples_per_prompt=num_samples if is_list else None,
+            runtime=runtime_settings(self))
 
     def _decode(self, ids: list[list[int]], generators: list[torch.Generator],
                 num_samples: int, *, max_new_tokens: int, do_sample: bool, temperature: float,

@@ -14,6 +14,13 @@ voice), which espeak-ng would read out letter name by letter name.
 Random draws come from one ``torch.Generator`` seeded with ``seed``: the vocoder's noise
 (parallel) or its sampling (autoregressive), sample after sample.
 
+diffusers' conventions (its AudioLDM pipelines') are taken beside the project's: a list of
+prompts speaks each in turn, waveforms flat in prompt order, prompt ``i`` drawing from its own
+seed (:func:`~multimodal.pipelines.base.prompt_seed` of ``seed``, recorded with its waveforms),
+so its waveforms are exactly those it gives alone with that seed; ``num_waveforms_per_prompt``
+(the name of ``num_samples``); and a list of generators, one per waveform, waveform ``i``
+drawing from ``generator[i]`` alone.
+
 ``pipe.to(dtype)`` (``load_pipeline(..., torch_dtype=...)``) runs the backbone and the acoustic
 decoder in bf16 or fp16; the mel leaves them as float32, and the vocoders stay float32.
 ``pipe.compile()`` compiles those two and the learned vocoders.
@@ -25,7 +32,7 @@ not here): 16-bit PCM WAV (soundfile) and a sidecar JSON with the prompt and set
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,8 +40,10 @@ import torch
 
 from multimodal.data.espeak import foreign_letters
 from multimodal.errors import InputError, excerpt
-from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_num_samples,
-                                       check_seed, check_text, seeded)
+from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_generators,
+                                       check_num_samples, check_prompts, check_seed,
+                                       check_text, prompt_seed, runtime_settings,
+                                       samples_per_prompt, seeded)
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
 
@@ -47,35 +56,79 @@ SILENT_PEAK = 1e-4  # a waveform whose peak is below this is reported, never wri
 class AudioGenerationOutput:
     """What the text-to-audio pipeline returns.
 
+    A call with a list of prompts returns its waveforms flat in prompt order (diffusers'
+    layout: ``num_waveforms_per_prompt`` of prompt 0, then of prompt 1, ...) and records
+    ``prompt``, ``seed`` and ``phonemes`` per prompt (lists): :meth:`metadata` gives each
+    waveform its own prompt and seed, with which it replays alone, and :meth:`split` one output
+    per prompt.
+
     Attributes:
         audios: One float32 waveform (t,) per sample, 16,000 Hz, in [-0.95, 0.95].
         sample_rate: Hz (16,000).
         prompt, voice, vocoder, seed, length_scale, checkpoint_id: The settings used.
         language: The espeak-ng voice that phonemised the prompt (the speaker's language).
         phonemes: The IPA the model read.
-        mels: The normalised log-mel (m, f) of each sample (before the vocoder).
+        mels: The normalised log-mel (m, f) of each prompt (before the vocoder; a prompt's
+            samples share it, they differ in the vocoder's draws only).
+        num_waveforms_per_prompt: Waveforms of each prompt (one count per prompt; ``None``:
+            all belong to the one prompt).
+        runtime: How the pipeline ran where that changes the numbers (``torch_dtype`` when
+            not float32, ``device`` when not the CPU), written with every waveform.
     """
 
     audios: list[np.ndarray]
     sample_rate: int = 16_000
-    prompt: str = ""
+    prompt: str | list[str] = ""
     voice: str = ""
     language: str = ""
     vocoder: str = "parallel"
-    seed: int | None = None
+    seed: int | list[int | None] | None = None
     length_scale: float = 1.0
     checkpoint_id: str = "none"
-    phonemes: str = ""
+    phonemes: str | list[str] = ""
     mels: list[torch.Tensor] = field(default_factory=list, repr=False)
+    num_waveforms_per_prompt: list[int] | None = None
+    runtime: dict[str, str] = field(default_factory=dict)
+
+    # Copied from multimodal.pipelines.text_to_image.ImageGenerationOutput._locate (images ->
+    # waveforms)
+    def _locate(self, index: int) -> tuple[int | None, int, int]:
+        """``(prompt index or None, sample within its prompt, waveforms of that prompt)``."""
+        if not isinstance(self.prompt, list):
+            return None, index, len(self.audios)
+        start = 0
+        for group, count in enumerate(self.num_waveforms_per_prompt):
+            if index < start + count:
+                return group, index - start, count
+            start += count
+        raise IndexError(f"waveform {index} of {start}")
 
     def metadata(self, index: int) -> dict[str, Any]:
         """The settings of sample ``index`` (written next to its WAV)."""
-        return {"task": "text-to-audio", "prompt": self.prompt, "voice": self.voice,
+        group, sample, count = self._locate(index)
+        prompt, seed, phonemes = self.prompt, self.seed, self.phonemes
+        if group is not None:
+            prompt, seed, phonemes = prompt[group], seed[group], phonemes[group]
+        return {"task": "text-to-audio", "prompt": prompt, "voice": self.voice,
                 "language": self.language or self.voice, "vocoder": self.vocoder,
-                "seed": self.seed, "sample": index,
+                "seed": seed, "sample": sample, "num_samples": count,
                 "length_scale": self.length_scale, "sample_rate": self.sample_rate,
                 "seconds": round(len(self.audios[index]) / self.sample_rate, 3),
-                "phonemes": self.phonemes, "checkpoint": self.checkpoint_id}
+                "phonemes": phonemes, "checkpoint": self.checkpoint_id, **self.runtime}
+
+    def split(self) -> list[AudioGenerationOutput]:
+        """One single-prompt output per prompt of a list call (itself, in a list, otherwise),
+        each what the pipeline returns for that prompt alone with its recorded seed."""
+        if not isinstance(self.prompt, list):
+            return [self]
+        outputs, start = [], 0
+        for group, count in enumerate(self.num_waveforms_per_prompt):
+            outputs.append(replace(
+                self, audios=self.audios[start : start + count], prompt=self.prompt[group],
+                seed=self.seed[group], phonemes=self.phonemes[group],
+                mels=self.mels[group : group + 1], num_waveforms_per_prompt=None))
+            start += count
+        return outputs
 
     @property
     def samples(self) -> list[np.ndarray]:
@@ -160,22 +213,30 @@ class TextToAudioPipeline(Pipeline):
         return chunks
 
     @torch.no_grad()
-    def __call__(self, prompt: str, *, voice: str | None = None, vocoder: str | None = None,
-                 num_samples: int = 1, seed: int | None = None,
-                 generator: torch.Generator | None = None, length_scale: float = 1.0,
-                 progress: bool = True) -> AudioGenerationOutput:
-        """Speak ``prompt``.
+    def __call__(self, prompt: str | list[str], *, voice: str | None = None,
+                 vocoder: str | None = None, num_samples: int = 1,
+                 num_waveforms_per_prompt: int | None = None, seed: int | None = None,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
+                 length_scale: float = 1.0, progress: bool = True) -> AudioGenerationOutput:
+        """Speak ``prompt`` (or every prompt of a list, one after the other).
 
         Args:
-            prompt: English text (numbers are read out).
+            prompt: English text (numbers are read out); from Python also a list: each
+                spoken, waveforms flat in prompt order, as diffusers.
             voice: A voice (speaker) of the checkpoint's phoneme tokenizer, e.g. ``en-us``,
                 ``en-us+f3`` or a fine-tuned speaker's own name (``pipe.voices`` lists them;
                 default: the first).
             vocoder: ``"parallel"``, ``"autoregressive"`` or ``"griffin-lim"`` (default: the
                 checkpoint's ``default_vocoder``).
-            num_samples: Takes of the same text (they differ in the vocoder's randomness).
-            seed: Seeds the vocoder's random draws (default: a random seed, recorded).
-            generator: Use this generator instead of ``seed``.
+            num_samples: Takes of the same text (they differ in the vocoder's randomness), per
+                prompt.
+            num_waveforms_per_prompt: diffusers' name of ``num_samples`` (give one of the
+                two).
+            seed: Seeds the vocoder's random draws (default: a random seed, recorded); prompt
+                ``i`` of a list uses a seed derived from it (recorded per waveform).
+            generator: Use this generator instead of ``seed``, or a list of one per waveform
+                (diffusers'; prompt-major, with no ``seed``): waveform ``i`` draws from
+                ``generator[i]`` alone.
             length_scale: Multiplies the predicted durations (> 1 is slower), in (0, 10].
             progress: Show a progress bar (the autoregressive vocoder is sample by sample).
 
@@ -184,10 +245,11 @@ class TextToAudioPipeline(Pipeline):
 
         Raises:
             InputError: empty, unpronounceable or too long prompt, or one with letters the
-                voice's language is not written in; unknown voice or vocoder; a bad
-                ``num_samples``, ``length_scale`` or ``seed``; a silent result.
+                voice's language is not written in; a prompt list that is empty or holds a
+                non-string; unknown voice or vocoder; a bad ``num_samples``, ``length_scale``
+                or ``seed``; a generator list of the wrong length; a silent result.
         """
-        check_text("prompt", prompt)
+        prompts, is_list = check_prompts(prompt)
         voice = self.voices[0] if voice is None else check_text("voice", voice)
         if voice not in self.voices:
             raise InputError(f"unknown voice {excerpt(voice)}; this model knows: "
@@ -198,13 +260,46 @@ class TextToAudioPipeline(Pipeline):
         if name not in self.audio.available_vocoders:
             raise InputError(f"unknown vocoder {excerpt(name)}; this model has: "
                              f"{', '.join(self.audio.available_vocoders)}")
+        num_samples = samples_per_prompt(num_samples, num_waveforms_per_prompt,
+                                         "num_waveforms_per_prompt")
         check_num_samples(num_samples)
         length_scale = check_float("length_scale", length_scale, 0.0, 10.0, lo_open=True)
         check_bool("progress", progress)
-        check_seed(seed)
-        policy_of(self).check(prompt, task="text-to-audio")
-        chunks = self.phoneme_chunks(prompt, voice)
-        generator, seed = seeded(seed, generator)
+        base = check_seed(seed)
+        seeds = [base] if not is_list else \
+            [None if base is None else prompt_seed(base, i) for i in range(len(prompts))]
+        generators = check_generators(generator, len(prompts) * num_samples, seeds)
+        for text in prompts:
+            policy_of(self).check(text, task="text-to-audio")
+        chunks = [self.phoneme_chunks(text, voice) for text in prompts]  # all, before any work
+        audios, mels = [], []
+        for i, text in enumerate(prompts):
+            if generators is None:  # the prompt's samples draw from one generator in turn
+                gen, seeds[i] = seeded(seeds[i], generator)
+                draws = [gen] * num_samples
+            else:
+                draws = generators[i * num_samples : (i + 1) * num_samples]
+            waves, mel = self._speak(text, chunks[i], voice_id, name, draws,
+                                     length_scale, progress)
+            audios += waves
+            mels.append(mel)
+        phonemes = [" | ".join(self.phonemes.decode(ids) for ids in prompt_chunks)
+                    for prompt_chunks in chunks]
+        return AudioGenerationOutput(
+            audios=audios, sample_rate=self.audio.sample_rate,
+            prompt=prompts if is_list else prompts[0], voice=voice,
+            language=self.phonemes.language_of(voice), vocoder=name,
+            seed=seeds if is_list else seeds[0], length_scale=length_scale,
+            checkpoint_id=self.checkpoint_id, phonemes=phonemes if is_list else phonemes[0],
+            mels=mels, num_waveforms_per_prompt=[num_samples] * len(prompts) if is_list else None,
+            runtime=runtime_settings(self))
+
+    def _speak(self, prompt: str, chunks: list[list[int]], voice_id: int, vocoder: str,
+               generators: list[torch.Generator], length_scale: float, progress: bool
+               ) -> tuple[list[np.ndarray], torch.Tensor]:
+        """The waveforms of one prompt, one per generator (sample ``k`` draws from
+        ``generators[k]``), and its mel (m, f): each chunk's mel from the acoustic decoder,
+        vocoded and joined with :data:`PAUSE_SECONDS` of silence."""
         device = self.device
         mels = []
         for ids in chunks:
@@ -214,20 +309,14 @@ class TextToAudioPipeline(Pipeline):
             mels.append(mel[0, :, : int(frames[0])].float().cpu())
         pause = np.zeros(int(PAUSE_SECONDS * self.audio.sample_rate), dtype=np.float32)
         audios = []
-        for _ in range(num_samples):
+        for generator in generators:
             pieces = []
             for mel in mels:
-                wave = self.audio.decode(mel[None], vocoder=name, generator=generator,
+                wave = self.audio.decode(mel[None], vocoder=vocoder, generator=generator,
                                          progress=progress)[0].numpy()
                 pieces += [wave, pause]
             audios.append(peak_normalise(np.concatenate(pieces[:-1]), prompt))
-        return AudioGenerationOutput(
-            audios=audios, sample_rate=self.audio.sample_rate, prompt=prompt, voice=voice,
-            language=self.phonemes.language_of(voice), vocoder=name, seed=seed,
-            length_scale=length_scale,
-            checkpoint_id=self.checkpoint_id,
-            phonemes=" | ".join(self.phonemes.decode(ids) for ids in chunks),
-            mels=[torch.cat(mels, -1)])
+        return audios, torch.cat(mels, -1)
 
 
 def peak_normalise(audio: np.ndarray, prompt: str = "") -> np.ndarray:

@@ -26,7 +26,9 @@ sample_generators`), so a seed reproduces the samples exactly and sample ``i`` i
 whatever ``num_samples`` is. A list of prompts runs in one batched loop, each prompt drawing
 from its own seed (:func:`~multimodal.pipelines.base.prompt_seed` of ``seed``, recorded), so
 its images are the ones it gives alone with that seed (up to the float rounding of a batch
-padded to the longest prompt: within one of 255 levels).
+padded to the longest prompt: within one of 255 levels). diffusers' list of generators, one per
+image, draws image ``i``'s noise from ``generator[i]`` alone, so it is the image a call with
+``generator=generator[i]`` makes.
 
 diffusers' names are taken beside the project's: ``num_images_per_prompt`` (``num_samples``),
 ``output_type``, ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`` with
@@ -89,9 +91,10 @@ from multimodal.errors import InputError
 from multimodal.modalities.image.files import load_image_array, load_mask_array
 from multimodal.modalities.image.modality import encode_captions
 from multimodal.modalities.image.schedulers import make_scheduler
-from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_int,
-                                       check_num_samples, check_seed, check_text, prompt_seed,
-                                       sample_generators, seeded)
+from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_generators,
+                                       check_int, check_num_samples, check_prompts,
+                                       check_seed, check_text, initial_noise, per_prompt,
+                                       prompt_seed, runtime_settings, samples_per_prompt)
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
 
@@ -142,6 +145,9 @@ class ImageGenerationOutput:
             images belong to the one prompt).
         output_type: The form of ``images``.
         pixels: The uint8 images whatever ``output_type`` is (what the writer writes).
+        runtime: How the pipeline ran where that changes the numbers (``torch_dtype`` when
+            not float32, ``device`` when not the CPU; see
+            :func:`~multimodal.pipelines.base.runtime_settings`), written with every image.
     """
 
     images: Any
@@ -161,6 +167,7 @@ class ImageGenerationOutput:
     num_images_per_prompt: list[int] | None = None
     output_type: str = "uint8"
     pixels: list[np.ndarray] = field(repr=False, default_factory=list)
+    runtime: dict[str, str] = field(default_factory=dict)
 
     def _locate(self, index: int) -> tuple[int | None, int, int]:
         """``(prompt index or None, sample within its prompt, images of that prompt)``."""
@@ -193,6 +200,7 @@ class ImageGenerationOutput:
             meta["height"], meta["width"] = self.height, self.width
         if self.steps_run is not None:
             meta["steps_run"] = self.steps_run
+        meta.update(self.runtime)
         return meta
 
     def split(self) -> list[ImageGenerationOutput]:
@@ -398,7 +406,8 @@ class LatentDiffusionPipeline(Pipeline):
                  negative_prompt: str | list[str | None] | None = None,
                  num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
                  num_samples: int | list[int] = 1, seed: int | list[int | None] | None = None,
-                 generator: torch.Generator | None = None, scheduler: str | None = None,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
+                 scheduler: str | None = None,
                  progress: bool = True, image: ImageInput | None = None,
                  mask: ImageInput | None = None, strength: float = 1.0,
                  height: int | None = None, width: int | None = None,
@@ -423,7 +432,9 @@ class LatentDiffusionPipeline(Pipeline):
                 With a prompt list, prompt ``i`` uses :func:`prompt_seed` of it, or ``seed[i]``
                 when a list is given; either way prompt ``i`` gives the images it gives alone
                 with the seed recorded for it (up to float rounding of the padded batch).
-            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
+            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``, or a list
+                of one per image (diffusers'; prompt-major, with no ``seed``): image ``i``
+                draws from ``generator[i]`` alone, as a call with that generator makes it.
             scheduler: A registered scheduler name (``ddpm``, ``ddim``, ``dpm_solver_multistep``,
                 ``euler``); default DPM-Solver++.
             progress: Show a tqdm bar over the steps.
@@ -452,7 +463,8 @@ class LatentDiffusionPipeline(Pipeline):
                 an accepted multiple, or too large), a mask whose size differs from
                 the image or that is in colour, an unreadable or non-image file, a colour
                 image to inpaint with a grayscale model (the channel mismatch), lists of the
-                wrong length.
+                wrong length (a generator list: one per image), a prompt list that is empty or
+                holds a non-string.
             UnknownComponentError: an unknown scheduler name.
         """
         is_list = isinstance(prompt, (list, tuple))
@@ -472,14 +484,11 @@ class LatentDiffusionPipeline(Pipeline):
         latent_shape = (self.denoiser.latent_shape[0], height // factor, width // factor)
         sched = self.make_scheduler(scheduler)
         init_pixels, pixel_mask = self._load_inputs(image, mask, height, width)
+        total = sum(counts)
         # The draws of each prompt, in order: its initial noise from its own generator, its
         # scheduler noise from one generator per sample, as it would draw alone.
-        noises, step_generators = [], []
-        for i, (count, prompt_seed_) in enumerate(zip(counts, seeds)):
-            gen, seeds[i] = seeded(prompt_seed_, generator)
-            step_generators += sample_generators(seeds[i], gen, count)
-            noises.append(torch.randn((count, *latent_shape), generator=gen))
-        total = sum(counts)
+        generator = check_generators(generator, total, seeds) or generator
+        noise, step_generators, seeds = initial_noise(latent_shape, counts, seeds, generator)
         output = ImageGenerationOutput(
             images=[], task=self.task, prompt=list(prompts) if is_list else prompts[0],
             negative_prompt=list(negatives) if is_list else negatives[0],
@@ -487,12 +496,13 @@ class LatentDiffusionPipeline(Pipeline):
             guidance_scale=guidance_scale, scheduler=scheduler or DEFAULT_SCHEDULER,
             checkpoint_id=self.checkpoint_id, strength=strength if image is not None else None,
             height=height, width=width,
-            num_images_per_prompt=list(counts) if is_list else None, output_type=output_type)
+            num_images_per_prompt=list(counts) if is_list else None, output_type=output_type,
+            runtime=runtime_settings(self))
 
         device = self.device
         sched.set_timesteps(steps, device=device)
         timesteps = sched.timesteps
-        noise = torch.cat(noises).to(device)  # (s, l, y, x), float32: the scheduler's dtype
+        noise = noise.to(device)  # (s, l, y, x), float32: the scheduler's dtype
         x0 = latent_mask = None
         if init_pixels is not None:
             x0 = self.vae.encode(self._to_model_range(init_pixels)).float().to(device)
@@ -554,32 +564,27 @@ class LatentDiffusionPipeline(Pipeline):
         """One prompt, negative prompt, count and seed per prompt.
 
         Raises:
-            InputError: an empty prompt list, or a list argument whose length is not the
-                number of prompts (or a list argument without a prompt list).
+            InputError: a prompt that is not a string or a non-empty list of strings, or a
+                list argument whose length is not the number of prompts (or a list argument
+                without a prompt list).
         """
-        if not isinstance(prompt, (list, tuple)):
+        prompts, is_list = check_prompts(prompt)
+        if not is_list:
             for name, value in (("negative_prompt", negative_prompt),
                                 ("num_samples", num_samples), ("seed", seed)):
                 if isinstance(value, (list, tuple)):
                     raise InputError(f"{name} is a list but prompt is one string; give a list "
                                      "of prompts, one per item")
             return [prompt], [negative_prompt], [num_samples], [seed]
-        prompts = list(prompt)
-        if not prompts:
-            raise InputError("prompt is an empty list; give at least one prompt")
-
-        def per_prompt(name, value):
-            if not isinstance(value, (list, tuple)):
-                return None
-            if len(value) != len(prompts):
-                raise InputError(f"{name} has {len(value)} items but there are {len(prompts)} "
-                                 "prompts; give one per prompt (or one value for all)")
-            return list(value)
-
-        negatives = per_prompt("negative_prompt", negative_prompt) or \
-            [negative_prompt] * len(prompts)
-        counts = per_prompt("num_samples", num_samples) or [num_samples] * len(prompts)
-        seeds = per_prompt("seed", seed)
+        negatives = per_prompt("negative_prompt", negative_prompt, len(prompts))
+        if negatives is None:
+            negatives = [negative_prompt] * len(prompts)
+        else:
+            for i, negative in enumerate(negatives):
+                check_text(f"negative_prompt[{i}]", negative, optional=True)
+        counts = per_prompt("num_samples", num_samples, len(prompts)) or \
+            [num_samples] * len(prompts)
+        seeds = per_prompt("seed", seed, len(prompts))
         if seeds is None:  # one seed: prompt i's derived from it; none: each draws its own
             base = check_seed(seed)
             seeds = [None if base is None else prompt_seed(base, i) for i in range(len(prompts))]
@@ -711,12 +716,7 @@ def images_per_prompt(num_samples: Any, num_images_per_prompt: Any) -> Any:
     Raises:
         InputError: both given, with different values.
     """
-    if num_images_per_prompt is None:
-        return num_samples
-    if num_samples != 1 and num_samples != num_images_per_prompt:
-        raise InputError(f"num_samples={num_samples!r} and num_images_per_prompt="
-                         f"{num_images_per_prompt!r} name the same setting; give one of them")
-    return num_images_per_prompt
+    return samples_per_prompt(num_samples, num_images_per_prompt, "num_images_per_prompt")
 
 
 # The three tasks: one explicit __call__ each (the signature a command line is derived from),
@@ -733,7 +733,8 @@ class TextToImagePipeline(LatentDiffusionPipeline):
                  num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
                  num_samples: int = 1, num_images_per_prompt: int | None = None,
                  height: int | None = None, width: int | None = None,
-                 seed: int | None = None, generator: torch.Generator | None = None,
+                 seed: int | None = None,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
                  scheduler: str = DEFAULT_SCHEDULER, progress: bool = True,
                  output_type: Literal["uint8", "pil", "np", "pt"] = "uint8",
                  callback_on_step_end: StepCallback | None = None,
@@ -757,7 +758,8 @@ class TextToImagePipeline(LatentDiffusionPipeline):
             width: Image width in pixels (default: the model's training width); as height.
             seed: Seed of the generator (random when neither it nor ``generator`` is given);
                 prompt ``i`` of a list uses a seed derived from it (recorded per image).
-            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
+            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``, or a list
+                of one per image (diffusers'): image ``i`` draws from ``generator[i]``.
             scheduler: ddpm, ddim, dpm_solver_multistep (default) or euler.
             progress: Show a tqdm bar over the steps.
             output_type: uint8 (default: uint8 arrays), pil, np or pt (diffusers' forms).
@@ -801,7 +803,8 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
                  num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
                  num_samples: int = 1, num_images_per_prompt: int | None = None,
                  height: int | None = None, width: int | None = None,
-                 seed: int | None = None, generator: torch.Generator | None = None,
+                 seed: int | None = None,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
                  scheduler: str = DEFAULT_SCHEDULER, progress: bool = True,
                  output_type: Literal["uint8", "pil", "np", "pt"] = "uint8",
                  callback_on_step_end: StepCallback | None = None,
@@ -825,7 +828,8 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
             width: Output width in pixels (default: the model's training width); as height.
             seed: Seed of the generator (random when neither it nor ``generator`` is given);
                 prompt ``i`` of a list uses a seed derived from it (recorded per image).
-            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
+            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``, or a list
+                of one per image (diffusers'): image ``i`` draws from ``generator[i]``.
             scheduler: ddpm, ddim, dpm_solver_multistep (default) or euler.
             progress: Show a tqdm bar over the steps.
             output_type: uint8 (default: uint8 arrays), pil, np or pt (diffusers' forms).
@@ -861,7 +865,8 @@ class InpaintingPipeline(LatentDiffusionPipeline):
                  num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
                  num_samples: int = 1, num_images_per_prompt: int | None = None,
                  height: int | None = None, width: int | None = None,
-                 seed: int | None = None, generator: torch.Generator | None = None,
+                 seed: int | None = None,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
                  scheduler: str = DEFAULT_SCHEDULER, progress: bool = True,
                  output_type: Literal["uint8", "pil", "np", "pt"] = "uint8",
                  callback_on_step_end: StepCallback | None = None,
@@ -888,7 +893,8 @@ class InpaintingPipeline(LatentDiffusionPipeline):
             width: Output width in pixels (default: the model's training width); as height.
             seed: Seed of the generator (random when neither it nor ``generator`` is given);
                 prompt ``i`` of a list uses a seed derived from it (recorded per image).
-            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
+            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``, or a list
+                of one per image (diffusers'): image ``i`` draws from ``generator[i]``.
             scheduler: ddpm, ddim, dpm_solver_multistep (default) or euler.
             progress: Show a tqdm bar over the steps.
             output_type: uint8 (default: uint8 arrays), pil, np or pt (diffusers' forms).

@@ -13,6 +13,14 @@ with ``seed``, whatever each scheduler step draws from one generator per sample
 (:func:`~multimodal.pipelines.base.sample_generators`), so a seed reproduces the clips exactly
 and clip ``i`` is the same whatever ``num_samples`` is.
 
+diffusers' conventions are taken beside the project's, as text-to-image takes them: a list of
+prompts (and of negative prompts) runs in one batched loop, clips flat in prompt order, prompt
+``i`` drawing from its own seed (:func:`~multimodal.pipelines.base.prompt_seed` of ``seed``,
+recorded with its clips), so its clips are those it gives alone with that seed (up to the float
+rounding of prompts padded to the longest); ``num_videos_per_prompt`` (diffusers'
+TextToVideoSDPipeline's name of ``num_samples``); and a list of generators, one per clip, clip
+``i`` drawing from ``generator[i]`` alone.
+
 Prompts name an item and a motion ("a sneaker moving left"). A direction word the model never
 saw in training ("diagonally", "in circles") is not an error: the clip is generated anyway,
 following the item and whatever motion the model makes of the words.
@@ -28,18 +36,19 @@ l latent channels, y x latent height and width, c channels, h w frame height and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 from tqdm.auto import tqdm
 
 from multimodal.modalities.video.vae import decode_video
 from multimodal.modalities.video.files import gif_timing, mp4_padding
-from multimodal.pipelines.base import (check_bool, check_float, check_int, check_text,
-                                       sample_generators, seeded)
+from multimodal.pipelines.base import (check_bool, check_float, check_generators, check_int,
+                                       check_text, initial_noise, runtime_settings,
+                                       samples_per_prompt)
 from multimodal.pipelines.text_to_image import (CALLBACK_TENSOR_INPUTS, DEFAULT_GUIDANCE,
                                                 DEFAULT_SCHEDULER, LatentDiffusionPipeline,
                                                 StepCallback, check_finite,
@@ -56,6 +65,12 @@ MIN_FPS = 0.1  # ten seconds a frame; far slower rates overflow GIF's and MP4's 
 class VideoGenerationOutput:
     """What the text-to-video pipeline returns.
 
+    A call with a list of prompts returns its clips flat in prompt order (diffusers' layout:
+    ``num_videos_per_prompt`` clips of prompt 0, then of prompt 1, ...) and records
+    ``prompt``, ``negative_prompt`` and ``seed`` per prompt (lists): :meth:`metadata` gives
+    each clip its own prompt and seed, with which it replays alone, and :meth:`split` one
+    output per prompt.
+
     Attributes:
         videos: One uint8 array per sample, (t, h, w) grayscale or (t, h, w, 3) RGB, 0..255.
         latents: The final latents (s, t, l, y, x) before decoding.
@@ -64,14 +79,18 @@ class VideoGenerationOutput:
             scheduler, checkpoint_id: The settings used.
         steps_run: The scheduler steps that ran when a ``callback_on_step_end`` stopped the
             loop early (``pipe.interrupt = True``); ``None``: all of them.
+        num_videos_per_prompt: Clips of each prompt (one count per prompt; ``None``: all
+            clips belong to the one prompt).
+        runtime: How the pipeline ran where that changes the numbers (``torch_dtype`` when
+            not float32, ``device`` when not the CPU), written with every clip.
     """
 
     videos: list[np.ndarray]
     latents: torch.Tensor | None = field(repr=False, default=None)
     task: str = "text-to-video"
-    prompt: str = ""
-    negative_prompt: str | None = None
-    seed: int | None = None
+    prompt: str | list[str] = ""
+    negative_prompt: str | list[str | None] | None = None
+    seed: int | list[int | None] | None = None
     num_frames: int = 0
     fps: float = DEFAULT_FPS
     num_inference_steps: int = 0
@@ -79,6 +98,21 @@ class VideoGenerationOutput:
     scheduler: str = DEFAULT_SCHEDULER
     checkpoint_id: str = "none"
     steps_run: int | None = None
+    num_videos_per_prompt: list[int] | None = None
+    runtime: dict[str, str] = field(default_factory=dict)
+
+    # Copied from multimodal.pipelines.text_to_image.ImageGenerationOutput._locate (images ->
+    # videos)
+    def _locate(self, index: int) -> tuple[int | None, int, int]:
+        """``(prompt index or None, sample within its prompt, clips of that prompt)``."""
+        if not isinstance(self.prompt, list):
+            return None, index, len(self.videos)
+        start = 0
+        for group, count in enumerate(self.num_videos_per_prompt):
+            if index < start + count:
+                return group, index - start, count
+            start += count
+        raise IndexError(f"clip {index} of {start}")
 
     def metadata(self, index: int | None = None) -> dict[str, Any]:
         """The settings of sample ``index``, as written into its sidecar JSON.
@@ -89,8 +123,14 @@ class VideoGenerationOutput:
         multiples of 16 (:func:`~multimodal.modalities.video.files.read_video_frames` crops
         them back to ``frame_size``).
         """
-        meta = {"task": self.task, "prompt": self.prompt, "negative_prompt": self.negative_prompt,
-                "seed": self.seed, "sample": index, "num_samples": len(self.videos),
+        prompt, negative, seed = self.prompt, self.negative_prompt, self.seed
+        sample, count = index, len(self.videos)
+        if index is not None:
+            group, sample, count = self._locate(index)
+            if group is not None:
+                prompt, negative, seed = prompt[group], negative[group], seed[group]
+        meta = {"task": self.task, "prompt": prompt, "negative_prompt": negative,
+                "seed": seed, "sample": sample, "num_samples": count,
                 "num_frames": self.num_frames, "fps": self.fps,
                 "num_inference_steps": self.num_inference_steps,
                 "guidance_scale": self.guidance_scale, "scheduler": self.scheduler,
@@ -105,7 +145,24 @@ class VideoGenerationOutput:
             padded = mp4_padding(clip.shape[1:3])
             if padded is not None:
                 meta["frame_size"], meta["mp4_padded_size"] = list(clip.shape[1:3]), list(padded)
+        meta.update(self.runtime)
         return meta
+
+    def split(self) -> list[VideoGenerationOutput]:
+        """One single-prompt output per prompt of a list call (itself, in a list, otherwise),
+        each what the pipeline returns for that prompt alone with its recorded seed."""
+        if not isinstance(self.prompt, list):
+            return [self]
+        outputs, start = [], 0
+        for group, count in enumerate(self.num_videos_per_prompt):
+            part = slice(start, start + count)
+            start += count
+            outputs.append(replace(
+                self, videos=self.videos[part], prompt=self.prompt[group],
+                negative_prompt=self.negative_prompt[group], seed=self.seed[group],
+                latents=None if self.latents is None else self.latents[part],
+                num_videos_per_prompt=None))
+        return outputs
 
     @property
     def samples(self) -> list[np.ndarray]:
@@ -118,8 +175,9 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
     """Generate short clips from a prompt (latent video diffusion, classifier-free guidance).
 
     Call it as ``pipe(prompt, *, negative_prompt=None, num_frames=None, fps=10.0,
-    num_inference_steps=25, guidance_scale=4.0, num_samples=1, seed=None, generator=None,
-    scheduler=None, progress=True, callback_on_step_end=None)``; see :meth:`generate`.
+    num_inference_steps=25, guidance_scale=4.0, num_samples=1, num_videos_per_prompt=None,
+    seed=None, generator=None, scheduler=None, progress=True, callback_on_step_end=None)``;
+    see :meth:`generate`. ``prompt`` may be a list (diffusers').
 
     Args:
         backbone: The shared Transformer (encodes prompts).
@@ -139,30 +197,37 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
 
     # -- the loop ---------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompt: str = "", *, negative_prompt: str | None = None,
+    def generate(self, prompt: str | list[str] = "", *,
+                 negative_prompt: str | list[str | None] | None = None,
                  num_frames: int | None = None, fps: float = DEFAULT_FPS,
                  num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE,
-                 num_samples: int = 1, seed: int | None = None,
-                 generator: torch.Generator | None = None,
+                 num_samples: int = 1, num_videos_per_prompt: int | None = None,
+                 seed: int | None = None,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
                  scheduler: str = DEFAULT_SCHEDULER, progress: bool = True,
                  callback_on_step_end: StepCallback | None = None,
                  callback_on_step_end_tensor_inputs: tuple[str, ...] = CALLBACK_TENSOR_INPUTS
                  ) -> VideoGenerationOutput:
-        """Generate ``num_samples`` clips of ``num_frames`` frames.
+        """Generate ``num_samples`` clips of ``num_frames`` frames (of each prompt).
 
         Args:
             prompt: What to show, e.g. "a sneaker moving left"; ``""`` samples
-                unconditionally.
-            negative_prompt: What to steer away from (default none).
+                unconditionally (from Python also a list: each shown, clips flat in prompt
+                order, as diffusers).
+            negative_prompt: What to steer away from (default none; with a prompt list, one
+                for all or a list of one per prompt).
             num_frames: Frames per clip, 2 .. the denoiser's ``max_frames`` (default: the
                 length it was trained on).
             fps: Frames per second of the written files, in [0.1, 100] (default 10).
             num_inference_steps: Scheduler steps (1 .. num_train_timesteps; default 25).
             guidance_scale: Classifier-free guidance weight >= 0; 1 turns guidance off, 0
                 ignores the prompt (default 4.0).
-            num_samples: Clips made together (>= 1).
-            seed: Seed of the generator (random when neither it nor ``generator`` is given).
-            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
+            num_samples: Clips made per prompt (>= 1).
+            num_videos_per_prompt: diffusers' name of ``num_samples`` (give one of the two).
+            seed: Seed of the generator (random when neither it nor ``generator`` is given);
+                prompt ``i`` of a list uses a seed derived from it (recorded per clip).
+            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``, or a list
+                of one per clip (diffusers'): clip ``i`` draws from ``generator[i]``.
             scheduler: ``ddpm``, ``ddim``, ``dpm_solver_multistep`` (default) or ``euler``.
             progress: Show a tqdm bar over the steps.
             callback_on_step_end: diffusers' hook, called after every scheduler step as
@@ -173,29 +238,38 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
             callback_on_step_end_tensor_inputs: Tensors in ``callback_kwargs`` (``latents``).
 
         Returns:
-            :class:`VideoGenerationOutput` with ``num_samples`` clips (t, h, w) uint8.
+            :class:`VideoGenerationOutput` with ``num_samples`` clips (t, h, w) uint8 per
+            prompt.
 
         Raises:
-            InputError: an argument outside the ranges above (the message names the limit).
+            InputError: an argument outside the ranges above (the message names the limit);
+                a prompt list that is empty or holds a non-string; a list argument (negative
+                prompts, generators) of the wrong length.
             UnknownComponentError: an unknown scheduler name.
         """
-        steps, guidance_scale, _ = self._check_arguments(
-            prompt, negative_prompt, num_inference_steps, guidance_scale, num_samples, 1.0)
+        is_list = isinstance(prompt, (list, tuple))
+        num_samples = samples_per_prompt(num_samples, num_videos_per_prompt,
+                                         "num_videos_per_prompt")
+        prompts, negatives, counts, seeds = self._check_lists(prompt, negative_prompt,
+                                                              num_samples, seed)
+        for p, n, c in zip(prompts, negatives, counts):
+            steps, guidance_scale, _ = self._check_arguments(
+                p, n, num_inference_steps, guidance_scale, c, 1.0)
         num_frames = self._check_frames(num_frames)
         fps = check_float("fps", fps, MIN_FPS, MAX_FPS)
         check_text("scheduler", scheduler, optional=True)
         check_bool("progress", progress)
         check_tensor_inputs(callback_on_step_end_tensor_inputs)
         sched = self.make_scheduler(scheduler)
-        generator, seed = seeded(seed, generator)
-        step_generators = sample_generators(seed, generator, num_samples)
+        total = sum(counts)
+        # each prompt's draws as it makes them alone (see text-to-image)
+        generator = check_generators(generator, total, seeds) or generator
+        noise, step_generators, seeds = initial_noise(
+            (num_frames, *self.denoiser.frame_shape), counts, seeds, generator)
         device = self.device
         sched.set_timesteps(steps, device=device)
-        noise = torch.randn((num_samples, num_frames, *self.denoiser.frame_shape),
-                            generator=generator).to(device)  # (s, t, l, y, x)
-        latents = noise * sched.init_noise_sigma
-        context, context_mask = self.guidance_context(prompt, negative_prompt, guidance_scale,
-                                                      num_samples)
+        latents = noise.to(device) * sched.init_noise_sigma  # (s, t, l, y, x)
+        context, context_mask = self.prompt_context(prompts, negatives, counts, guidance_scale)
         timesteps = sched.timesteps
         self._interrupt, self._num_timesteps, steps_run = False, len(timesteps), None
         for i, t in enumerate(tqdm(timesteps, desc=self.task, disable=not progress,
@@ -215,29 +289,19 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
         check_finite(latents, guidance_scale)
         frames = self._to_uint8(
             decode_video(self.vae, latents).flatten(0, 1)).to(torch.uint8)  # ((s t), c, h, w)
-        frames = rearrange(frames, "(s t) c h w -> s t h w c", s=num_samples).numpy()
+        frames = rearrange(frames, "(s t) c h w -> s t h w c", s=total).numpy()
         videos = [clip[..., 0] if clip.shape[-1] == 1 else clip for clip in frames]
         return VideoGenerationOutput(
-            videos=videos, latents=latents.cpu(), task=self.task, prompt=prompt,
-            negative_prompt=negative_prompt, seed=seed, num_frames=num_frames, fps=float(fps),
+            videos=videos, latents=latents.cpu(), task=self.task,
+            prompt=list(prompts) if is_list else prompts[0],
+            negative_prompt=list(negatives) if is_list else negatives[0],
+            seed=list(seeds) if is_list else seeds[0], num_frames=num_frames, fps=float(fps),
             num_inference_steps=steps, guidance_scale=guidance_scale,
             scheduler=scheduler or DEFAULT_SCHEDULER, checkpoint_id=self.checkpoint_id,
-            steps_run=steps_run)
+            steps_run=steps_run, num_videos_per_prompt=list(counts) if is_list else None,
+            runtime=runtime_settings(self))
 
     __call__ = generate
-
-    def guidance_context(self, prompt: str, negative_prompt: str | None, guidance_scale: float,
-                         num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt states for the denoiser: ``(context, mask)`` of (2 s, n, d) and (2 s, n)
-        with the unconditional branch first when guidance runs, else (s, n, d) and (s, n)."""
-        uncond = "" if negative_prompt is None else negative_prompt
-        if guidance_scale not in (0.0, 1.0) and uncond != prompt:  # both branches, one batch
-            both, both_mask = self.encode_prompts([uncond, prompt])  # (2, n, d), (2, n)
-            return (repeat(both, "two n d -> (two s) n d", s=num_samples),
-                    repeat(both_mask, "two n -> (two s) n", s=num_samples))
-        one, one_mask = self.encode_prompts([uncond if guidance_scale == 0 else prompt])
-        return (repeat(one, "1 n d -> s n d", s=num_samples),
-                repeat(one_mask, "1 n -> s n", s=num_samples))
 
     def _check_frames(self, num_frames: Any) -> int:
         limit = self.denoiser.max_frames
