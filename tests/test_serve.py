@@ -259,6 +259,138 @@ def test_image_edits_and_inpainting(client, engine):
     assert err.value.body["code"] == "invalid_image"
 
 
+def _other_size(engine) -> tuple[int, int, int]:
+    """``(multiple, height, width)``: a non-square size the tiny model accepts but was not
+    trained at (OpenAI's ``size`` says it width first)."""
+    multiple, largest, trained = engine.pipes["text-to-image"].size_limits()
+    height, width = 2 * multiple, 3 * multiple
+    assert width <= largest and (height, width) != trained
+    return multiple, height, width
+
+
+def test_images_of_any_accepted_size(client, server, engine):
+    multiple, height, width = _other_size(engine)
+    pipe = engine.pipes["text-to-image"]
+    model = http(server, "GET", f"/v1/models/{engine.model_id}").json()
+    assert model["image_sizes"] == {"multiple": multiple, "min": multiple,
+                                    "max": pipe.size_limits()[1]}
+    settings = {"seed": 5, "num_inference_steps": 2, "guidance_scale": 3.0}
+    result = client.images.generate(prompt="a bag", size=f"{width}x{height}",
+                                    extra_body=settings)
+    assert result.size == f"{width}x{height}"  # OpenAI's order: width x height
+    image = png(result.data[0].b64_json)
+    assert image.size == (width, height)  # Pillow's order too
+    meta = json.loads(image.text["multimodal"])
+    assert (meta["height"], meta["width"]) == (height, width)
+    assert result.data[0].model_extra["metadata"]["height"] == height
+    alone = pipe("a bag", height=height, width=width, progress=False, **settings)
+    np.testing.assert_array_equal(np.asarray(image), alone.images[0])
+    events = list(client.images.generate(prompt="a bag", size=f"{width}x{height}",
+                                         stream=True, partial_images=1, extra_body=settings))
+    assert [e.size for e in events] == [f"{width}x{height}"] * 2
+    assert png(events[0].b64_json).size == (width, height)  # the preview too
+    assert events[-1].b64_json == result.data[0].b64_json
+    trained = pipe.size_limits()[2]
+    auto = client.images.generate(prompt="a bag", size="auto", extra_body=settings)
+    assert auto.size == f"{trained[1]}x{trained[0]}"
+    assert png(auto.data[0].b64_json).size == (trained[1], trained[0])
+
+    # edits: the image (and mask) resized to the size asked for
+    rng = np.random.default_rng(1)
+    upload = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, trained, dtype=np.uint8)).save(upload, format="PNG")
+    edited = client.images.edit(image=("in.png", upload.getvalue(), "image/png"),
+                                prompt="a bag", size=f"{width}x{height}",
+                                extra_body={"seed": 1, "num_inference_steps": 2,
+                                            "strength": 0.5})
+    assert edited.size == f"{width}x{height}"
+    out = png(edited.data[0].b64_json)
+    assert out.size == (width, height)
+    assert json.loads(out.text["multimodal"])["height"] == height
+    mask = io.BytesIO()
+    Image.fromarray(np.full(trained, 255, np.uint8)).save(mask, format="PNG")
+    painted = client.images.edit(image=("in.png", upload.getvalue(), "image/png"),
+                                 mask=("m.png", mask.getvalue(), "image/png"), prompt="a bag",
+                                 size=f"{width}x{height}",
+                                 extra_body={"seed": 1, "num_inference_steps": 2})
+    assert png(painted.data[0].b64_json).size == (width, height)
+
+
+def test_concurrent_images_of_different_sizes_each_get_their_own(client, engine):
+    _, height, width = _other_size(engine)
+    settings = {"num_inference_steps": 2, "guidance_scale": 4.0}
+    jobs = [("a bag", 1, f"{width}x{height}"), ("a sneaker", 2, f"{height}x{width}"),
+            ("a shirt", 3, f"{width}x{height}"), ("a boot", 4, "auto")]
+
+    def make(job):
+        prompt, seed, size = job
+        result = client.images.generate(prompt=prompt, size=size,
+                                        extra_body={**settings, "seed": seed})
+        return result.size, np.asarray(png(result.data[0].b64_json), int)
+
+    alone = [make(job) for job in jobs]
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        together = list(pool.map(make, jobs))
+    trained = engine.pipes["text-to-image"].size_limits()[2]
+    expected = [(width, height), (height, width), (width, height), trained[::-1]]
+    for (w, h), (size, image), (_, image_alone) in zip(expected, together, alone):
+        assert size == f"{w}x{h}" and image.shape[:2] == (h, w)
+        assert np.abs(image - image_alone).max() <= 1  # batched with its own size only
+
+
+def test_images_batch_only_with_their_own_size(engine):
+    """Requests that wait together share a model call only when their sizes agree."""
+    _, height, width = _other_size(engine)
+    app = create_app(engine, api_key=KEY, batch_window=0.5)  # all four wait together
+    runners = app.state.service.scheduler.runners
+    batches: list[list[tuple[int, int]]] = []
+    image = runners["image"]
+
+    def run(jobs):
+        batches.append([(job.payload.height, job.payload.width) for job in jobs])
+        return image.run(jobs)
+
+    runners["image"] = Runner(run, image.lane, image.max_batch)
+    live = LiveServer(app)
+    try:
+        sizes = [f"{width}x{height}", f"{height}x{width}"] * 2
+        with concurrent.futures.ThreadPoolExecutor(len(sizes)) as pool:
+            made = list(pool.map(lambda size: http(live, "POST", "/v1/images/generations", json={
+                "prompt": "a bag", "size": size, "num_inference_steps": 1}).json()["size"],
+                sizes))
+    finally:
+        live.close()
+    assert made == sizes
+    assert sorted(batches) == [[(height, width)] * 2, [(width, height)] * 2]
+
+
+@pytest.mark.parametrize("size", ["64", "64x", "x64", "0x64", "abcxdef", "64x64x3",
+                                  "99999999999999999999x64", "1x1", "-8x8", " 8x8", "８x８",
+                                  "1024x1024", 64, ["8", "8"]])
+def test_a_bad_size_is_a_400_naming_what_is_accepted(server, engine, size):
+    multiple = engine.pipes["text-to-image"].size_limits()[0]
+    error = _error(http(server, "POST", "/v1/images/generations",
+                        json={"prompt": "a bag", "size": size}), 400)
+    assert error["param"] == "size"
+    if isinstance(size, str):
+        assert error["code"] == "invalid_size" and f"multiple of {multiple}" in error["message"]
+
+
+def test_a_bad_size_of_an_edit_or_a_video_is_a_400(server, engine):
+    multiple, height, width = _other_size(engine)
+    upload = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(upload, format="PNG")
+    for size in ("12x", f"{multiple + 1}x{multiple}"):
+        error = _error(http(server, "POST", "/v1/images/edits",
+                            files={"image": ("in.png", upload.getvalue(), "image/png")},
+                            data={"prompt": "a bag", "size": size}), 400)
+        assert error["param"] == "size" and f"multiple of {multiple}" in error["message"]
+    # the video pipeline makes only its training size
+    error = _error(http(server, "POST", "/v1/videos",
+                        json={"prompt": "a bag", "size": f"{width}x{height}"}), 400)
+    assert error["param"] == "size" and error["code"] == "invalid_size"
+
+
 # -- speech ---------------------------------------------------------------------------------------
 def test_speech_wav_pcm_and_sse(client, server, engine):
     voice = engine.pipes["text-to-audio"].voices[0]

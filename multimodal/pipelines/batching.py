@@ -31,7 +31,8 @@ import torch
 
 from multimodal.errors import InputError
 from multimodal.pipelines.base import (check_bool, check_float, check_int, check_num_samples,
-                                       check_seed, check_text, derive_seed, seeded)
+                                       check_seed, check_text, derive_seed, runtime_settings,
+                                       seeded)
 from multimodal.pipelines.sampling import sample_next_token
 from multimodal.pipelines.text_generation import TextGenerationOutput
 from multimodal.pipelines.text_to_image import ImageGenerationOutput, StepCallback
@@ -170,7 +171,8 @@ def generate_text_batch(pipe, requests: Sequence[TextRequest], *,
             texts=[row.text], token_ids=[row.tokens], prompt=tokenizer.decode(ids),
             seed=row.seed, input_prompt=request.prompt, max_new_tokens=request.max_new_tokens,
             do_sample=request.do_sample, temperature=request.temperature, top_k=request.top_k,
-            top_p=request.top_p, checkpoint_id=pipe.checkpoint_id))
+            top_p=request.top_p, checkpoint_id=pipe.checkpoint_id,
+            runtime=runtime_settings(pipe)))
         results[row.index].finish_reasons.append(row.finish or "length")
     return results
 
@@ -250,6 +252,7 @@ def image_branches(prompt: str, negative_prompt: str | None, guidance_scale: flo
 
 def generate_images_batch(pipe, requests: Sequence[ImageRequest], *, num_inference_steps: int,
                           guidance_scale: float, scheduler: str | None = None,
+                          height: int | None = None, width: int | None = None,
                           callback_on_step_end: StepCallback | None = None
                           ) -> list[ImageGenerationOutput]:
     """Text-to-image for several requests in one denoising loop: the pipeline called with the
@@ -260,6 +263,8 @@ def generate_images_batch(pipe, requests: Sequence[ImageRequest], *, num_inferen
         requests: Requests whose :func:`image_branches` agree.
         num_inference_steps, guidance_scale, scheduler: Shared by the batch, as for the
             pipeline.
+        height, width: The batch's size in pixels (``None``: the size the model was trained
+            at), as for the pipeline.
         callback_on_step_end: diffusers' ``f(pipe, step_index, timestep, callback_kwargs)``
             after every step; ``callback_kwargs["latents"]`` (s, l, y, x) holds every sample of
             every request, in request order.
@@ -282,6 +287,7 @@ def generate_images_batch(pipe, requests: Sequence[ImageRequest], *, num_inferen
                            num_samples=[r.num_samples for r in requests],
                            seed=[r.seed for r in requests],
                            num_inference_steps=num_inference_steps,
-                           guidance_scale=guidance_scale, scheduler=scheduler, progress=False,
+                           guidance_scale=guidance_scale, scheduler=scheduler, height=height,
+                           width=width, progress=False,
                            callback_on_step_end=callback_on_step_end)
     return output.split()

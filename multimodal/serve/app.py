@@ -85,17 +85,24 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_queue: int = 6
 
 def _model(engine: Engine) -> dict:
     """OpenAI's model object, plus what a client needs to fill its settings: the tasks, the
-    voices of speech and the images' default size in pixels (``image_size``: a square's side,
-    or ``[height, width]``; ``image_width`` and ``image_height`` either way)."""
+    voices of speech, the images' default size in pixels (``image_size``: a square's side,
+    or ``[height, width]``; ``image_width`` and ``image_height`` either way) and the sizes an
+    image request's ``size`` may ask for (``image_sizes``: each side a multiple of
+    ``multiple`` from ``min`` to ``max`` pixels)."""
     speech = engine.pipes.get("text-to-audio")
     image = engine.pipes.get("text-to-image")
+    sizes = None
+    if image is not None:
+        multiple, largest, _ = image.size_limits()
+        sizes = {"multiple": multiple, "min": multiple, "max": largest}
     return {"id": engine.model_id, "object": "model", "created": engine.created,
             "owned_by": "multimodal", "tasks": list(engine.pipes),
             "checkpoint_id": engine.checkpoint_id,
             "voices": list(speech.voices) if speech is not None else [],
             "image_size": image.vae.image_size if image is not None else None,
             "image_width": image.vae.width if image is not None else None,
-            "image_height": image.vae.height if image is not None else None}
+            "image_height": image.vae.height if image is not None else None,
+            "image_sizes": sizes}
 
 
 def _add_handlers(app: FastAPI) -> None:

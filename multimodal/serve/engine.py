@@ -99,8 +99,8 @@ class Engine:
 
     # -- text-to-image ---------------------------------------------------------------------
     def run_images(self, jobs: list[Job]) -> list[Any]:
-        """Text-to-image jobs of one key (steps, guidance, scheduler, branches) in one loop.
-        A payload is :class:`ImageJob`; the result a list of ``(PNG b64, metadata)``."""
+        """Text-to-image jobs of one key (steps, guidance, scheduler, size, branches) in one
+        loop. A payload is :class:`ImageJob`; the result a list of ``(PNG b64, metadata)``."""
         pipe = self.pipes["text-to-image"]
         first = jobs[0].payload
         offsets, start = [], 0
@@ -127,7 +127,7 @@ class Engine:
                 pipe, [job.payload.request for job in jobs],
                 num_inference_steps=first.num_inference_steps,
                 guidance_scale=first.guidance_scale, scheduler=first.scheduler,
-                callback_on_step_end=on_step)
+                height=first.height, width=first.width, callback_on_step_end=on_step)
         except Exception as exc:  # one job's fault fails the batch: retry each alone
             if len(jobs) == 1 or isinstance(exc, Cancelled):
                 return [exc] * len(jobs)
@@ -164,13 +164,16 @@ def decode_preview(pipe, latents: torch.Tensor) -> list[np.ndarray]:
 
 @dataclass
 class ImageJob:
-    """A text-to-image request: what is batched, and its batch key's settings."""
+    """A text-to-image request: what is batched, and its batch key's settings (a batch makes
+    one size: ``height`` x ``width`` pixels, ``None`` the training size)."""
 
     request: ImageRequest
     num_inference_steps: int
     guidance_scale: float
     scheduler: str | None
     partial_images: int = 0
+    height: int | None = None
+    width: int | None = None
 
 
 @dataclass

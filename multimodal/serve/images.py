@@ -1,5 +1,10 @@
 """``POST /v1/images/generations`` (text-to-image, batched; ``stream`` with partial images)
-and ``POST /v1/images/edits`` (image-to-image; inpainting with a mask)."""
+and ``POST /v1/images/edits`` (image-to-image; inpainting with a mask).
+
+``size`` is OpenAI's ``"WIDTHxHEIGHT"``: any size the pipeline's ``check_size`` accepts
+(multiples of the VAE's factor times the denoiser's, up to 4x the longer training side), or
+``"auto"`` (the default): the size the model was trained at. Edits resize their image (and
+mask) to it."""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from multimodal.pipelines.batching import ImageRequest, image_branches
 from multimodal.pipelines.text_to_image import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER
 from multimodal.serve.engine import EditJob, ImageJob
 from multimodal.serve.errors import APIError, from_exception
-from multimodal.serve.media import check_size, decode_image
+from multimodal.serve.media import decode_image, image_size
 from multimodal.serve.schemas import ImageEditRequest, ImageGenerationRequest, parse
 from multimodal.serve.scheduler import Job
 
@@ -28,9 +33,9 @@ DEFAULT_STEPS = 25
 MAX_UPLOAD_FILES = 4
 
 
-def _settings(pipe, body) -> tuple[int, float, str]:
-    """``(steps, guidance, scheduler)`` after the pipeline's own checks (prompt and safety
-    policy included), so nothing bad is queued."""
+def _settings(pipe, body) -> tuple[int, float, str, int, int]:
+    """``(steps, guidance, scheduler, height, width)`` after the pipeline's own checks (prompt,
+    safety policy and size included), so nothing bad is queued."""
     steps = body.num_inference_steps or DEFAULT_STEPS
     guidance = DEFAULT_GUIDANCE if body.guidance_scale is None else body.guidance_scale
     scheduler = body.scheduler or DEFAULT_SCHEDULER
@@ -42,12 +47,13 @@ def _settings(pipe, body) -> tuple[int, float, str]:
         if error.param is None:
             error.param = "scheduler" if "scheduler" in str(exc) else None
         raise error from None
-    check_size(body.size, pipe.vae.height, pipe.vae.width)
-    return steps, guidance, scheduler
+    height, width = image_size(body.size, pipe)
+    return steps, guidance, scheduler, height, width
 
 
-def _size(pipe) -> str:
-    return f"{pipe.vae.width}x{pipe.vae.height}"
+def _size(height: int, width: int) -> str:
+    """OpenAI's ``size`` of the images made: width first."""
+    return f"{width}x{height}"
 
 
 def _events(prefix: str, size: str):
@@ -79,16 +85,17 @@ async def generations(request: Request):
     service = request.app.state.service
     body = await service.read(request, ImageGenerationRequest)
     pipe = service.pipe("text-to-image")
-    steps, guidance, scheduler = _settings(pipe, body)
+    steps, guidance, scheduler, height, width = _settings(pipe, body)
     payload = ImageJob(ImageRequest(body.prompt, body.negative_prompt, body.n, body.seed),
-                       steps, guidance, scheduler, body.partial_images or 0)
-    key = (steps, guidance, scheduler,
+                       steps, guidance, scheduler, body.partial_images or 0, height, width)
+    # one denoising loop makes one size: only requests of the same size batch together
+    key = (steps, guidance, scheduler, height, width,
            image_branches(body.prompt, body.negative_prompt, guidance))
     job = Job("image", key, payload)
     if body.stream:
-        events, final = _events("image_generation", _size(pipe))
+        events, final = _events("image_generation", _size(height, width))
         return service.stream(request, job, "text-to-image", events, final)
-    return _response(await service.wait(request, job, "text-to-image"), _size(pipe))
+    return _response(await service.wait(request, job, "text-to-image"), _size(height, width))
 
 
 async def _form(request: Request) -> tuple[dict[str, str], dict[str, list[UploadFile]]]:
@@ -154,17 +161,17 @@ async def edits(request: Request):
         mask = _mask(await files["mask"][0].read(), image)
     task = "inpainting" if mask is not None else "image-to-image"
     pipe = service.pipe(task)
-    steps, guidance, scheduler = _settings(pipe, body)
-    kwargs: dict[str, Any] = {
+    steps, guidance, scheduler, height, width = _settings(pipe, body)
+    kwargs: dict[str, Any] = {  # the image (and mask) are resized to height x width
         "prompt": body.prompt, "image": image, "negative_prompt": body.negative_prompt,
         "num_inference_steps": steps, "guidance_scale": guidance, "num_samples": body.n,
-        "seed": body.seed, "scheduler": scheduler}
+        "seed": body.seed, "scheduler": scheduler, "height": height, "width": width}
     if mask is not None:
         kwargs["mask"] = mask
     if body.strength is not None:
         kwargs["strength"] = body.strength
     job = Job("edit", object(), EditJob(task, kwargs, body.partial_images or 0))
     if body.stream:
-        events, final = _events("image_edit", _size(pipe))
+        events, final = _events("image_edit", _size(height, width))
         return service.stream(request, job, task, events, final)
-    return _response(await service.wait(request, job, task), _size(pipe))
+    return _response(await service.wait(request, job, task), _size(height, width))

@@ -11,6 +11,7 @@ import base64
 import binascii
 import io
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from multimodal.errors import InputError
 from multimodal.modalities.image.files import load_image_array, png_bytes
 from multimodal.outputs import write_outputs
 from multimodal.serve.errors import APIError, bad_request
 
 MAX_IMAGE_PIXELS = 4096 * 4096
+# OpenAI's ``size``: "WIDTHxHEIGHT" in pixels (up to 9 digits a side: longer is malformed)
+SIZE = re.compile(r"([0-9]{1,9})x([0-9]{1,9})")
 
 
 def encode_files(output: Any, produces: str) -> list[dict[str, bytes]]:
@@ -90,8 +94,34 @@ def header_json(metadata: dict[str, Any]) -> str:
     return json.dumps(metadata, ensure_ascii=True, separators=(",", ":"))
 
 
+def image_size(size: Any, pipe, param: str = "size") -> tuple[int, int]:
+    """OpenAI's ``size`` of an image request as the ``(height, width)`` ``pipe`` (a latent
+    diffusion pipeline) makes: ``"WIDTHxHEIGHT"`` in pixels (width first, as OpenAI's
+    ``"1024x1536"``), any size the pipeline's ``check_size`` accepts; ``None`` or ``"auto"``:
+    the size the model was trained at.
+
+    Raises:
+        APIError: 400 (code ``invalid_size``) naming the accepted sizes.
+    """
+    if size in (None, "auto"):
+        return pipe.check_size(None, None)
+    match = SIZE.fullmatch(size) if isinstance(size, str) else None
+    if match is None:
+        multiple, largest, (height, width) = pipe.size_limits()
+        raise APIError(400, f"{param}: give 'WIDTHxHEIGHT' in pixels, each side a multiple of "
+                            f"{multiple} from {multiple} to {largest} (the model's size is "
+                            f"'{width}x{height}'), or 'auto'; got {str(size)[:40]!r}",
+                       param=param, code="invalid_size")
+    try:
+        return pipe.check_size(int(match[2]), int(match[1]))
+    except InputError as exc:
+        raise APIError(400, f"{param} {size!r} (width x height): {exc}", param=param,
+                       code="invalid_size") from None
+
+
 def check_size(size: str | None, height: int, width: int, param: str = "size") -> None:
-    """Accept ``None``, ``"auto"`` or exactly the model's ``WxH``.
+    """Accept ``None``, ``"auto"`` or exactly the model's ``WxH`` (videos: the video pipeline
+    makes only the size it was trained at).
 
     Raises:
         APIError: 400 naming the size the model makes.
