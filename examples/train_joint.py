@@ -1,7 +1,7 @@
 """Train the toy joint model (one backbone, every decoder: text, image, caption, video, audio)
 from a config in Python, then generate one output of each kind from its single checkpoint.
 
-    .venv/bin/python examples/train_joint.py                  # about half a minute
+    .venv/bin/python examples/train_joint.py                  # about 4 minutes on 2 busy cores
     .venv/bin/python examples/train_joint.py --steps 1000 backbone.depth=4 --out-dir runs/my_joint
 
 Needs the Debian packages fortunes, dataset-fashion-mnist and espeak-ng. Writes the run to

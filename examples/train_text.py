@@ -1,6 +1,6 @@
 """Train a small text model from a config in Python, then sample from it.
 
-    .venv/bin/python examples/train_text.py                  # ~20 s with the tiny config
+    .venv/bin/python examples/train_text.py                  # ~40 s on 2 busy cores, tiny config
     .venv/bin/python examples/train_text.py --steps 2000 --config configs/text_fortunes.yaml
 """
 
