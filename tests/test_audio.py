@@ -203,6 +203,93 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tiny_run, tmp_path, capsy
     assert not out.exists()
 
 
+def _log_mel_distance(features, a, b) -> float:
+    """Mean absolute difference of two waveforms' log-mels (natural log)."""
+    return float((features(torch.as_tensor(a)) - features(torch.as_tensor(b))).abs().mean())
+
+
+@pytest.mark.parametrize("vocoder", ["parallel", "autoregressive", "griffin-lim"])
+def test_chunk_callback_streams_the_waveform_as_it_is_made(tiny_run, vocoder):
+    from multimodal.pipelines import load_pipeline
+    from multimodal.pipelines.text_to_audio import peak_normalise
+
+    pipe = load_pipeline("text-to-audio", tiny_run[0])
+    pieces = []
+    slow = {"vocoder": vocoder, "length_scale": 4.0, "progress": False}  # > 16 frames
+    streamed = pipe("seven", seed=3, **slow,
+                    chunk_callback=lambda index, audio: pieces.append((index, audio)))
+    whole = pipe("seven", seed=3, **slow)
+    assert {index for index, _ in pieces} == {0} and len(pieces) > 2
+    assert all(a.dtype == np.float32 and a.ndim == 1 for _, a in pieces)
+    # the pieces are the waveform before its peak normalisation
+    np.testing.assert_array_equal(peak_normalise(np.concatenate([a for _, a in pieces])),
+                                  streamed.audios[0])
+    assert streamed.audios[0].shape == whole.audios[0].shape
+    if vocoder == "autoregressive":  # its samples as they are drawn
+        np.testing.assert_array_equal(streamed.audios[0], whole.audios[0])
+    elif vocoder == "parallel":  # windows with the context of its receptive field
+        np.testing.assert_allclose(streamed.audios[0], whole.audios[0], atol=1e-5, rtol=0)
+    else:  # windowed Griffin-Lim: the whole clip's spectrum with phases of its own
+        features = pipe.audio.features
+        other_seed = pipe("seven", seed=4, **slow)
+        assert _log_mel_distance(features, streamed.audios[0], whole.audios[0]) < \
+            _log_mel_distance(features, other_seed.audios[0], whole.audios[0])
+
+
+def test_chunk_callback_names_each_waveform_of_a_call(tiny_run):
+    from multimodal.pipelines import load_pipeline
+    from multimodal.pipelines.text_to_audio import peak_normalise
+
+    pipe = load_pipeline("text-to-audio", tiny_run[0])
+    pieces = []
+    out = pipe(["seven", "six"], num_samples=2, seed=1, progress=False,
+               chunk_callback=lambda index, audio: pieces.append((index, audio)))
+    indices = [index for index, _ in pieces]
+    assert indices == sorted(indices) and set(indices) == {0, 1, 2, 3}  # one after the other
+    for i, audio in enumerate(out.audios):
+        joined = np.concatenate([a for index, a in pieces if index == i])
+        np.testing.assert_array_equal(peak_normalise(joined), audio)
+    with pytest.raises(InputError, match="chunk_callback must be a function"):
+        pipe("seven", chunk_callback="print", progress=False)
+
+
+def test_griffin_lim_stream_keeps_the_whole_clips_spectrum():
+    """Windowed Griffin-Lim (RTISI-LA's commit and look-ahead) is not the whole clip's samples,
+    but its spectrum: as close to the target magnitudes, and nearer the whole clip's log-mel
+    than the whole clip with another seed; a piece depends on no frame past its window."""
+    import math
+
+    from multimodal.modalities.audio.features import LogMel
+    from multimodal.nn import dsp
+
+    features = LogMel()
+    t = torch.arange(24_000, dtype=torch.float64) / 16_000
+    phase = 2 * math.pi * (150 * t + 40 * t ** 2)  # a voice-like gliding tone, 11 harmonics
+    wave = sum(0.3 / k * torch.sin(k * phase) for k in range(1, 12))
+    log_mel = features((wave * (0.6 + 0.4 * torch.sin(2 * math.pi * 3 * t))).float())
+    whole = features.griffin_lim(log_mel, generator_seed=0)
+    pieces = list(features.griffin_lim_stream(log_mel, generator_seed=0))
+    streamed = torch.cat(pieces, -1)
+    assert streamed.shape == whole.shape
+    assert [p.shape[-1] for p in pieces[:-1]] == [16 * 256] * (len(pieces) - 1)
+    target = dsp.inverse_mel_scale(log_mel.exp(), features.mel.fb)
+
+    def convergence(x):  # spectral convergence to the target magnitudes
+        spec = torch.stft(x, 1024, 256, 1024, features.mel.window, return_complex=True).abs()
+        return float(torch.linalg.norm(spec - target) / torch.linalg.norm(target))
+
+    assert convergence(streamed) <= convergence(whole) + 0.02  # measured +0.008
+    other_seed = features.griffin_lim(log_mel, generator_seed=1)
+    assert _log_mel_distance(features, streamed, whole) < \
+        _log_mel_distance(features, other_seed, whole)  # measured 0.044 < 0.075
+    assert not torch.allclose(streamed, whole, atol=1e-2)  # not the same samples
+    changed = log_mel.clone()
+    changed[..., 16 + 8 :] = -5.0  # past the first piece and its look-ahead
+    assert torch.equal(next(features.griffin_lim_stream(changed, generator_seed=0)), pieces[0])
+    with pytest.raises(ValueError, match="lookahead_frames"):
+        next(features.griffin_lim_stream(log_mel, lookahead_frames=1))
+
+
 def test_long_text_is_spoken_sentence_by_sentence(tiny_run):
     from multimodal.pipelines import load_pipeline
 

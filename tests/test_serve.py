@@ -18,6 +18,7 @@ import time
 import httpx2 as httpx
 import numpy as np
 import pytest
+import soundfile as sf
 from PIL import Image
 
 openai = pytest.importorskip("openai")
@@ -404,17 +405,76 @@ def test_speech_wav_pcm_and_sse(client, server, engine):
     slow = client.audio.speech.create(model=engine.model_id, input="seven", voice=voice,
                                       response_format="pcm", speed=0.5, extra_body={"seed": 0})
     assert len(slow.content) > len(pcm.content) > 0 and len(pcm.content) % 2 == 0
-    response = http(server, "POST", "/v1/audio/speech",
-                    json={"input": "seven", "voice": voice, "response_format": "pcm",
-                          "speed": 2.0, "seed": 0, "stream_format": "sse"})
+    sse = {"input": "seven", "voice": voice, "speed": 2.0, "seed": 0, "stream_format": "sse"}
+    response = http(server, "POST", "/v1/audio/speech", json={**sse, "response_format": "pcm"})
+    assert response.headers["x-sample-rate"] == "16000"
     events = [json.loads(line[6:]) for line in response.text.splitlines()
               if line.startswith("data: ")]
     assert {e["type"] for e in events[:-1]} == {"speech.audio.delta"}
-    assert events[-1]["type"] == "speech.audio.done"
-    assert b"".join(base64.b64decode(e["audio"]) for e in events[:-1]) == pcm.content
+    done = events[-1]
+    assert done["type"] == "speech.audio.done"
+    assert done["metadata"] == json.loads(pcm.response.headers["x-multimodal-metadata"])
+    streamed = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    # sent at the vocoder's level as it was made; times the done event's gain, the answer (the
+    # default vocoder, parallel: the same audio up to float rounding, then 16-bit truncation)
+    samples, answer = np.frombuffer(streamed, "<i2"), np.frombuffer(pcm.content, "<i2")
+    assert len(samples) == len(answer) and done["gain"] > 0
+    assert np.abs(samples * done["gain"] - answer).max() <= done["gain"] + 1
+    # as a WAV: a header of unknown length, then the same samples
+    wav_events = [json.loads(line[6:]) for line in http(
+        server, "POST", "/v1/audio/speech", json={**sse, "response_format": "wav"}
+    ).text.splitlines() if line.startswith("data: ")]
+    streamed_wav = b"".join(base64.b64decode(e["audio"]) for e in wav_events[:-1])
+    assert streamed_wav[:4] == b"RIFF" and streamed_wav[44:] == streamed
+    assert np.array_equal(sf.read(io.BytesIO(streamed_wav), dtype="int16")[0], samples)
     with pytest.raises(openai.BadRequestError) as err:
         client.audio.speech.create(model=engine.model_id, input="hi", voice="alloy")
     assert err.value.body["param"] == "voice"
+
+
+def test_speech_sse_sends_each_piece_before_the_next_is_vocoded(server, engine, monkeypatch):
+    """The first speech.audio.delta reaches the client while the vocoder waits before its
+    second window: the audio is sent as it is made, not cut from the finished clip."""
+    audio = engine.pipes["text-to-audio"].audio
+    decode_stream, made, first_delta, waited = audio.decode_stream, [], threading.Event(), []
+
+    def held_after_the_first_window(*args, **kwargs):
+        for piece in decode_stream(*args, **kwargs):
+            made.append(piece.shape[-1])
+            yield piece
+            if len(made) == 1:  # the first piece went to the client: hold the second
+                # a guard against a hang if nothing is sent before the end, not a timing
+                waited.append(first_delta.wait(timeout=120))
+
+    monkeypatch.setattr(audio, "decode_stream", held_after_the_first_window)
+    body = {"input": "seven eight", "voice": engine.pipes["text-to-audio"].voices[0],
+            "response_format": "pcm", "speed": 0.25, "seed": 0, "stream_format": "sse"}
+    events, made_at_first_delta = [], None
+    with httpx.stream("POST", server.url + "/v1/audio/speech", json=body, timeout=None,
+                      headers={"Authorization": f"Bearer {KEY}"}) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            events.append(json.loads(line[6:]))
+            if events[-1]["type"] == "speech.audio.delta" and made_at_first_delta is None:
+                made_at_first_delta = len(made)
+                first_delta.set()
+    assert waited == [True] and made_at_first_delta == 1 and len(made) > 1
+    assert events[-1]["type"] == "speech.audio.done"
+    samples = sum(len(base64.b64decode(e["audio"])) for e in events[:-1]) // 2
+    assert samples == sum(made) == round(events[-1]["metadata"]["seconds"] * 16_000)
+
+
+def test_bad_speech_requests_are_400_before_anything_streams(server, engine):
+    voice = engine.pipes["text-to-audio"].voices[0]
+    for body, param in (({"input": "hi", "voice": "alloy"}, "voice"),
+                        ({"input": "", "voice": voice}, "input"),
+                        ({"input": "?!...", "voice": voice}, "input"),
+                        ({"input": "hi", "voice": voice, "vocoder": "melgan"}, "vocoder"),
+                        ({"input": "hi", "voice": voice, "speed": 9}, "speed")):
+        error = _error(http(server, "POST", "/v1/audio/speech",
+                            json={**body, "stream_format": "sse"}), 400)
+        assert error["param"] == param, body
 
 
 # -- video ------------------------------------------------------------------------------------------

@@ -81,6 +81,43 @@ def test_receptive_field():
     assert torch.equal(near[..., : position + 1], base[..., : position + 1])
 
 
+def test_wavenet_stream_is_generate_as_it_is_drawn():
+    model = tiny_wavenet()
+    mel = torch.randn(2, 80, 5)
+    whole = model.generate(mel, generator=torch.Generator().manual_seed(3))
+    pieces = list(model.stream(mel, generator=torch.Generator().manual_seed(3), chunk_frames=2))
+    assert [tuple(p.shape) for p in pieces] == [(2, 2 * HOP), (2, 2 * HOP), (2, HOP)]
+    assert torch.equal(torch.cat(pieces, 1), whole)  # the same draws in the same order
+    with pytest.raises(ValueError, match="chunk_frames"):
+        next(model.stream(mel, chunk_frames=0))
+
+
+def test_parallel_stream_equals_forward_and_needs_its_context():
+    model = tiny_parallel().eval()
+    hop, frames = model.hop_length, 11
+    mel = torch.randn(1, 80, frames)
+    noise = torch.randn(1, frames * hop, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = model(mel, noise=noise)
+        drawn = model(mel, generator=torch.Generator().manual_seed(5))
+    pieces = list(model.stream(mel, noise=noise, chunk_frames=3))
+    assert [p.shape[-1] for p in pieces] == [3 * hop] * 3 + [2 * hop]
+    torch.testing.assert_close(torch.cat(pieces, -1), whole, atol=1e-6, rtol=0)
+    # without noise it draws forward's, from the same generator
+    torch.testing.assert_close(torch.cat(list(model.stream(
+        mel, generator=torch.Generator().manual_seed(5), chunk_frames=4)), -1), drawn,
+        atol=1e-6, rtol=0)
+    # half the receptive field and the pre-net's frame: one frame less and frames 3..5 differ
+    assert model.context_frames == 1 + math.ceil((model.receptive_field - model.fold) / 2 / hop)
+    a, z = 3 - (model.context_frames - 1), 6 + (model.context_frames - 1)
+    with torch.no_grad():
+        short = model(mel[..., a:z], noise=noise[:, a * hop : z * hop])
+    assert not torch.allclose(short[:, (3 - a) * hop : (6 - a) * hop], whole[:, 3 * hop : 6 * hop],
+                              atol=1e-4)
+    with pytest.raises(ValueError, match="chunk_frames"):
+        next(model.stream(mel, chunk_frames=0))
+
+
 def test_mu_law_round_trip_error_bound():
     mu = 255
     x = torch.linspace(-1, 1, 20001)

@@ -179,7 +179,9 @@ def inverse_mel_scale(mel_spec: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
 def griffin_lim(magnitude: torch.Tensor, *, n_fft: int, hop_length: int, n_iter: int = 32,
                 momentum: float = 0.99, length: int | None = None,
                 window: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None,
+                angles: torch.Tensor | None = None,
+                prefix: torch.Tensor | None = None) -> torch.Tensor:
     """Waveform (..., t) whose STFT magnitude approximates ``magnitude`` (..., k, f),
     ``k = n_fft // 2 + 1``: fast Griffin-Lim (Perraudin et al. 2013) with torchaudio 2.11's
     choices, so that it gives the same samples for the same initial phases.
@@ -193,31 +195,56 @@ def griffin_lim(magnitude: torch.Tensor, *, n_fft: int, hop_length: int, n_iter:
         length: Output samples t; default ``(f - 1) * hop_length``.
         window: (n_fft,) analysis and synthesis window; default periodic Hann.
         generator: Draws the random initial phases (the global generator when None).
+        angles: The initial phases (..., k, f) complex, instead of drawing them.
+        prefix: (..., p) samples the output starts with, held fixed at every iteration: the
+            samples already committed (played) when a long signal is inverted window by
+            window, so the new samples' phases continue them (RTISI-LA's commit, Zhu,
+            Beauregard & Wyse 2007, https://doi.org/10.1109/TASL.2007.899236). Default none.
 
     Raises:
-        ValueError: ``momentum`` outside [0, 1).
+        ValueError: ``momentum`` outside [0, 1), ``angles`` not of ``magnitude``'s shape, or a
+            ``prefix`` longer than the output.
     """
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    if angles is not None and angles.shape != magnitude.shape:
+        raise ValueError(f"angles {tuple(angles.shape)} must have the magnitude's shape "
+                         f"{tuple(magnitude.shape)}")
     if window is None:
         window = torch.hann_window(n_fft, device=magnitude.device, dtype=magnitude.dtype)
     momentum = momentum / (1 + momentum)  # torchaudio's (librosa's) scaling of alpha
     shape = magnitude.shape
     magnitude = magnitude.reshape((-1,) + shape[-2:])
+    out_length = (shape[-1] - 1) * hop_length if length is None else length
+    if prefix is not None:
+        if prefix.shape[-1] > out_length:
+            raise ValueError(f"prefix of {prefix.shape[-1]} samples is longer than the "
+                             f"{out_length} samples of the output")
+        prefix = prefix.reshape(magnitude.shape[0], -1)
     stft = {"n_fft": n_fft, "hop_length": hop_length, "win_length": n_fft, "window": window}
-    # torchaudio's initial "phases" are complex numbers with real and imaginary parts uniform
-    # in [0, 1), not unit phasors; kept, so that a seed gives the same waveform as before
-    angles = torch.rand(magnitude.shape, dtype=magnitude.dtype.to_complex(),
-                        device=magnitude.device, generator=generator)
+    if angles is None:
+        # torchaudio's initial "phases" are complex numbers with real and imaginary parts
+        # uniform in [0, 1), not unit phasors; kept, so that a seed gives the same waveform
+        angles = torch.rand(magnitude.shape, dtype=magnitude.dtype.to_complex(),
+                            device=magnitude.device, generator=generator)
+    else:
+        angles = angles.reshape(magnitude.shape)
+
+    def inverse_of(angles: torch.Tensor) -> torch.Tensor:
+        wave = torch.istft(magnitude * angles, length=length, **stft)
+        if prefix is not None:
+            wave[:, : prefix.shape[-1]] = prefix
+        return wave
+
     previous = torch.zeros((), dtype=magnitude.dtype, device=magnitude.device)
     for _ in range(n_iter):
-        inverse = torch.istft(magnitude * angles, length=length, **stft)
+        inverse = inverse_of(angles)
         rebuilt = torch.stft(inverse, center=True, pad_mode="reflect", normalized=False,
                              onesided=True, return_complex=True, **stft)
         angles = rebuilt - previous * momentum if momentum else rebuilt
         angles = angles / (angles.abs() + 1e-16)  # unit phasors
         previous = rebuilt
-    wave = torch.istft(magnitude * angles, length=length, **stft)
+    wave = inverse_of(angles)
     return wave.reshape(shape[:-2] + wave.shape[-1:])
 
 

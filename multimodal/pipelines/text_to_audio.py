@@ -21,6 +21,17 @@ so its waveforms are exactly those it gives alone with that seed; ``num_waveform
 (the name of ``num_samples``); and a list of generators, one per waveform, waveform ``i``
 drawing from ``generator[i]`` alone.
 
+Streaming: with ``chunk_callback``, each piece of audio goes to the callback as soon as the
+vocoder has made it (the mel of a sentence comes at once, the acoustic decoder being
+non-autoregressive; the vocoder then runs window by window:
+:meth:`~multimodal.modalities.audio.tokenizer.LogMelTokenizer.decode_stream`). The pieces are
+the audio before peak normalisation, which needs the whole clip: the returned waveform is
+them joined and normalised. Against the call without a callback they are the same audio
+(``autoregressive``: exactly; ``parallel``: up to float rounding) or, for ``griffin-lim``,
+the same spectrum with other phases (windowed Griffin-Lim: closer to the whole clip's
+log-mel than the whole clip with another seed is; see
+:meth:`~multimodal.modalities.audio.features.LogMel.griffin_lim_stream`).
+
 ``pipe.to(dtype)`` (``load_pipeline(..., torch_dtype=...)``) runs the backbone and the acoustic
 decoder in bf16 or fp16; the mel leaves them as float32, and the vocoders stay float32.
 ``pipe.compile()`` compiles those two and the learned vocoders.
@@ -33,7 +44,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -217,7 +228,9 @@ class TextToAudioPipeline(Pipeline):
                  vocoder: str | None = None, num_samples: int = 1,
                  num_waveforms_per_prompt: int | None = None, seed: int | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None,
-                 length_scale: float = 1.0, progress: bool = True) -> AudioGenerationOutput:
+                 length_scale: float = 1.0, progress: bool = True,
+                 chunk_callback: Callable[[int, np.ndarray], None] | None = None
+                 ) -> AudioGenerationOutput:
         """Speak ``prompt`` (or every prompt of a list, one after the other).
 
         Args:
@@ -239,6 +252,15 @@ class TextToAudioPipeline(Pipeline):
                 ``generator[i]`` alone.
             length_scale: Multiplies the predicted durations (> 1 is slower), in (0, 10].
             progress: Show a progress bar (the autoregressive vocoder is sample by sample).
+            chunk_callback: Stream: called as ``chunk_callback(index, audio)`` with each piece
+                of waveform ``index`` (of :attr:`AudioGenerationOutput.audios`) as soon as it
+                is made, in order: ``audio`` float32 (t,) at 16 kHz, at the vocoder's level
+                (before the peak normalisation, which needs the whole clip: the returned
+                waveform is the pieces joined, times ``PEAK / their peak``); pieces of 16 mel
+                frames (256 ms; 64 ms for ``autoregressive``) and the pauses between
+                sentences. The vocoder then runs window by window (see the module docstring
+                for how its audio compares).
+                An exception it raises stops the call (default: no streaming).
 
         Returns:
             :class:`AudioGenerationOutput`.
@@ -265,6 +287,9 @@ class TextToAudioPipeline(Pipeline):
         check_num_samples(num_samples)
         length_scale = check_float("length_scale", length_scale, 0.0, 10.0, lo_open=True)
         check_bool("progress", progress)
+        if chunk_callback is not None and not callable(chunk_callback):
+            raise InputError("chunk_callback must be a function (index, audio) -> None, got "
+                             f"{type(chunk_callback).__name__}")
         base = check_seed(seed)
         seeds = [base] if not is_list else \
             [None if base is None else prompt_seed(base, i) for i in range(len(prompts))]
@@ -279,8 +304,12 @@ class TextToAudioPipeline(Pipeline):
                 draws = [gen] * num_samples
             else:
                 draws = generators[i * num_samples : (i + 1) * num_samples]
+            first, on_chunk = len(audios), None  # the index of the prompt's first waveform
+            if chunk_callback is not None:
+                def on_chunk(k: int, audio: np.ndarray) -> None:
+                    chunk_callback(first + k, audio.copy())  # a copy: the pieces are kept
             waves, mel = self._speak(text, chunks[i], voice_id, name, draws,
-                                     length_scale, progress)
+                                     length_scale, progress, on_chunk)
             audios += waves
             mels.append(mel)
         phonemes = [" | ".join(self.phonemes.decode(ids) for ids in prompt_chunks)
@@ -295,28 +324,44 @@ class TextToAudioPipeline(Pipeline):
             runtime=runtime_settings(self))
 
     def _speak(self, prompt: str, chunks: list[list[int]], voice_id: int, vocoder: str,
-               generators: list[torch.Generator], length_scale: float, progress: bool
+               generators: list[torch.Generator], length_scale: float, progress: bool,
+               on_chunk: Callable[[int, np.ndarray], None] | None = None
                ) -> tuple[list[np.ndarray], torch.Tensor]:
         """The waveforms of one prompt, one per generator (sample ``k`` draws from
         ``generators[k]``), and its mel (m, f): each chunk's mel from the acoustic decoder,
-        vocoded and joined with :data:`PAUSE_SECONDS` of silence."""
-        device = self.device
-        mels = []
-        for ids in chunks:
-            mel, frames = self.decoder.generate(
-                self.backbone, torch.tensor([ids], device=device),
-                torch.tensor([voice_id], device=device), length_scale=length_scale)
-            mels.append(mel[0, :, : int(frames[0])].float().cpu())
+        vocoded and joined with :data:`PAUSE_SECONDS` of silence. With ``on_chunk``, every
+        piece of sample ``k`` goes to ``on_chunk(k, piece)`` as it is made."""
+        mels: list[torch.Tensor] = []  # each chunk's, made when first needed
         pause = np.zeros(int(PAUSE_SECONDS * self.audio.sample_rate), dtype=np.float32)
         audios = []
-        for generator in generators:
+        for k, generator in enumerate(generators):
             pieces = []
-            for mel in mels:
-                wave = self.audio.decode(mel[None], vocoder=vocoder, generator=generator,
-                                         progress=progress)[0].numpy()
-                pieces += [wave, pause]
-            audios.append(peak_normalise(np.concatenate(pieces[:-1]), prompt))
+            for i, ids in enumerate(chunks):
+                if i == len(mels):
+                    mels.append(self._mel(ids, voice_id, length_scale))
+                if i:
+                    pieces.append(pause)
+                    if on_chunk is not None:
+                        on_chunk(k, pause)
+                if on_chunk is None:
+                    pieces.append(self.audio.decode(mels[i][None], vocoder=vocoder,
+                                                    generator=generator,
+                                                    progress=progress)[0].numpy())
+                    continue
+                for piece in self.audio.decode_stream(mels[i][None], vocoder=vocoder,
+                                                      generator=generator, progress=progress):
+                    pieces.append(piece[0].numpy())
+                    on_chunk(k, pieces[-1])
+            audios.append(peak_normalise(np.concatenate(pieces), prompt))
         return audios, torch.cat(mels, -1)
+
+    def _mel(self, ids: list[int], voice_id: int, length_scale: float) -> torch.Tensor:
+        """The normalised log-mel (m, f) of one chunk's phoneme ids, float32 on the CPU."""
+        device = self.device
+        mel, frames = self.decoder.generate(
+            self.backbone, torch.tensor([ids], device=device),
+            torch.tensor([voice_id], device=device), length_scale=length_scale)
+        return mel[0, :, : int(frames[0])].float().cpu()
 
 
 def peak_normalise(audio: np.ndarray, prompt: str = "") -> np.ndarray:

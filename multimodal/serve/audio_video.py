@@ -1,9 +1,24 @@
 """``POST /v1/audio/speech`` (text-to-audio) and the video jobs of ``/v1/videos``
-(text-to-video), in OpenAI's shapes."""
+(text-to-video), in OpenAI's shapes.
+
+Speech with ``stream_format: "sse"`` is sent as it is made: a ``speech.audio.delta`` event
+(base64 16-bit PCM, 16 kHz mono) for each piece the vocoder makes (the pipeline's
+``chunk_callback``: 256 ms pieces, 64 ms for the autoregressive vocoder, and the pauses
+between sentences), then ``speech.audio.done`` with the metadata. Requests are checked before
+the stream starts (a bad one is a 400, as unstreamed); an error after the start (a silent
+result) is an ``error`` event. The pieces are at the vocoder's level: the other
+answers are peak-normalised over the whole clip, which is known only at the end, so the done
+event's ``gain`` is what turns the streamed samples into them (for ``griffin-lim`` into the
+same spectrum: its streamed phases are its own, see
+:meth:`~multimodal.modalities.audio.features.LogMel.griffin_lim_stream`). With
+``response_format: "wav"`` the first delta starts with a WAV header whose sizes say "unknown",
+as streaming WAV writers do. ``stream_format: "audio"`` sends the finished answer in pieces.
+"""
 
 from __future__ import annotations
 
 import base64
+import struct
 from typing import Any
 
 import numpy as np
@@ -17,7 +32,6 @@ from multimodal.serve.images import _form
 from multimodal.serve.media import check_size, header_json
 from multimodal.serve.schemas import SpeechRequest, VideoRequest, parse
 from multimodal.serve.scheduler import Job
-from multimodal.serve.service import sse
 
 router = APIRouter()
 CHUNK_SECONDS = 0.25  # audio per streamed chunk
@@ -26,6 +40,14 @@ MAX_VIDEO_JOBS = 256  # finished jobs kept for GET; the oldest finished ones go 
 
 def _pcm16(audio: np.ndarray) -> bytes:
     return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+def _wav_header(sample_rate: int) -> bytes:
+    """The 44-byte header of a 16-bit mono PCM WAV of unknown length (RIFF and data sizes
+    0xFFFFFFFF, as ffmpeg writes to a pipe): the samples follow as they are made."""
+    unknown = struct.pack("<I", 0xFFFFFFFF)
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+    return b"RIFF" + unknown + b"WAVEfmt " + fmt + b"data" + unknown
 
 
 @router.post("/v1/audio/speech")
@@ -50,26 +72,47 @@ async def speech(request: Request):
         error.param = error.param or "input"
         raise error from None
     job = Job("speech", object(), SpeechJob(kwargs))
+    if body.stream_format == "sse":
+        return _speech_events(request, job, body.response_format, pipe.audio.sample_rate)
     audio, rate, wav, metadata = await service.wait(request, job, "text-to-audio")
     data = wav if body.response_format == "wav" else _pcm16(audio)
     media = "audio/wav" if body.response_format == "wav" else "audio/pcm"
     headers = {"X-Multimodal-Metadata": header_json(metadata), "X-Sample-Rate": str(rate)}
     step = int(CHUNK_SECONDS * rate) * 2  # bytes of 16-bit samples
     chunks = [data[i : i + step] for i in range(0, len(data), step)]
-    if body.stream_format == "sse":
-        async def events():
-            for chunk in chunks:
-                yield sse({"type": "speech.audio.delta",
-                           "audio": base64.b64encode(chunk).decode("ascii")})
-            yield sse({"type": "speech.audio.done", "metadata": metadata,
-                       "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}})
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
     if body.stream_format == "audio":
         async def raw():
             for chunk in chunks:
                 yield chunk
         return StreamingResponse(raw(), media_type=media, headers=headers)
     return Response(data, media_type=media, headers=headers)
+
+
+def _speech_events(request: Request, job: Job, response_format: str,
+                   sample_rate: int) -> StreamingResponse:
+    """The job's audio as ``speech.audio.delta`` events while it is made, then
+    ``speech.audio.done`` with its metadata and ``gain`` (see the module docstring)."""
+    usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    header = [_wav_header(sample_rate)] if response_format == "wav" else []
+    peak = 0.0  # of the streamed samples
+
+    def events(item) -> list[dict]:
+        nonlocal peak
+        _, audio = item
+        if not audio.size:
+            return []
+        peak = max(peak, float(np.abs(audio).max()))
+        data = (header.pop() if header else b"") + _pcm16(audio)
+        return [{"type": "speech.audio.delta", "audio": base64.b64encode(data).decode("ascii")}]
+
+    def final(result) -> list[dict]:
+        audio, _, _, metadata = result
+        gain = float(np.abs(audio).max()) / peak if peak else 1.0
+        return [{"type": "speech.audio.done", "metadata": metadata, "gain": gain,
+                 "usage": usage}]
+
+    return request.app.state.service.stream(request, job, "text-to-audio", events, final,
+                                            headers={"X-Sample-Rate": str(sample_rate)})
 
 
 # -- videos ------------------------------------------------------------------------------------

@@ -216,13 +216,21 @@ class EditJob:
 
 @dataclass
 class SpeechJob:
-    """Text-to-audio: ``(waveform float32 (t,), sample rate, WAV bytes, metadata)``."""
+    """Text-to-audio: ``(waveform float32 (t,), sample rate, WAV bytes, metadata)``. Streamed
+    (the job has ``emit``): ``("audio", piece)`` for each piece of float32 audio as the vocoder
+    makes it (at the vocoder's level: the pipeline's ``chunk_callback``)."""
 
     kwargs: dict[str, Any]
 
     def run(self, engine: Engine, job: Job) -> Any:
         pipe = engine.pipes["text-to-audio"]
-        output = pipe(**self.kwargs, progress=False)
+        on_chunk = None
+        if job.emit is not None:
+            def on_chunk(index: int, audio: np.ndarray) -> None:
+                if job.cancelled.is_set():
+                    raise Cancelled()  # the client went away: stop vocoding
+                job.emit(("audio", audio))
+        output = pipe(**self.kwargs, progress=False, chunk_callback=on_chunk)
         files = encode_files(output, pipe.produces)[0]
         return output.audios[0], output.sample_rate, files[".wav"], output.metadata(0)
 

@@ -132,11 +132,12 @@ class Service:
 
     def stream(self, request: Request, job: Job, task: str,
                events: Callable[[Any], list[dict]], final: Callable[[Any], list[dict]],
-               done_marker: bool = False) -> StreamingResponse:
+               done_marker: bool = False, headers: dict[str, str] | None = None
+               ) -> StreamingResponse:
         """Queue ``job`` (a full queue is a 429 now, before the stream starts) and stream
         server-sent events: ``events(item)`` for each item the worker emits, then
         ``final(result)``; an error after the start is sent as an ``error`` event. A
-        disconnect cancels the job."""
+        disconnect cancels the job. ``headers`` go with the response."""
         loop = asyncio.get_running_loop()
         items: asyncio.Queue = asyncio.Queue()
         job.emit = lambda item: loop.call_soon_threadsafe(items.put_nowait, item)
@@ -186,7 +187,7 @@ class Service:
                     self.record(task, job, "disconnected")
 
         return StreamingResponse(generate(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+                                 headers={"Cache-Control": "no-cache", **(headers or {})})
 
 
 def sse(data: dict, event: str | None = None) -> bytes:

@@ -12,10 +12,24 @@ Defaults (HiFi-GAN / Parallel WaveGAN practice, scaled to 16 kHz):
 Frame ``i`` is centred on sample ``i * hop_length``, so audio ``[f * hop, (f + k) * hop)``
 corresponds to mel frames ``f .. f + k - 1``: the alignment every vocoder relies on.
 
+:meth:`LogMel.griffin_lim` inverts a whole clip; :meth:`LogMel.griffin_lim_stream` inverts it
+window by window for streaming, each window's phases continuing the samples already given out
+(RTISI-LA, Zhu, Beauregard & Wyse 2007, https://doi.org/10.1109/TASL.2007.899236). Griffin-Lim
+couples every frame to its neighbours at each iteration, so the windows' samples are not the
+whole clip's (GL's phases are arbitrary: two seeds of the whole clip differ sample by sample
+as much). Measured on five sentences of the embedded model (64 iterations, pieces of 16
+frames, 8 frames of look-ahead): the spectral convergence to the target magnitudes is within
+0.003 of the whole clip's (0.1475 vs 0.1447 at worst; the whole clip with another seed moves
+it by up to 0.007), and the log-mels of the streamed and the whole clip differ by 0.048-0.055
+(mean absolute, natural log), half what two seeds of the whole clip differ by (0.10-0.12).
+
 Axes: b batch, t samples, m mel bins, f frames.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -84,3 +98,75 @@ class LogMel(nn.Module):
                                n_iter=n_iter, window=self.mel.window.to(log_mel.device),
                                generator=generator)
         return wave[..., : (log_mel.shape[-1] - 1) * self.hop_length]
+
+    def griffin_lim_stream(self, log_mel: torch.Tensor, *, n_iter: int = 64,
+                           generator_seed: int = 0, chunk_frames: int = 16,
+                           lookahead_frames: int = 8) -> Iterator[torch.Tensor]:
+        """:meth:`griffin_lim` window by window, for streaming: the waveform in pieces of
+        ``chunk_frames * hop_length`` samples (the last one shorter), each given out as soon
+        as its window is inverted.
+
+        The window of the piece of frames ``[i, i + chunk_frames)`` spans frames
+        ``i - n_fft / hop_length`` (whose samples before the piece were given out: they are
+        held fixed at every iteration, so the new phases continue them; RTISI-LA's commit,
+        :func:`~multimodal.nn.dsp.griffin_lim`'s ``prefix``) to ``i + chunk_frames +
+        lookahead_frames`` (look-ahead: the piece's last samples see every frame that
+        overlaps them, and their phases see a little of what follows). A piece's first hop
+        fades in from what the previous window made of it, so the joins do not click. The
+        initial phases are the whole clip's (the same draws as :meth:`griffin_lim` with the
+        same seed).
+        Cost: about ``(chunk_frames + n_fft / hop_length + lookahead_frames) / chunk_frames``
+        times the whole clip's. The samples are not :meth:`griffin_lim`'s (see the module
+        docstring for how far they are).
+
+        Args:
+            log_mel: (b, m, f) log-mel as returned by :meth:`forward`.
+            n_iter: Griffin-Lim iterations per window (default 64).
+            generator_seed: Seed of the random initial phases.
+            chunk_frames: Frames per piece (default 16: 256 ms at the default hop), >= 1.
+            lookahead_frames: Frames after a piece its window inverts too (default 8), at
+                least ``n_fft / (2 * hop_length)`` (the frames that overlap its last sample).
+
+        Yields:
+            (b, samples) pieces; together ``(b, (f - 1) * hop_length)``, as :meth:`griffin_lim`.
+
+        Raises:
+            ValueError: ``chunk_frames`` < 1 or ``lookahead_frames`` too small.
+        """
+        overlap = math.ceil(self.n_fft / (2 * self.hop_length))  # frames reaching a sample
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        if lookahead_frames < overlap:
+            raise ValueError(f"lookahead_frames must be >= {overlap} (the frames of n_fft "
+                             f"{self.n_fft} that overlap a sample), got {lookahead_frames}")
+        log_mel = log_mel.float()
+        hop, frames = self.hop_length, log_mel.shape[-1]
+        spec = dsp.inverse_mel_scale(log_mel.exp(), self.mel.fb.to(log_mel.device))
+        window = self.mel.window.to(log_mel.device)
+        # the whole clip's initial phases, drawn as dsp.griffin_lim draws them
+        generator = torch.Generator(log_mel.device).manual_seed(generator_seed)
+        angles = torch.rand(spec.shape, dtype=spec.dtype.to_complex(), device=spec.device,
+                            generator=generator)
+        # frames before a piece: their samples reach into the STFT frames of its first sample
+        context = math.ceil(self.n_fft / self.hop_length)
+        total = (frames - 1) * hop
+        fade = torch.arange(1, hop + 1, device=spec.device) / (hop + 1)  # (hop,) 0 -> 1
+        committed = spec.new_zeros(spec.shape[:-2] + (0,))  # the last samples given out
+        ahead = None  # the previous window's samples after its piece
+        for first in range(0, max(frames - 1, 0), chunk_frames):
+            start, end = first * hop, min((first + chunk_frames) * hop, total)
+            a, z = max(0, first - context), min(frames, first + chunk_frames + lookahead_frames)
+            prefix = committed[..., committed.shape[-1] - (start - a * hop):]
+            wave = dsp.griffin_lim(spec[..., a:z], n_fft=self.n_fft, hop_length=hop,
+                                   n_iter=n_iter, window=window, angles=angles[..., a:z],
+                                   prefix=prefix if prefix.shape[-1] else None)
+            piece = wave[..., start - a * hop : end - a * hop].clone()
+            if ahead is not None:
+                # the new phases need not meet the committed samples sample for sample: a
+                # step there is a click, so the piece fades in over one hop from what the
+                # previous window made of those samples (log-mel error at the joins 5x less)
+                n = min(hop, piece.shape[-1])
+                piece[..., :n] = torch.lerp(ahead[..., :n], piece[..., :n], fade[:n])
+            ahead = wave[..., end - a * hop :]
+            committed = torch.cat([committed, piece], -1)[..., -context * hop:]
+            yield piece

@@ -10,6 +10,11 @@ vocoders, by name:
 * ``"autoregressive"``: a WaveNet with cached (Fast WaveNet) sample-by-sample generation;
 * ``"griffin-lim"``: the un-learned baseline (inverse mel filter bank + Griffin-Lim).
 
+``decode_stream`` gives the same waveform in pieces as the vocoder makes them, for streaming:
+``autoregressive`` exactly ``decode``'s samples, ``parallel`` up to float rounding, and
+``griffin-lim`` an approximation (windowed Griffin-Lim:
+:meth:`~multimodal.modalities.audio.features.LogMel.griffin_lim_stream`).
+
 The learned ones are registered ``vocoders`` components, built by the config builder from
 their own sections; how each is fitted sits beside them::
 
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import save_file
@@ -47,6 +52,10 @@ from multimodal.modalities.audio.wavenet import VocoderFitSettings, train_vocode
 from multimodal.registry import tokenizers, vocoders as vocoder_registry
 
 GRIFFIN_LIM = "griffin-lim"  # the un-learned vocoder every tokenizer has
+# mel frames per streamed piece (decode_stream): 256 ms, where windows overlap (parallel,
+# Griffin-Lim: each window costs its context again); 64 ms for the autoregressive vocoder,
+# whose pieces cost nothing extra and which makes audio slower than real time on CPUs
+STREAM_FRAMES, STREAM_FRAMES_AUTOREGRESSIVE = 16, 4
 META_FILE = "mel.json"
 FORMAT = "multimodal-log-mel/1"
 STATS_ITEMS = 2000  # utterances the normalisation statistics are measured on
@@ -193,18 +202,10 @@ class LogMelTokenizer:
         Raises:
             InputError: an unknown or unconfigured vocoder, or a mel of the wrong shape.
         """
-        name = vocoder or self.default_vocoder
-        if name not in self.available_vocoders:
-            raise InputError(f"unknown vocoder {name!r}; this model has: "
-                             f"{', '.join(self.available_vocoders)}")
-        if mel.dim() != 3 or mel.shape[1] != self.n_mels:
-            raise InputError(f"mel must be (batch, {self.n_mels}, frames), got "
-                             f"{tuple(mel.shape)}")
+        name = self._check_decode(mel, vocoder)
         if name == GRIFFIN_LIM:
-            seed = 0 if generator is None else int(torch.randint(0, 2**31 - 1, (1,),
-                                                                 generator=generator))
             wave = self.features.griffin_lim(self.denormalise(mel.float().cpu()),
-                                             generator_seed=seed)
+                                             generator_seed=_griffin_lim_seed(generator))
             return torch.nn.functional.pad(wave, (0, mel.shape[-1] * self.hop_length
                                                   - wave.shape[-1]))
         model = self.vocoders[name]
@@ -212,6 +213,73 @@ class LogMelTokenizer:
         if hasattr(model, "generate"):  # autoregressive (WaveNet): sample by sample
             return model.generate(mel, generator=generator, progress=progress).float().cpu()
         return model(mel, generator=generator).float().cpu()
+
+    @torch.no_grad()
+    def decode_stream(self, mel: torch.Tensor, *, vocoder: str | None = None,
+                      generator: torch.Generator | None = None, progress: bool = False,
+                      chunk_frames: int | None = None) -> Iterator[torch.Tensor]:
+        """:meth:`decode` in pieces, each given out as soon as the vocoder has made it.
+
+        Joined, the pieces are ``(b, f * hop_length)`` and draw from ``generator`` what
+        :meth:`decode` draws, so what follows draws alike. Against :meth:`decode`'s samples:
+
+        * ``"autoregressive"``: equal (its samples as they are drawn);
+        * ``"parallel"``: equal up to float rounding (window by window, each with the
+          context its receptive field needs; measured below 1e-6);
+        * ``"griffin-lim"``: not equal, the same spectrum with other phases (windowed
+          Griffin-Lim: :meth:`~multimodal.modalities.audio.features.LogMel.griffin_lim_stream`);
+        * a learned vocoder without a ``stream`` method: one piece, :meth:`decode`'s.
+
+        Args:
+            mel, vocoder, generator, progress: As :meth:`decode`.
+            chunk_frames: Mel frames per piece, >= 1 (default :data:`STREAM_FRAMES`, 16:
+                256 ms; the autoregressive vocoder :data:`STREAM_FRAMES_AUTOREGRESSIVE`, 4).
+
+        Yields:
+            (b, samples) float32 waveforms on the CPU at 16 kHz, in order.
+
+        Raises:
+            InputError: as :meth:`decode`, or ``chunk_frames`` < 1.
+        """
+        name = self._check_decode(mel, vocoder)
+        autoregressive = hasattr(self.vocoders.get(name), "generate")
+        if chunk_frames is None:
+            chunk_frames = STREAM_FRAMES_AUTOREGRESSIVE if autoregressive else STREAM_FRAMES
+        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) \
+                or chunk_frames < 1:
+            raise InputError(f"chunk_frames must be an integer >= 1, got {chunk_frames!r}")
+        if name == GRIFFIN_LIM:
+            seed = _griffin_lim_seed(generator)
+            yield from self.features.griffin_lim_stream(self.denormalise(mel.float().cpu()),
+                                                        generator_seed=seed,
+                                                        chunk_frames=chunk_frames)
+            # decode's last hop: Griffin-Lim gives (f - 1) * hop samples, decode pads to f
+            yield mel.new_zeros(mel.shape[0], self.hop_length, dtype=torch.float32,
+                                device="cpu")
+            return
+        model = self.vocoders[name]
+        mel = mel.to(next(model.parameters()).device, torch.float32)
+        if autoregressive:  # WaveNet
+            pieces = model.stream(mel, generator=generator, progress=progress,
+                                  chunk_frames=chunk_frames)
+        elif hasattr(model, "stream"):
+            pieces = model.stream(mel, generator=generator, chunk_frames=chunk_frames)
+        else:  # a vocoder that cannot stream: the whole clip, as decode makes it
+            pieces = iter([model(mel, generator=generator)])
+        for piece in pieces:
+            yield piece.float().cpu()
+
+    def _check_decode(self, mel: torch.Tensor, vocoder: str | None) -> str:
+        """The vocoder's name (default: ``default_vocoder``), once it and ``mel`` are
+        checked (InputError otherwise)."""
+        name = vocoder or self.default_vocoder
+        if name not in self.available_vocoders:
+            raise InputError(f"unknown vocoder {name!r}; this model has: "
+                             f"{', '.join(self.available_vocoders)}")
+        if mel.dim() != 3 or mel.shape[1] != self.n_mels:
+            raise InputError(f"mel must be (batch, {self.n_mels}, frames), got "
+                             f"{tuple(mel.shape)}")
+        return name
 
     def fit(self, data: Any, *, seed: int = 0, device: Any = "cpu",
             progress: bool = True) -> "LogMelTokenizer":
@@ -314,6 +382,13 @@ class LogMelTokenizer:
             load_weights(vocoder, directory / f"{name}.safetensors")
         tok._trained = bool(meta.get("trained", True))
         return tok
+
+
+def _griffin_lim_seed(generator: torch.Generator | None) -> int:
+    """The seed of Griffin-Lim's initial phases: one draw from ``generator`` (0 without)."""
+    if generator is None:
+        return 0
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
 
 
 def _registered_name(vocoder: nn.Module) -> str | None:

@@ -27,15 +27,22 @@ variance) with frame ``i`` conditioning samples ``[i * hop_length, (i + 1) * hop
 return audio of ``frames * hop_length`` samples in [-1, 1] at 16 kHz.
 :func:`train_vocoder` trains either, with the settings of :class:`VocoderFitSettings`.
 
+Both also stream (``stream``: the samples in pieces as they are made): the WaveNet's pieces
+are its samples as they are drawn (exactly :meth:`WaveNetVocoder.generate`'s); Parallel
+WaveGAN runs window by window, each window with the frames its receptive field needs on each
+side (:attr:`ParallelWaveGANGenerator.context_frames`), so the pieces are the whole clip's
+samples up to float rounding.
+
 Axes: b batch, t samples, m mel bins, f frames, c channels, l layers, q mu-law classes,
 r samples folded into one step of the parallel stack.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -372,10 +379,53 @@ class WaveNetVocoder(nn.Module):
         bias = torch.stack([d.bias * gate_scale for d in self.dilated])  # (l, 2c)
         return weights, gate_scale, bias
 
+    @torch.inference_mode()
+    def stream(self, mel: torch.Tensor, *, generator: torch.Generator | None = None,
+               temperature: float = 1.0, progress: bool = False, compile: bool | None = None,
+               chunk_frames: int = 16) -> Iterator[torch.Tensor]:
+        """:meth:`generate`'s samples as they are drawn, ``chunk_frames`` frames at a time:
+        the same draws in the same order, so the pieces joined are :meth:`generate`'s output
+        exactly.
+
+        Args:
+            mel, generator, temperature, progress, compile: As :meth:`generate`.
+            chunk_frames: Frames per piece (default 16: 256 ms at the default hop), >= 1.
+
+        Yields:
+            (b, chunk_frames * hop_length) waveforms in [-1, 1] (the last one shorter).
+
+        Raises:
+            ValueError: as :meth:`generate`, or ``chunk_frames`` < 1.
+        """
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        if compile is None:
+            compile = self.compile_generation
+        pieces = []
+        for classes, _ in self._sample(mel, generator=generator, temperature=temperature,
+                                       progress=progress, compile=compile):
+            pieces.append(classes)
+            if len(pieces) == chunk_frames:
+                yield mu_law_decode(torch.cat(pieces, 1), self.quantization_channels)
+                pieces = []
+        if pieces:
+            yield mu_law_decode(torch.cat(pieces, 1), self.quantization_channels)
+
     def _generate(self, mel: torch.Tensor, *, generator: torch.Generator | None = None,
                   temperature: float = 1.0, progress: bool = False, keep_logits: bool = False,
                   compile: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Cached sampling -> (classes (b, t), logits (b, t, q) if ``keep_logits``)."""
+        frames = list(self._sample(mel, generator=generator, temperature=temperature,
+                                   progress=progress, keep_logits=keep_logits, compile=compile))
+        classes = torch.cat([c for c, _ in frames], 1)
+        return classes, torch.cat([l for _, l in frames], 1) if keep_logits else None
+
+    def _sample(self, mel: torch.Tensor, *, generator: torch.Generator | None = None,
+                temperature: float = 1.0, progress: bool = False, keep_logits: bool = False,
+                compile: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Cached sampling, frame by frame: yields ``(classes (b, hop_length), logits
+        (b, hop_length, q) if keep_logits)`` of each frame in turn. Every uniform is drawn
+        first (as :meth:`generate_naive` draws them), so a stopped stream draws the same."""
         check_mel(mel, self.mel_channels)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -393,22 +443,25 @@ class WaveNetVocoder(nn.Module):
         # guards on aliasing between inputs
         queues = [[mel.new_zeros(b, self.residual_channels) for _ in range(d)] for d in dilations]
         current = mu_law_encode(mel.new_zeros(b), self.quantization_channels)  # silence first
-        classes, kept = [], []
         bar = tqdm(total=num_samples, desc="WaveNet", disable=not progress, dynamic_ncols=True,
                    unit="sample")
-        for frame in range(frames):
-            cond_frame = cond[frame]  # (l, b, 2c)
-            for t in range(frame * self.hop_length, (frame + 1) * self.hop_length):
-                pasts = [queue[t % d] for queue, d in zip(queues, dilations)]
-                current, logits, inputs = step(current, pasts, cond_frame, uniform[t], weights)
-                for queue, d, x in zip(queues, dilations, inputs):
-                    queue[t % d] = x
-                classes.append(current)
-                if keep_logits:
-                    kept.append(logits)
-            bar.update(self.hop_length)
-        bar.close()
-        return torch.stack(classes, 1), torch.stack(kept, 1) if keep_logits else None
+        try:
+            for frame in range(frames):
+                cond_frame = cond[frame]  # (l, b, 2c)
+                classes, kept = [], []
+                for t in range(frame * self.hop_length, (frame + 1) * self.hop_length):
+                    pasts = [queue[t % d] for queue, d in zip(queues, dilations)]
+                    current, logits, inputs = step(current, pasts, cond_frame, uniform[t],
+                                                   weights)
+                    for queue, d, x in zip(queues, dilations, inputs):
+                        queue[t % d] = x
+                    classes.append(current)
+                    if keep_logits:
+                        kept.append(logits)
+                bar.update(self.hop_length)
+                yield torch.stack(classes, 1), torch.stack(kept, 1) if keep_logits else None
+        finally:
+            bar.close()
 
     @torch.inference_mode()
     def generate_naive(self, mel: torch.Tensor, num_samples: int | None = None, *,
@@ -532,6 +585,51 @@ class ParallelWaveGANGenerator(nn.Module):
     def receptive_field(self) -> int:
         """Samples each output sample sees (centred): ``fold * (1 + (k - 1) * sum(dilations))``."""
         return self.fold * (1 + (self.kernel_size - 1) * sum(self.dilations))
+
+    @property
+    def context_frames(self) -> int:
+        """Mel frames on each side of a frame that its samples depend on: the stack's half
+        receptive field ``(receptive_field - fold) / 2`` samples (its zero padding at a
+        window's edge reaches that far in), plus the one frame of the conditioning's kernel-3
+        pre-net. A window of frames with this many more on each side gives its middle frames'
+        samples as the whole clip does (:meth:`stream`)."""
+        return 1 + math.ceil((self.receptive_field - self.fold) / (2 * self.hop_length))
+
+    @torch.no_grad()
+    def stream(self, mel: torch.Tensor, *, noise: torch.Tensor | None = None,
+               generator: torch.Generator | None = None,
+               chunk_frames: int = 16) -> Iterator[torch.Tensor]:
+        """:meth:`forward`'s samples in pieces of ``chunk_frames`` frames, each piece made by
+        a forward over its frames and :attr:`context_frames` more on each side (the noise is
+        drawn for the whole clip first, as :meth:`forward` draws it): joined, they equal
+        :meth:`forward`'s output up to float rounding (the convolutions run over other
+        lengths).
+
+        Args:
+            mel, noise, generator: As :meth:`forward`.
+            chunk_frames: Frames per piece (default 16: 256 ms at the default hop), >= 1.
+
+        Yields:
+            (b, chunk_frames * hop_length) waveforms in [-1, 1] (the last one shorter).
+
+        Raises:
+            ValueError: as :meth:`forward`, or ``chunk_frames`` < 1.
+        """
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        check_mel(mel, self.mel_channels)
+        b, _, frames = mel.shape
+        if noise is None:
+            device = generator.device if generator is not None else mel.device
+            noise = torch.randn(b, frames * self.hop_length, generator=generator,
+                                device=device).to(mel.device)
+        check_audio(noise, mel, self.hop_length)
+        hop, context = self.hop_length, self.context_frames
+        for first in range(0, frames, chunk_frames):
+            last = min(first + chunk_frames, frames)
+            a, z = max(0, first - context), min(frames, last + context)
+            wave = self(mel[..., a:z], noise=noise[:, a * hop : z * hop])
+            yield wave[:, (first - a) * hop : (last - a) * hop]
 
     def forward(self, mel: torch.Tensor, *, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
