@@ -438,6 +438,30 @@ def test_transformers_text_streamer_prints_the_text(text_pipe, capsys):
     assert capsys.readouterr().out == out.texts[0] + "\n"
 
 
+@pytest.mark.parametrize("decode_kwargs", [{}, {"skip_special_tokens": True}])
+def test_transformers_text_streamer_across_newlines(text_pipe, capsys, decode_kwargs):
+    # after a newline transformers' streamer decodes one id (an int) with its decode_kwargs:
+    # generated text (fortunes) has newlines almost everywhere
+    text = "One line.\nAnother, caf\u00e9\n\nand the end"
+    ids = text_pipe.tokenizer.encode(text)
+    streamer = HFTextStreamer(text_pipe.tokenizer, **decode_kwargs)
+    for i in ids:
+        streamer.put(torch.tensor([i]))
+    streamer.end()
+    assert capsys.readouterr().out == text + "\n"
+
+
+def test_tokenizer_decode_takes_what_transformers_passes(text_pipe):
+    tok = text_pipe.tokenizer
+    ids = tok.encode("a bag\n")
+    assert tok.decode(ids) == tok.decode(torch.tensor(ids)) == tok.decode(tuple(ids)) == "a bag\n"
+    assert tok.decode(ids[0]) == tok.decode(torch.tensor(ids[0])) == tok.decode(ids[:1])
+    with pytest.raises(TypeError, match="token id or a sequence of ids"):
+        tok.decode("a bag")
+    with pytest.raises(TypeError, match="token id or a sequence of ids"):
+        tok.decode(1.5)
+
+
 def test_transformers_text_iterator_streamer(text_pipe):
     streamer = TextIteratorStreamer(text_pipe.tokenizer, skip_prompt=True, timeout=600)
     result = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from multimodal.errors import CheckpointError
-from multimodal.modalities.text.tokenizer import _bytes_to_unicode
+from multimodal.modalities.text.tokenizer import _bytes_to_unicode, token_id_list
 from multimodal.registry import tokenizers
 
 _BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")  # SentencePiece byte fallback
@@ -122,9 +122,12 @@ class HFTokenizer:
         return self._tok(list(texts), add_special_tokens=False,
                          split_special_tokens=True)["input_ids"]
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``; special tokens are dropped."""
-        return self._tok.decode(list(ids), skip_special_tokens=True)
+    def decode(self, ids: int | Iterable[int], *, skip_special_tokens: bool = True,
+               clean_up_tokenization_spaces: bool | None = None) -> str:
+        """Text of ``ids`` (one id, a sequence or a 1-d tensor, as transformers' ``decode``
+        takes); special tokens are dropped unless ``skip_special_tokens=False``."""
+        return self._tok.decode(token_id_list(ids), skip_special_tokens=skip_special_tokens,
+                                clean_up_tokenization_spaces=clean_up_tokenization_spaces)
 
     def token_byte_lengths(self) -> list[int]:
         """UTF-8 bytes each id stands for (special tokens: 1), for bits per byte: byte-level

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from tokenizers import decoders as byte_decoders  # not the registry of our decoders
@@ -26,6 +26,26 @@ from multimodal.registry import tokenizers
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)
+
+
+def token_id_list(ids: Any) -> list[int]:
+    """``ids`` (one id, a sequence of ids, or a 0-d or 1-d tensor or array) as a list of ints.
+
+    Raises:
+        TypeError: anything else, naming what is accepted.
+    """
+    if hasattr(ids, "tolist"):  # torch tensors, numpy arrays and scalars
+        ids = ids.tolist()
+    if isinstance(ids, int) and not isinstance(ids, bool):
+        return [ids]
+    try:
+        out = list(ids)
+    except TypeError:
+        raise TypeError(f"decode takes a token id or a sequence of ids, got "
+                        f"{type(ids).__name__}") from None
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in out):
+        raise TypeError("decode takes a token id or a sequence of ids (ints)")
+    return out
 
 
 @tokenizers.register("byte_bpe")
@@ -164,10 +184,15 @@ class ByteBPETokenizer:
             ids += [token.id for token in tok.model.tokenize(word)]
         return ids
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``; special tokens are dropped. Bytes that do not yet form a whole
-        UTF-8 character decode to U+FFFD."""
-        return self._require_trained().decode(list(ids), skip_special_tokens=True)
+    def decode(self, ids: int | Iterable[int], *, skip_special_tokens: bool = True,
+               clean_up_tokenization_spaces: bool | None = None) -> str:
+        """Text of ``ids`` (one id, a sequence or a 1-d tensor, as transformers' ``decode``
+        takes, so its ``TextStreamer`` works); special tokens are dropped unless
+        ``skip_special_tokens=False``. Bytes that do not yet form a whole UTF-8 character
+        decode to U+FFFD. ``clean_up_tokenization_spaces`` is accepted and has nothing to do:
+        byte-level BPE gives the text's own spaces back."""
+        return self._require_trained().decode(token_id_list(ids),
+                                              skip_special_tokens=skip_special_tokens)
 
     def token_byte_lengths(self) -> list[int]:
         """UTF-8 bytes each id stands for (special tokens: 1, the separator they replace);
