@@ -271,8 +271,8 @@ def _cmd_generate(args) -> int:
 # Arguments of __call__ never set from the command line: objects, not words; and the other
 # libraries' names of an option the command line already has (num_images_per_prompt,
 # num_videos_per_prompt, num_waveforms_per_prompt, num_return_sequences: --num-samples) or
-# that only the Python API uses (output_type: the files are written from uint8 images whatever
-# it is).
+# that only the Python API uses (output_type: the files are written from uint8 images and clips
+# and float32 waveforms whatever it is).
 NOT_OPTIONS = ("self", "generator", "streamer", "progress", "callback_on_step_end",
                "callback_on_step_end_tensor_inputs", "output_type", "num_images_per_prompt",
                "num_return_sequences", "num_videos_per_prompt",

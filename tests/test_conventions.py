@@ -152,7 +152,7 @@ def test_callback_stops_early_and_records_it(t2i, flag):
     assert calls == [0, 1]
     assert out.metadata(0)["steps_run"] == 2 and out.steps_run == 2
     full = t2i("a bag", seed=2, num_inference_steps=6, progress=False)  # the flag is reset
-    assert "steps_run" not in full.metadata(0)
+    assert full.metadata(0)["steps_run"] == 6  # recorded always, not only when stopped
     assert not torch.equal(out.latents, full.latents)
 
 
@@ -320,6 +320,111 @@ def test_audio_generator_list_and_errors(t2a):
         t2a([None], **AUDIO)
     with pytest.raises(InputError, match="prompt must be a string or a non-empty list"):
         t2a(7, **AUDIO)
+
+
+# -- a seed and a generator: one of them ---------------------------------------------------------
+@pytest.mark.parametrize("task", ["text-to-image", "image-to-image", "inpainting",
+                                  "text-to-video", "text-to-audio"])
+def test_seed_with_one_generator_is_refused_as_with_a_list(task, t2i, t2v, t2a):
+    """The samples would come from the generator while the files record the seed, so a replay
+    would make others: refused alike for one generator and for a list of them."""
+    image = np.zeros((32, 32), np.uint8)
+    mask = np.full((32, 32), 255, np.uint8)
+    pipe, kwargs = {
+        "text-to-image": (t2i, STEPS),
+        "image-to-image": (tiny_image_pipeline("image-to-image"), {**STEPS, "image": image}),
+        "inpainting": (tiny_image_pipeline("inpainting"),
+                       {**STEPS, "image": image, "mask": mask}),
+        "text-to-video": (t2v, VIDEO_STEPS),
+        "text-to-audio": (t2a, AUDIO),
+    }[task]
+    with pytest.raises(InputError, match="seed and a generator were both given; give one"):
+        pipe("seven", generator=torch.Generator().manual_seed(0), seed=1, **kwargs)
+    with pytest.raises(InputError, match="seed and a generator were both given"):
+        pipe(["seven", "six"], generator=torch.Generator().manual_seed(0), seed=1, **kwargs)
+    with pytest.raises(InputError, match="seed and a list of generators were both given"):
+        pipe("seven", generator=_generators(0), seed=1, **kwargs)
+    # either alone still runs (seed 0 is a seed, not "no seed")
+    assert pipe("seven", generator=torch.Generator().manual_seed(0), **kwargs).seed is None
+    assert pipe("seven", seed=0, **kwargs).seed == 0
+
+
+# -- callback_on_step_end checked before the loop --------------------------------------------------
+@pytest.mark.parametrize("callback", [3, "x", object()])
+@pytest.mark.parametrize("task", ["text-to-image", "image-to-image", "text-to-video"])
+def test_a_callback_that_is_not_callable_is_refused_up_front(task, callback, t2i, t2v):
+    pipe, kwargs = {"text-to-image": (t2i, STEPS),
+                    "image-to-image": (tiny_image_pipeline("image-to-image"),
+                                       {**STEPS, "image": np.zeros((32, 32), np.uint8)}),
+                    "text-to-video": (t2v, VIDEO_STEPS)}[task]
+    with pytest.raises(InputError, match=r"callback_on_step_end must be a callable "
+                                         r"f\(pipe, step_index, timestep, callback_kwargs\) "
+                                         r"-> dict, got "):
+        pipe("a bag", callback_on_step_end=callback, **kwargs)
+    for names in (None, 5, "latents", ["latents", "prompt_embeds"], [["latents"]]):
+        with pytest.raises(InputError, match="callback_on_step_end_tensor_inputs must be a "
+                                             r"list of \['latents'\]"):
+            pipe("a bag", callback_on_step_end=lambda *a: None,
+                 callback_on_step_end_tensor_inputs=names, **kwargs)
+    with pytest.raises(InputError, match="callback_on_step_end must be a callable .* it "
+                                         "returned 7 at step 0"):
+        pipe("a bag", callback_on_step_end=lambda *a: 7, **kwargs)
+
+
+# -- output_type for video and audio (diffusers' TextToVideoSD and AudioLDM forms) --------------
+def test_video_output_types(t2v, tmp_path):
+    base = t2v("a bag moving up", num_videos_per_prompt=2, seed=3, **VIDEO_STEPS)
+    frames = np.stack(base.videos)  # (s, t, h, w) uint8: the tiny model is grayscale
+    if frames.ndim == 4:
+        frames = frames[..., None]  # (s, t, h, w, c)
+    arr = t2v("a bag moving up", num_videos_per_prompt=2, seed=3, output_type="np",
+              **VIDEO_STEPS)
+    assert isinstance(arr.videos, np.ndarray) and arr.videos.dtype == np.float32
+    assert arr.videos.shape == frames.shape
+    np.testing.assert_array_equal(arr.videos * 255, frames)
+    pt = t2v("a bag moving up", num_videos_per_prompt=2, seed=3, output_type="pt",
+             **VIDEO_STEPS)
+    assert isinstance(pt.videos, torch.Tensor) and pt.videos.dtype == torch.float32
+    s, t, h, w, c = frames.shape
+    assert pt.videos.shape == (s, t, c, h, w)
+    assert float(pt.videos.min()) >= 0 and float(pt.videos.max()) <= 1
+    torch.testing.assert_close(pt.videos.permute(0, 1, 3, 4, 2), torch.from_numpy(arr.videos))
+    pil = t2v("a bag moving up", num_videos_per_prompt=2, seed=3, output_type="pil",
+              **VIDEO_STEPS)
+    assert len(pil.videos) == 2 and all(len(clip) == t for clip in pil.videos)
+    assert all(isinstance(frame, Image.Image) for clip in pil.videos for frame in clip)
+    assert np.array_equal(np.asarray(pil.videos[1][2]), base.videos[1][2])
+    for out in (arr, pt, pil):  # the uint8 clips and the settings whatever the form
+        assert _same_images(out.samples, base.videos)
+        assert out.metadata(1) == base.metadata(1)
+    parts = t2v(["a bag moving up", "a sneaker moving left"], seed=3, output_type="np",
+                **VIDEO_STEPS).split()
+    assert [p.videos.shape[0] for p in parts] == [1, 1] and len(parts[1].samples) == 1
+    with pytest.raises(InputError, match="output_type must be one of uint8, pil, np, pt, got "
+                                         "'latent'"):
+        t2v("a bag", output_type="latent", **VIDEO_STEPS)
+
+
+def test_audio_output_types(t2a):
+    base = t2a(["seven", "six"], seed=3, **AUDIO)
+    assert all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in base.audios)
+    assert t2a("seven", seed=3, output_type="np", **AUDIO).audios[0].tobytes() == \
+        base.audios[0].tobytes()  # "np" is the default
+    pt = t2a(["seven", "six"], seed=3, output_type="pt", **AUDIO)
+    assert all(isinstance(a, torch.Tensor) and a.dtype == torch.float32 for a in pt.audios)
+    assert _same_images([a.numpy() for a in pt.audios], base.audios)
+    assert _same_images(pt.samples, base.audios)  # the writer's numpy waveforms
+    assert pt.metadata(1) == base.metadata(1)
+    assert [len(p.samples) for p in pt.split()] == [1, 1]
+    with pytest.raises(InputError, match="output_type must be one of np, pt, got 'pil'"):
+        t2a("seven", output_type="pil", **AUDIO)
+
+
+@pytest.mark.parametrize("task", ["text-to-video", "text-to-audio"])
+def test_output_type_is_no_command_line_option(task, capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", task, "--help"])
+    assert "--output-type" not in capsys.readouterr().out
 
 
 def test_server_batch_runs_the_pipeline_with_a_prompt_list(t2i):

@@ -72,10 +72,10 @@ def test_strength_zero_returns_the_image_and_says_zero_steps(image_pipe):
     assert out.metadata(0)["steps_run"] == 0
 
 
-def test_usual_strength_records_no_extra_key(image_pipe):
+def test_usual_strength_records_the_steps_it_ran(image_pipe):
     out = image_pipe("a bag", image=_image(), strength=0.6, num_inference_steps=5, seed=0,
                      progress=False)
-    assert "steps_run" not in out.metadata(0)  # int(5 * 0.6) = 3 steps, as recorded
+    assert out.metadata(0)["steps_run"] == 3  # int(5 * 0.6)
 
 
 # -- 9: non-finite floats, and metadata JSON can carry --------------------------------------
@@ -394,3 +394,74 @@ def test_replay_refuses_a_recorded_prompt_with_nul(tmp_path, capsys):
     rc = main(["replay", str(tmp_path / "000.txt"), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert rc == 2 and "prompt" in err and "control character" in err
+
+
+# -- dtypes: the three the pipelines run in, and no other -----------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float64, "float64", torch.int8])
+def test_torch_dtype_other_than_the_three_is_refused_alike(t2i_pipe, dtype):
+    accepted = r"torch_dtype must be torch.float32, torch.float16 or torch.bfloat16"
+    with pytest.raises(InputError, match=accepted):
+        load_pipeline("text-to-image", torch_dtype=dtype)
+    if isinstance(dtype, torch.dtype):  # a positional string is a device, as diffusers'
+        with pytest.raises(InputError, match=accepted):
+            t2i_pipe.to(dtype)
+        with pytest.raises(InputError, match=accepted):
+            t2i_pipe.to("cpu", dtype)
+    with pytest.raises(InputError, match=accepted):
+        t2i_pipe.to(dtype=dtype)
+    assert t2i_pipe.dtype == torch.float32  # refused before anything moved
+
+
+# -- sizes: every wrong side in one message -------------------------------------------------------
+@pytest.mark.parametrize("height, width, got", [(50, 50, "height=50 and width=50"),
+                                                ("a", 7, "height='a' and width=7")])
+def test_both_wrong_sides_are_named_in_one_message(t2i_pipe, height, width, got):
+    with pytest.raises(InputError, match=r"^height and width must each be a multiple of 8 "
+                                         rf"from 8 to 128 pixels .*the default\), got {got}$"):
+        t2i_pipe("a", height=height, width=width, num_inference_steps=1, progress=False)
+    with pytest.raises(InputError, match=r"^width must be a multiple of 8 .*got 50$"):
+        t2i_pipe("a", height=32, width=50, num_inference_steps=1, progress=False)
+
+
+# -- steps_run: always recorded, never an argument -------------------------------------------------
+def test_steps_run_is_recorded_for_every_image_and_video_run(t2i_pipe, video_pipe, tmp_path):
+    from multimodal.modalities.image.files import read_png_metadata
+    from multimodal.registry import pipelines
+    from multimodal.replay import call_kwargs
+
+    image = t2i_pipe(["a", "b"], num_samples=2, num_inference_steps=3, seed=0, progress=False)
+    assert [image.metadata(k)["steps_run"] for k in range(4)] == [3] * 4
+    assert all(part.metadata(0)["steps_run"] == 3 for part in image.split())
+    write_outputs(image, tmp_path / "img", produces="image")
+    settings = read_png_metadata(tmp_path / "img" / "001.png")
+    assert settings["steps_run"] == 3  # in the file
+    kwargs = call_kwargs(pipelines.get("text-to-image"), "text-to-image", settings)
+    assert "steps_run" not in kwargs and kwargs["num_inference_steps"] == 3  # replay ignores it
+    clip = video_pipe("a", num_inference_steps=2, seed=0, progress=False)
+    assert clip.metadata(0)["steps_run"] == 2
+    assert "steps_run" not in call_kwargs(pipelines.get("text-to-video"), "text-to-video",
+                                          clip.metadata(0))
+
+
+# -- text-to-audio records checkpoint_id, as every task; old files say checkpoint ---------------
+def test_audio_records_checkpoint_id_and_old_files_still_replay(audio_pipe, tmp_path):
+    from multimodal.replay import replay
+
+    out = audio_pipe("seven", seed=2, progress=False)
+    meta = out.metadata(0)
+    assert meta["checkpoint_id"] == audio_pipe.checkpoint_id and "checkpoint" not in meta
+    write_outputs(out, tmp_path / "new", produces="audio")
+    sidecar = json.loads((tmp_path / "new" / "000.json").read_text())
+    assert sidecar["checkpoint_id"] == audio_pipe.checkpoint_id
+    # a file made before the rename: the same WAV, its JSON saying "checkpoint"
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "000.wav").write_bytes((tmp_path / "new" / "000.wav").read_bytes())
+    legacy = {("checkpoint" if k == "checkpoint_id" else k): v for k, v in sidecar.items()}
+    (old / "000.json").write_text(json.dumps(legacy))
+    assert replay(old / "000.wav", out=tmp_path / "again")["identical"]
+    # the old key is read, not ignored: another model's id under it is refused
+    (old / "000.json").write_text(json.dumps({**legacy, "checkpoint": "another-model"}))
+    with pytest.raises(InputError, match="was made by checkpoint another-model, but the one "
+                                         "loaded is"):
+        replay(old / "000.wav", out=tmp_path / "refused")

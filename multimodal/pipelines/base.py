@@ -112,6 +112,36 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
+def check_callable(name: str, value: Any, form: str, *, optional: bool = True) -> Any:
+    """``value`` when it is callable (``None`` passes when ``optional``): a hook checked
+    before any work rather than failing with a bare ``TypeError`` inside a loop.
+
+    Args:
+        form: How it is called, e.g. ``"f(pipe, step_index, timestep, callback_kwargs) ->
+            dict"``.
+
+    Raises:
+        InputError: ``"{name} must be a callable {form}, got ..."``.
+    """
+    if value is None and optional:
+        return None
+    if not callable(value):
+        raise _refuse(name, value, f"a callable {form}")
+    return value
+
+
+def check_output_type(value: Any, accepted: tuple[str, ...]) -> str:
+    """``value`` when it is one of ``accepted`` (the forms a pipeline's outputs take).
+
+    Raises:
+        InputError: naming the accepted ones.
+    """
+    if not isinstance(value, str) or value not in accepted:
+        raise InputError(f"output_type must be one of {', '.join(accepted)}, got "
+                         f"{excerpt(value)}")
+    return value
+
+
 def check_num_samples(value: Any) -> int:
     """``value`` when it is an integer in ``1 .. MAX_SAMPLES``.
 
@@ -239,25 +269,49 @@ def sample_generators(seed: int | None, generator: torch.Generator, num_samples:
     return [torch.Generator().manual_seed(derive_seed(seed, i)) for i in range(num_samples)]
 
 
+def check_seed_or_generator(seeds: list[Any], generator: Any) -> None:
+    """Refuse a call given both a seed and a generator (one, or diffusers' list of them): the
+    samples would come from the generator while the outputs record the seed, so a replay with
+    that seed would make other samples.
+
+    Args:
+        seeds: The call's per-prompt seeds, all ``None`` unless a seed was given.
+        generator: The call's ``generator`` argument.
+
+    Raises:
+        InputError: both given, saying which to keep.
+    """
+    if generator is None or all(seed is None for seed in seeds):
+        return
+    if isinstance(generator, (list, tuple)):
+        raise InputError("seed and a list of generators were both given; give one: each "
+                         "generator seeds its own sample")
+    raise InputError("seed and a generator were both given; give one: the generator would "
+                     "draw the samples while the outputs record the seed, so a replay with "
+                     "the seed would make other samples")
+
+
 def check_generators(generator: Any, total: int, seeds: list[Any]) -> list[torch.Generator] | None:
     """diffusers' list of generators: one CPU ``torch.Generator`` per sample of the call
     (``total`` of them, prompt-major), sample ``i`` drawing from ``generator[i]`` alone;
-    ``None`` when ``generator`` is not a list (tuple).
+    ``None`` when ``generator`` is not a list (tuple). A single generator given with a seed
+    is refused too (:func:`check_seed_or_generator`), so every pipeline that checks its
+    generators here refuses both alike.
 
     Raises:
         InputError: a list whose length is not ``total``; an item that is not a CPU
-            ``torch.Generator``; a seed given as well (``seeds``: the call's per-prompt seeds,
-            all ``None`` unless a seed was given), since each generator is its sample's seed.
+            ``torch.Generator``; a seed given as well as a generator or a list of them
+            (``seeds``: the call's per-prompt seeds, all ``None`` unless a seed was given),
+            since the generators are the samples' seeds.
     """
     if not isinstance(generator, (list, tuple)):
+        check_seed_or_generator(seeds, generator)
         return None
     if len(generator) != total:
         raise InputError(f"generator is a list of {len(generator)} but the call makes {total} "
                          "sample(s) (prompts x samples per prompt); give one torch.Generator "
                          "per sample, or one torch.Generator for all")
-    if any(seed is not None for seed in seeds):
-        raise InputError("seed and a list of generators were both given; give one: each "
-                         "generator seeds its own sample")
+    check_seed_or_generator(seeds, generator)
     for i, item in enumerate(generator):
         if not isinstance(item, torch.Generator):
             raise _refuse(f"generator[{i}]", item, "a torch.Generator")
@@ -333,14 +387,17 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 
 
 def check_dtype(dtype: Any) -> torch.dtype:
-    """``dtype`` as a floating ``torch.dtype`` (a ``torch.dtype`` or a name of :data:`DTYPES`).
+    """``dtype`` as one of the dtypes the pipelines run in, ``torch.float32``,
+    ``torch.float16`` or ``torch.bfloat16`` (a ``torch.dtype`` or a name of :data:`DTYPES`).
+    Other floating dtypes (float64, the float8 kinds) are refused as int8 is: the networks and
+    the loops' casts are made and checked for these three.
 
     Raises:
         InputError: anything else, naming what is accepted.
     """
     if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
         return DTYPES[dtype.removeprefix("torch.")]
-    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
     raise _refuse("torch_dtype", dtype, "torch.float32, torch.float16 or torch.bfloat16 (or "
                   f"one of {', '.join(map(repr, DTYPES))})")

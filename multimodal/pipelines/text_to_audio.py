@@ -18,8 +18,10 @@ diffusers' conventions (its AudioLDM pipelines') are taken beside the project's:
 prompts speaks each in turn, waveforms flat in prompt order, prompt ``i`` drawing from its own
 seed (:func:`~multimodal.pipelines.base.prompt_seed` of ``seed``, recorded with its waveforms),
 so its waveforms are exactly those it gives alone with that seed; ``num_waveforms_per_prompt``
-(the name of ``num_samples``); and a list of generators, one per waveform, waveform ``i``
-drawing from ``generator[i]`` alone.
+(the name of ``num_samples``); a list of generators, one per waveform, waveform ``i``
+drawing from ``generator[i]`` alone; and ``output_type``: ``"np"`` (default) float32 arrays,
+``"pt"`` float32 tensors (one per waveform: the prompts' waveforms differ in length, so they
+are not stacked into one (s, t) batch as AudioLDM's fixed-length ones are).
 
 Streaming: with ``chunk_callback``, each piece of audio goes to the callback as soon as the
 vocoder has made it (the mel of a sentence comes at once, the acoustic decoder being
@@ -37,14 +39,16 @@ decoder in bf16 or fp16; the mel leaves them as float32, and the vocoders stay f
 ``pipe.compile()`` compiles those two and the learned vocoders.
 
 Files (written by the audio spec's writer through :func:`multimodal.outputs.write_outputs`,
-not here): 16-bit PCM WAV (soundfile) and a sidecar JSON with the prompt and settings.
+not here): 16-bit PCM WAV (soundfile) and a sidecar JSON with the prompt and settings, the
+checkpoint under ``checkpoint_id`` as every task records it (files made before say
+``checkpoint``; ``multimodal replay`` reads both).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -52,8 +56,8 @@ import torch
 from multimodal.data.espeak import foreign_letters
 from multimodal.errors import InputError, excerpt
 from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_generators,
-                                       check_num_samples, check_prompts, check_seed,
-                                       check_text, prompt_seed, runtime_settings,
+                                       check_num_samples, check_output_type, check_prompts,
+                                       check_seed, check_text, prompt_seed, runtime_settings,
                                        samples_per_prompt, seeded)
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
@@ -61,6 +65,9 @@ from multimodal.safety import policy_of
 PAUSE_SECONDS = 0.25
 PEAK = 0.95
 SILENT_PEAK = 1e-4  # a waveform whose peak is below this is reported, never written
+# What ``output_type`` may be: diffusers' AudioLDM forms (float32 arrays, the default, or
+# tensors).
+OUTPUT_TYPES = ("np", "pt")
 
 
 @dataclass
@@ -74,7 +81,8 @@ class AudioGenerationOutput:
     per prompt.
 
     Attributes:
-        audios: One float32 waveform (t,) per sample, 16,000 Hz, in [-0.95, 0.95].
+        audios: One float32 waveform (t,) per sample, 16,000 Hz, in [-0.95, 0.95]: numpy
+            arrays (``output_type="np"``, the default) or torch tensors (``"pt"``).
         sample_rate: Hz (16,000).
         prompt, voice, vocoder, seed, length_scale, checkpoint_id: The settings used.
         language: The espeak-ng voice that phonemised the prompt (the speaker's language).
@@ -85,9 +93,12 @@ class AudioGenerationOutput:
             all belong to the one prompt).
         runtime: How the pipeline ran where that changes the numbers (``torch_dtype`` when
             not float32, ``device`` when not the CPU), written with every waveform.
+        output_type: The form of ``audios``.
+        waveforms: The numpy waveforms whatever ``output_type`` is (what the writer writes;
+            empty in outputs made with ``audios`` arrays directly).
     """
 
-    audios: list[np.ndarray]
+    audios: list[np.ndarray] | list[torch.Tensor]
     sample_rate: int = 16_000
     prompt: str | list[str] = ""
     voice: str = ""
@@ -100,13 +111,15 @@ class AudioGenerationOutput:
     mels: list[torch.Tensor] = field(default_factory=list, repr=False)
     num_waveforms_per_prompt: list[int] | None = None
     runtime: dict[str, str] = field(default_factory=dict)
+    output_type: str = "np"
+    waveforms: list[np.ndarray] = field(default_factory=list, repr=False)
 
     # Copied from multimodal.pipelines.text_to_image.ImageGenerationOutput._locate (images ->
     # waveforms)
     def _locate(self, index: int) -> tuple[int | None, int, int]:
         """``(prompt index or None, sample within its prompt, waveforms of that prompt)``."""
         if not isinstance(self.prompt, list):
-            return None, index, len(self.audios)
+            return None, index, len(self.samples)
         start = 0
         for group, count in enumerate(self.num_waveforms_per_prompt):
             if index < start + count:
@@ -124,8 +137,8 @@ class AudioGenerationOutput:
                 "language": self.language or self.voice, "vocoder": self.vocoder,
                 "seed": seed, "sample": sample, "num_samples": count,
                 "length_scale": self.length_scale, "sample_rate": self.sample_rate,
-                "seconds": round(len(self.audios[index]) / self.sample_rate, 3),
-                "phonemes": phonemes, "checkpoint": self.checkpoint_id, **self.runtime}
+                "seconds": round(len(self.samples[index]) / self.sample_rate, 3),
+                "phonemes": phonemes, "checkpoint_id": self.checkpoint_id, **self.runtime}
 
     def split(self) -> list[AudioGenerationOutput]:
         """One single-prompt output per prompt of a list call (itself, in a list, otherwise),
@@ -137,14 +150,16 @@ class AudioGenerationOutput:
             outputs.append(replace(
                 self, audios=self.audios[start : start + count], prompt=self.prompt[group],
                 seed=self.seed[group], phonemes=self.phonemes[group],
-                mels=self.mels[group : group + 1], num_waveforms_per_prompt=None))
+                mels=self.mels[group : group + 1], num_waveforms_per_prompt=None,
+                waveforms=self.waveforms[start : start + count]))
             start += count
         return outputs
 
     @property
     def samples(self) -> list[np.ndarray]:
-        """The waveforms, one per sample (what the writer writes, at :attr:`sample_rate`)."""
-        return self.audios
+        """The waveforms as float32 numpy arrays, one per sample (what the writer writes, at
+        :attr:`sample_rate`)."""
+        return self.waveforms if self.waveforms else self.audios
 
 
 def split_sentences(text: str) -> list[str]:
@@ -229,6 +244,7 @@ class TextToAudioPipeline(Pipeline):
                  num_waveforms_per_prompt: int | None = None, seed: int | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  length_scale: float = 1.0, progress: bool = True,
+                 output_type: Literal["np", "pt"] = "np",
                  chunk_callback: Callable[[int, np.ndarray], None] | None = None
                  ) -> AudioGenerationOutput:
         """Speak ``prompt`` (or every prompt of a list, one after the other).
@@ -247,11 +263,13 @@ class TextToAudioPipeline(Pipeline):
                 two).
             seed: Seeds the vocoder's random draws (default: a random seed, recorded); prompt
                 ``i`` of a list uses a seed derived from it (recorded per waveform).
-            generator: Use this generator instead of ``seed``, or a list of one per waveform
-                (diffusers'; prompt-major, with no ``seed``): waveform ``i`` draws from
+            generator: Use this generator instead of ``seed`` (not with it: refused), or a
+                list of one per waveform (diffusers'; prompt-major): waveform ``i`` draws from
                 ``generator[i]`` alone.
             length_scale: Multiplies the predicted durations (> 1 is slower), in (0, 10].
             progress: Show a progress bar (the autoregressive vocoder is sample by sample).
+            output_type: ``"np"`` (default: float32 numpy arrays) or ``"pt"`` (float32 torch
+                tensors), one waveform (t,) each (diffusers' AudioLDM names).
             chunk_callback: Stream: called as ``chunk_callback(index, audio)`` with each piece
                 of waveform ``index`` (of :attr:`AudioGenerationOutput.audios`) as soon as it
                 is made, in order: ``audio`` float32 (t,) at 16 kHz, at the vocoder's level
@@ -269,7 +287,8 @@ class TextToAudioPipeline(Pipeline):
             InputError: empty, unpronounceable or too long prompt, or one with letters the
                 voice's language is not written in; a prompt list that is empty or holds a
                 non-string; unknown voice or vocoder; a bad ``num_samples``, ``length_scale``
-                or ``seed``; a generator list of the wrong length; a silent result.
+                or ``seed``; a seed given with a generator (or a list of them); a generator
+                list of the wrong length; an unknown ``output_type``; a silent result.
         """
         prompts, is_list = check_prompts(prompt)
         voice = self.voices[0] if voice is None else check_text("voice", voice)
@@ -287,6 +306,7 @@ class TextToAudioPipeline(Pipeline):
         check_num_samples(num_samples)
         length_scale = check_float("length_scale", length_scale, 0.0, 10.0, lo_open=True)
         check_bool("progress", progress)
+        check_output_type(output_type, OUTPUT_TYPES)
         if chunk_callback is not None and not callable(chunk_callback):
             raise InputError("chunk_callback must be a function (index, audio) -> None, got "
                              f"{type(chunk_callback).__name__}")
@@ -315,13 +335,14 @@ class TextToAudioPipeline(Pipeline):
         phonemes = [" | ".join(self.phonemes.decode(ids) for ids in prompt_chunks)
                     for prompt_chunks in chunks]
         return AudioGenerationOutput(
-            audios=audios, sample_rate=self.audio.sample_rate,
+            audios=audios if output_type == "np" else [torch.tensor(a) for a in audios],
+            sample_rate=self.audio.sample_rate,
             prompt=prompts if is_list else prompts[0], voice=voice,
             language=self.phonemes.language_of(voice), vocoder=name,
             seed=seeds if is_list else seeds[0], length_scale=length_scale,
             checkpoint_id=self.checkpoint_id, phonemes=phonemes if is_list else phonemes[0],
             mels=mels, num_waveforms_per_prompt=[num_samples] * len(prompts) if is_list else None,
-            runtime=runtime_settings(self))
+            runtime=runtime_settings(self), output_type=output_type, waveforms=audios)
 
     def _speak(self, prompt: str, chunks: list[list[int]], voice_id: int, vocoder: str,
                generators: list[torch.Generator], length_scale: float, progress: bool,

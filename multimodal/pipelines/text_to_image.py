@@ -37,9 +37,9 @@ backbone run in that dtype while the scheduler's latents and the VAE stay float3
 
 Image-to-image runs ``int(num_inference_steps * strength)`` steps of the schedule, and at
 least one whenever ``strength > 0`` (diffusers' rule since 0.27; before, a small strength
-returned the input unchanged); strength 0 runs none and returns the input. Outputs record the
-steps actually run as ``steps_run`` where that is not ``int(num_inference_steps * strength)``
-(the bumped single step) or is 0.
+returned the input unchanged); strength 0 runs none and returns the input. Outputs of every
+task record the steps actually run as ``steps_run`` (the bumped single step, 0 for strength
+0, fewer when a callback stopped the loop); replay ignores it, being no argument.
 
 Sizes: every task takes diffusers' ``height`` and ``width`` in pixels (default: the size the
 model was trained at, the VAE's ``image_size``, which may be a rectangle), each a multiple of
@@ -87,14 +87,15 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from multimodal.data.images import pil_to_array
-from multimodal.errors import InputError
+from multimodal.errors import InputError, excerpt
 from multimodal.modalities.image.files import load_image_array, load_mask_array
 from multimodal.modalities.image.modality import encode_captions
 from multimodal.modalities.image.schedulers import make_scheduler
-from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_generators,
-                                       check_int, check_num_samples, check_prompts,
-                                       check_seed, check_text, initial_noise, per_prompt,
-                                       prompt_seed, runtime_settings, samples_per_prompt)
+from multimodal.pipelines.base import (Pipeline, check_bool, check_callable, check_float,
+                                       check_generators, check_int, check_num_samples,
+                                       check_output_type, check_prompts, check_seed,
+                                       check_text, initial_noise, per_prompt, prompt_seed,
+                                       runtime_settings, samples_per_prompt)
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
 
@@ -109,6 +110,7 @@ MAX_SIZE_FACTOR = 4
 # ``callback_on_step_end_tensor_inputs``); a returned ``"latents"`` replaces the latents, and
 # setting ``pipe.interrupt = True`` stops after that step (diffusers' ``pipe._interrupt``).
 StepCallback = Callable[[Any, int, torch.Tensor, dict], dict | None]
+CALLBACK_FORM = "f(pipe, step_index, timestep, callback_kwargs) -> dict"
 CALLBACK_TENSOR_INPUTS = ("latents",)
 # What ``output_type`` may be: the project's uint8 arrays, or diffusers' three.
 OUTPUT_TYPES = ("uint8", "pil", "np", "pt")
@@ -138,9 +140,10 @@ class ImageGenerationOutput:
             checkpoint_id, strength: The settings used (``strength`` for editing tasks).
         height, width: The images' size in pixels (``None`` in outputs made before sizes
             were recorded).
-        steps_run: The scheduler steps that ran, where it is not what ``num_inference_steps``
-            and ``strength`` say (``None``: as they say); 0 when nothing ran; fewer when a
-            ``callback_on_step_end`` stopped the loop (``pipe.interrupt = True``).
+        steps_run: The scheduler steps that ran: ``num_inference_steps`` (times
+            ``strength`` for editing, at least one when ``strength > 0``); 0 when nothing ran;
+            fewer when a ``callback_on_step_end`` stopped the loop (``pipe.interrupt =
+            True``). ``None`` only in outputs not made by a pipeline's loop.
         num_images_per_prompt: Images of each prompt (one count per prompt; ``None``: all
             images belong to the one prompt).
         output_type: The form of ``images``.
@@ -245,16 +248,48 @@ def format_images(pixels: list[np.ndarray], output_type: str) -> Any:
     return torch.from_numpy(rearrange(batch, "s h w c -> s c h w").copy())
 
 
+def check_step_callback(callback: Any, names: Any) -> None:
+    """Refuse, before any step, a ``callback_on_step_end`` that is not callable and a
+    ``callback_on_step_end_tensor_inputs`` that is not a list (tuple) of the tensors the loop
+    has (:data:`CALLBACK_TENSOR_INPUTS`).
+
+    Raises:
+        InputError: naming the argument, the value and what is accepted.
+    """
+    check_callable("callback_on_step_end", callback, CALLBACK_FORM)
+    check_tensor_inputs(names)
+
+
 def check_tensor_inputs(names: Any) -> None:
     """Refuse ``callback_on_step_end_tensor_inputs`` naming a tensor the loop does not have.
 
     Raises:
         InputError: naming the unknown ones and the ones there are.
     """
-    unknown = sorted(set(names) - set(CALLBACK_TENSOR_INPUTS))
-    if isinstance(names, str) or unknown:
+    if not isinstance(names, (list, tuple)) or any(
+            not isinstance(name, str) or name not in CALLBACK_TENSOR_INPUTS for name in names):
         raise InputError(f"callback_on_step_end_tensor_inputs must be a list of "
-                         f"{list(CALLBACK_TENSOR_INPUTS)}, got {names!r}")
+                         f"{list(CALLBACK_TENSOR_INPUTS)}, got {excerpt(names)}")
+
+
+def run_step_callback(pipe, callback: StepCallback | None, index: int, timestep: torch.Tensor,
+                      latents: torch.Tensor, names: Any) -> torch.Tensor:
+    """Call ``callback(pipe, index, timestep, {name: tensor})`` after a step (diffusers'
+    ``callback_on_step_end``) and return the latents it hands back (or ``latents``).
+
+    Raises:
+        InputError: it returned something other than a dict or ``None``.
+    """
+    if callback is None:
+        return latents
+    tensors = {"latents": latents}
+    returned = callback(pipe, index, timestep, {k: tensors[k] for k in names})
+    if returned is None:
+        return latents
+    if not isinstance(returned, dict):
+        raise InputError(f"callback_on_step_end must be a callable {CALLBACK_FORM}: it "
+                         f"returned {excerpt(returned)} at step {index}")
+    return returned.get("latents", latents)
 
 
 # -- the shared pipeline ---------------------------------------------------------------------
@@ -370,19 +405,28 @@ class LatentDiffusionPipeline(Pipeline):
                 ``multiple`` within its range, naming what is accepted.
         """
         multiple, largest, trained = self.size_limits()
-        sides = []
+        accepted = (f"a multiple of {multiple} from {multiple} to {largest} pixels (the "
+                    f"VAE's down-sampling factor {self.vae.downsample_factor} times the "
+                    f"denoiser's {multiple // self.vae.downsample_factor}; at most "
+                    f"{MAX_SIZE_FACTOR}x the longer side of the size the model was trained "
+                    f"at, {trained[1]}x{trained[0]} (width x height), the default)")
+        sides, wrong = [], []
         for name, value, default in (("height", height, trained[0]),
                                      ("width", width, trained[1])):
             value = default if value is None else value
-            accepted = (f"a multiple of {multiple} from {multiple} to {largest} pixels (the "
-                        f"VAE's down-sampling factor {self.vae.downsample_factor} times the "
-                        f"denoiser's {multiple // self.vae.downsample_factor}; at most "
-                        f"{MAX_SIZE_FACTOR}x the longer side of the size the model was trained "
-                        f"at, {trained[1]}x{trained[0]} (width x height), the default)")
-            value = check_int(name, value, accepted=accepted)
+            try:
+                value = check_int(name, value, accepted=accepted)
+            except InputError:
+                wrong.append((name, value))
+                continue
             if value % multiple or not multiple <= value <= largest:
-                raise InputError(f"{name} must be {accepted}, got {value}")
+                wrong.append((name, value))
             sides.append(value)
+        if len(wrong) == 1:
+            raise InputError(f"{wrong[0][0]} must be {accepted}, got {excerpt(wrong[0][1])}")
+        if wrong:  # every wrong side in one message
+            raise InputError(f"height and width must each be {accepted}, got height="
+                             f"{excerpt(wrong[0][1])} and width={excerpt(wrong[1][1])}")
         return sides[0], sides[1]
 
     # -- the loop ---------------------------------------------------------------------------
@@ -432,9 +476,10 @@ class LatentDiffusionPipeline(Pipeline):
                 With a prompt list, prompt ``i`` uses :func:`prompt_seed` of it, or ``seed[i]``
                 when a list is given; either way prompt ``i`` gives the images it gives alone
                 with the seed recorded for it (up to float rounding of the padded batch).
-            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``, or a list
-                of one per image (diffusers'; prompt-major, with no ``seed``): image ``i``
-                draws from ``generator[i]`` alone, as a call with that generator makes it.
+            generator: A CPU ``torch.Generator`` to draw from instead of ``seed`` (not with
+                it: refused), or a list of one per image (diffusers'; prompt-major):
+                image ``i`` draws from ``generator[i]`` alone, as a call with that generator
+                makes it.
             scheduler: A registered scheduler name (``ddpm``, ``ddim``, ``dpm_solver_multistep``,
                 ``euler``); default DPM-Solver++.
             progress: Show a tqdm bar over the steps.
@@ -450,7 +495,8 @@ class LatentDiffusionPipeline(Pipeline):
                 ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`` with
                 ``callback_kwargs = {"latents": (s, l, y, x)}``; a returned dict's
                 ``"latents"`` replaces them; ``pipe.interrupt = True`` stops after the step
-                (the steps run are recorded as ``steps_run``).
+                (the steps run are recorded as ``steps_run``, always). Anything else than a
+                callable is refused before the first step.
             callback_on_step_end_tensor_inputs: The tensors passed in ``callback_kwargs``
                 (only ``"latents"`` exists).
 
@@ -464,7 +510,8 @@ class LatentDiffusionPipeline(Pipeline):
                 the image or that is in colour, an unreadable or non-image file, a colour
                 image to inpaint with a grayscale model (the channel mismatch), lists of the
                 wrong length (a generator list: one per image), a prompt list that is empty or
-                holds a non-string.
+                holds a non-string, a seed given with a generator (or a list of them), a
+                ``callback_on_step_end`` that is not callable, an unknown ``output_type``.
             UnknownComponentError: an unknown scheduler name.
         """
         is_list = isinstance(prompt, (list, tuple))
@@ -475,10 +522,8 @@ class LatentDiffusionPipeline(Pipeline):
                 p, n, num_inference_steps, guidance_scale, c, strength)
         check_text("scheduler", scheduler, optional=True)
         check_bool("progress", progress)
-        if output_type not in OUTPUT_TYPES:
-            raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got "
-                             f"{output_type!r}")
-        check_tensor_inputs(callback_on_step_end_tensor_inputs)
+        check_output_type(output_type, OUTPUT_TYPES)
+        check_step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         height, width = self.check_size(height, width)
         factor = self.vae.downsample_factor
         latent_shape = (self.denoiser.latent_shape[0], height // factor, width // factor)
@@ -510,7 +555,7 @@ class LatentDiffusionPipeline(Pipeline):
         if strength < 1.0:  # SDEdit: start part-way, from the noised image
             run = min(int(steps * strength), steps)
             if strength > 0 and run == 0:  # a small strength still runs one step
-                run = output.steps_run = 1
+                run = 1
             start = steps - run
             timesteps = timesteps[start * sched.order:]
             if len(timesteps) == 0:  # strength 0: nothing to denoise
@@ -530,6 +575,7 @@ class LatentDiffusionPipeline(Pipeline):
         context, context_mask = self.prompt_context(prompts, negatives, counts, guidance_scale)
 
         self._interrupt, self._num_timesteps = False, len(timesteps)
+        output.steps_run = len(timesteps)
         for i, t in enumerate(tqdm(timesteps, desc=self.task, disable=not progress,
                                    leave=False)):
             model_output = self.predict(latents, t, sched, context, context_mask, guidance_scale)
@@ -539,12 +585,8 @@ class LatentDiffusionPipeline(Pipeline):
                 known = x0 if i == len(timesteps) - 1 else sched.add_noise(
                     x0, noise, timesteps[i + 1 : i + 2].repeat(total))
                 latents = latent_mask * latents + (1 - latent_mask) * known
-            if callback_on_step_end is not None:
-                tensors = {"latents": latents}
-                callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
-                returned = callback_on_step_end(self, i, t, callback_kwargs)
-                if returned is not None:
-                    latents = returned.get("latents", latents)
+            latents = run_step_callback(self, callback_on_step_end, i, t, latents,
+                                        callback_on_step_end_tensor_inputs)
             if self._interrupt and i < len(timesteps) - 1:  # diffusers' early stop
                 output.steps_run = i + 1
                 break
@@ -758,8 +800,9 @@ class TextToImagePipeline(LatentDiffusionPipeline):
             width: Image width in pixels (default: the model's training width); as height.
             seed: Seed of the generator (random when neither it nor ``generator`` is given);
                 prompt ``i`` of a list uses a seed derived from it (recorded per image).
-            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``, or a list
-                of one per image (diffusers'): image ``i`` draws from ``generator[i]``.
+            generator: A CPU ``torch.Generator`` to draw from instead of ``seed`` (not with
+                it: refused), or a list of one per image (diffusers'): image ``i``
+                draws from ``generator[i]``.
             scheduler: ddpm, ddim, dpm_solver_multistep (default) or euler.
             progress: Show a tqdm bar over the steps.
             output_type: uint8 (default: uint8 arrays), pil, np or pt (diffusers' forms).
@@ -828,8 +871,9 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
             width: Output width in pixels (default: the model's training width); as height.
             seed: Seed of the generator (random when neither it nor ``generator`` is given);
                 prompt ``i`` of a list uses a seed derived from it (recorded per image).
-            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``, or a list
-                of one per image (diffusers'): image ``i`` draws from ``generator[i]``.
+            generator: A CPU ``torch.Generator`` to draw from instead of ``seed`` (not with
+                it: refused), or a list of one per image (diffusers'): image ``i``
+                draws from ``generator[i]``.
             scheduler: ddpm, ddim, dpm_solver_multistep (default) or euler.
             progress: Show a tqdm bar over the steps.
             output_type: uint8 (default: uint8 arrays), pil, np or pt (diffusers' forms).
@@ -893,8 +937,9 @@ class InpaintingPipeline(LatentDiffusionPipeline):
             width: Output width in pixels (default: the model's training width); as height.
             seed: Seed of the generator (random when neither it nor ``generator`` is given);
                 prompt ``i`` of a list uses a seed derived from it (recorded per image).
-            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``, or a list
-                of one per image (diffusers'): image ``i`` draws from ``generator[i]``.
+            generator: A CPU ``torch.Generator`` to draw from instead of ``seed`` (not with
+                it: refused), or a list of one per image (diffusers'): image ``i``
+                draws from ``generator[i]``.
             scheduler: ddpm, ddim, dpm_solver_multistep (default) or euler.
             progress: Show a tqdm bar over the steps.
             output_type: uint8 (default: uint8 arrays), pil, np or pt (diffusers' forms).

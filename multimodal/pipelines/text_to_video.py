@@ -13,7 +13,10 @@ with ``seed``, whatever each scheduler step draws from one generator per sample
 (:func:`~multimodal.pipelines.base.sample_generators`), so a seed reproduces the clips exactly
 and clip ``i`` is the same whatever ``num_samples`` is.
 
-diffusers' conventions are taken beside the project's, as text-to-image takes them: a list of
+diffusers' conventions are taken beside the project's, as text-to-image takes them:
+``output_type`` (TextToVideoSDPipeline's forms: ``"np"`` float32 frames in [0, 1] (s, t, h, w,
+c), ``"pt"`` a float32 tensor in [0, 1] (s, t, c, h, w), ``"pil"`` one list of PIL frames per
+clip; the default ``"uint8"`` keeps the project's uint8 arrays); a list of
 prompts (and of negative prompts) runs in one batched loop, clips flat in prompt order, prompt
 ``i`` drawing from its own seed (:func:`~multimodal.pipelines.base.prompt_seed` of ``seed``,
 recorded with its clips), so its clips are those it gives alone with that seed (up to the float
@@ -37,22 +40,24 @@ l latent channels, y x latent height and width, c channels, h w frame height and
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from einops import rearrange
+from PIL import Image
 from tqdm.auto import tqdm
 
 from multimodal.modalities.video.vae import decode_video
 from multimodal.modalities.video.files import gif_timing, mp4_padding
 from multimodal.pipelines.base import (check_bool, check_float, check_generators, check_int,
-                                       check_text, initial_noise, runtime_settings,
-                                       samples_per_prompt)
+                                       check_output_type, check_text, initial_noise,
+                                       runtime_settings, samples_per_prompt)
 from multimodal.pipelines.text_to_image import (CALLBACK_TENSOR_INPUTS, DEFAULT_GUIDANCE,
-                                                DEFAULT_SCHEDULER, LatentDiffusionPipeline,
-                                                StepCallback, check_finite,
-                                                check_tensor_inputs)
+                                                DEFAULT_SCHEDULER, OUTPUT_TYPES,
+                                                LatentDiffusionPipeline, StepCallback,
+                                                check_finite, check_step_callback,
+                                                run_step_callback)
 from multimodal.registry import pipelines
 
 DEFAULT_FPS = 10.0  # a whole number of GIF centiseconds per frame
@@ -72,15 +77,22 @@ class VideoGenerationOutput:
     output per prompt.
 
     Attributes:
-        videos: One uint8 array per sample, (t, h, w) grayscale or (t, h, w, 3) RGB, 0..255.
+        videos: The clips, as ``output_type`` says: ``"uint8"`` (default) one uint8 array per
+            sample, (t, h, w) grayscale or (t, h, w, 3) RGB, 0..255; ``"pil"`` one list of PIL
+            frames per sample; ``"np"`` one float32 array (s, t, h, w, c) in [0, 1]; ``"pt"``
+            one float32 tensor (s, t, c, h, w) in [0, 1] (diffusers' TextToVideoSD forms).
         latents: The final latents (s, t, l, y, x) before decoding.
         fps: Frames per second the clips are meant to play at.
         task, prompt, negative_prompt, seed, num_frames, num_inference_steps, guidance_scale,
             scheduler, checkpoint_id: The settings used.
-        steps_run: The scheduler steps that ran when a ``callback_on_step_end`` stopped the
-            loop early (``pipe.interrupt = True``); ``None``: all of them.
+        steps_run: The scheduler steps that ran: ``num_inference_steps``, or fewer when a
+            ``callback_on_step_end`` stopped the loop early (``pipe.interrupt = True``);
+            ``None`` only in outputs not made by the pipeline's loop.
         num_videos_per_prompt: Clips of each prompt (one count per prompt; ``None``: all
             clips belong to the one prompt).
+        output_type: The form of ``videos``.
+        pixels: The uint8 clips whatever ``output_type`` is (what the writer writes; empty in
+            outputs made with ``videos`` uint8 arrays directly).
         runtime: How the pipeline ran where that changes the numbers (``torch_dtype`` when
             not float32, ``device`` when not the CPU), written with every clip.
     """
@@ -100,13 +112,15 @@ class VideoGenerationOutput:
     steps_run: int | None = None
     num_videos_per_prompt: list[int] | None = None
     runtime: dict[str, str] = field(default_factory=dict)
+    output_type: str = "uint8"
+    pixels: list[np.ndarray] = field(repr=False, default_factory=list)
 
     # Copied from multimodal.pipelines.text_to_image.ImageGenerationOutput._locate (images ->
     # videos)
     def _locate(self, index: int) -> tuple[int | None, int, int]:
         """``(prompt index or None, sample within its prompt, clips of that prompt)``."""
         if not isinstance(self.prompt, list):
-            return None, index, len(self.videos)
+            return None, index, len(self.samples)
         start = 0
         for group, count in enumerate(self.num_videos_per_prompt):
             if index < start + count:
@@ -124,7 +138,7 @@ class VideoGenerationOutput:
         them back to ``frame_size``).
         """
         prompt, negative, seed = self.prompt, self.negative_prompt, self.seed
-        sample, count = index, len(self.videos)
+        sample, count = index, len(self.samples)
         if index is not None:
             group, sample, count = self._locate(index)
             if group is not None:
@@ -137,8 +151,8 @@ class VideoGenerationOutput:
                 "checkpoint_id": self.checkpoint_id}
         if self.steps_run is not None:
             meta["steps_run"] = self.steps_run
-        if self.videos:
-            clip = self.videos[0 if index is None else index]
+        if self.samples:
+            clip = self.samples[0 if index is None else index]
             real_fps = gif_timing(len(clip), self.fps)[1]
             if real_fps != self.fps:
                 meta["gif_fps"] = real_fps
@@ -161,13 +175,28 @@ class VideoGenerationOutput:
                 self, videos=self.videos[part], prompt=self.prompt[group],
                 negative_prompt=self.negative_prompt[group], seed=self.seed[group],
                 latents=None if self.latents is None else self.latents[part],
-                num_videos_per_prompt=None))
+                num_videos_per_prompt=None, pixels=self.pixels[part]))
         return outputs
 
     @property
     def samples(self) -> list[np.ndarray]:
-        """The clips, one per sample (what the writer writes, at :attr:`fps`)."""
-        return self.videos
+        """The clips as uint8 arrays, one per sample (what the writer writes, at
+        :attr:`fps`)."""
+        return self.pixels if self.pixels else self.videos
+
+
+def format_videos(clips: list[np.ndarray], output_type: str) -> Any:
+    """uint8 clips (t, h, w) or (t, h, w, c) as ``output_type`` says (see
+    :class:`VideoGenerationOutput`)."""
+    if output_type == "uint8":
+        return list(clips)
+    if output_type == "pil":
+        return [[Image.fromarray(frame) for frame in clip] for clip in clips]
+    batch = np.stack([c if c.ndim == 4 else c[..., None] for c in clips])  # (s, t, h, w, c)
+    batch = batch.astype(np.float32) / 255.0
+    if output_type == "np":
+        return batch
+    return torch.from_numpy(rearrange(batch, "s t h w c -> s t c h w").copy())
 
 
 @pipelines.register("text-to-video")
@@ -176,8 +205,8 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
 
     Call it as ``pipe(prompt, *, negative_prompt=None, num_frames=None, fps=10.0,
     num_inference_steps=25, guidance_scale=4.0, num_samples=1, num_videos_per_prompt=None,
-    seed=None, generator=None, scheduler=None, progress=True, callback_on_step_end=None)``;
-    see :meth:`generate`. ``prompt`` may be a list (diffusers').
+    seed=None, generator=None, scheduler=None, progress=True, output_type="uint8",
+    callback_on_step_end=None)``; see :meth:`generate`. ``prompt`` may be a list (diffusers').
 
     Args:
         backbone: The shared Transformer (encodes prompts).
@@ -205,6 +234,7 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
                  seed: int | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  scheduler: str = DEFAULT_SCHEDULER, progress: bool = True,
+                 output_type: Literal["uint8", "pil", "np", "pt"] = "uint8",
                  callback_on_step_end: StepCallback | None = None,
                  callback_on_step_end_tensor_inputs: tuple[str, ...] = CALLBACK_TENSOR_INPUTS
                  ) -> VideoGenerationOutput:
@@ -226,25 +256,31 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
             num_videos_per_prompt: diffusers' name of ``num_samples`` (give one of the two).
             seed: Seed of the generator (random when neither it nor ``generator`` is given);
                 prompt ``i`` of a list uses a seed derived from it (recorded per clip).
-            generator: A CPU ``torch.Generator`` to draw from instead of ``seed``, or a list
-                of one per clip (diffusers'): clip ``i`` draws from ``generator[i]``.
+            generator: A CPU ``torch.Generator`` to draw from instead of ``seed`` (not with
+                it: refused), or a list of one per clip (diffusers'): clip ``i``
+                draws from ``generator[i]``.
             scheduler: ``ddpm``, ``ddim``, ``dpm_solver_multistep`` (default) or ``euler``.
             progress: Show a tqdm bar over the steps.
+            output_type: ``"uint8"`` (default: uint8 arrays), ``"pil"``, ``"np"`` or ``"pt"``
+                (diffusers' forms; see :class:`VideoGenerationOutput`).
             callback_on_step_end: diffusers' hook, called after every scheduler step as
                 ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs) -> dict``
                 with ``callback_kwargs = {"latents": (s, t, l, y, x)}`` (a returned
                 ``"latents"`` replaces them); ``pipe.interrupt = True`` stops after the step
-                (recorded as ``steps_run``).
+                (the steps run are recorded as ``steps_run``, always). Anything else than a
+                callable is refused before the first step.
             callback_on_step_end_tensor_inputs: Tensors in ``callback_kwargs`` (``latents``).
 
         Returns:
-            :class:`VideoGenerationOutput` with ``num_samples`` clips (t, h, w) uint8 per
-            prompt.
+            :class:`VideoGenerationOutput` with ``num_samples`` clips per prompt (uint8
+            (t, h, w) or (t, h, w, 3) by default; see ``output_type``).
 
         Raises:
             InputError: an argument outside the ranges above (the message names the limit);
                 a prompt list that is empty or holds a non-string; a list argument (negative
-                prompts, generators) of the wrong length.
+                prompts, generators) of the wrong length; a seed given with a generator (or a
+                list of them); a ``callback_on_step_end`` that is not callable or tensor
+                inputs the loop does not have; an unknown ``output_type``.
             UnknownComponentError: an unknown scheduler name.
         """
         is_list = isinstance(prompt, (list, tuple))
@@ -259,7 +295,8 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
         fps = check_float("fps", fps, MIN_FPS, MAX_FPS)
         check_text("scheduler", scheduler, optional=True)
         check_bool("progress", progress)
-        check_tensor_inputs(callback_on_step_end_tensor_inputs)
+        check_output_type(output_type, OUTPUT_TYPES)
+        check_step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         sched = self.make_scheduler(scheduler)
         total = sum(counts)
         # each prompt's draws as it makes them alone (see text-to-image)
@@ -271,18 +308,15 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
         latents = noise.to(device) * sched.init_noise_sigma  # (s, t, l, y, x)
         context, context_mask = self.prompt_context(prompts, negatives, counts, guidance_scale)
         timesteps = sched.timesteps
-        self._interrupt, self._num_timesteps, steps_run = False, len(timesteps), None
+        self._interrupt, self._num_timesteps = False, len(timesteps)
+        steps_run = len(timesteps)
         for i, t in enumerate(tqdm(timesteps, desc=self.task, disable=not progress,
                                    leave=False)):
             model_output = self.predict(latents, t, sched, context, context_mask, guidance_scale)
             latents = sched.step(model_output, t, latents,
                                  generator=step_generators).prev_sample
-            if callback_on_step_end is not None:
-                tensors = {"latents": latents}
-                returned = callback_on_step_end(
-                    self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
-                if returned is not None:
-                    latents = returned.get("latents", latents)
+            latents = run_step_callback(self, callback_on_step_end, i, t, latents,
+                                        callback_on_step_end_tensor_inputs)
             if self._interrupt and i < len(timesteps) - 1:  # diffusers' early stop
                 steps_run = i + 1
                 break
@@ -290,16 +324,16 @@ class TextToVideoPipeline(LatentDiffusionPipeline):
         frames = self._to_uint8(
             decode_video(self.vae, latents).flatten(0, 1)).to(torch.uint8)  # ((s t), c, h, w)
         frames = rearrange(frames, "(s t) c h w -> s t h w c", s=total).numpy()
-        videos = [clip[..., 0] if clip.shape[-1] == 1 else clip for clip in frames]
+        clips = [clip[..., 0] if clip.shape[-1] == 1 else clip for clip in frames]
         return VideoGenerationOutput(
-            videos=videos, latents=latents.cpu(), task=self.task,
+            videos=format_videos(clips, output_type), latents=latents.cpu(), task=self.task,
             prompt=list(prompts) if is_list else prompts[0],
             negative_prompt=list(negatives) if is_list else negatives[0],
             seed=list(seeds) if is_list else seeds[0], num_frames=num_frames, fps=float(fps),
             num_inference_steps=steps, guidance_scale=guidance_scale,
             scheduler=scheduler or DEFAULT_SCHEDULER, checkpoint_id=self.checkpoint_id,
             steps_run=steps_run, num_videos_per_prompt=list(counts) if is_list else None,
-            runtime=runtime_settings(self))
+            runtime=runtime_settings(self), output_type=output_type, pixels=clips)
 
     __call__ = generate
 
