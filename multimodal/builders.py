@@ -9,6 +9,7 @@ other components (a backbone's ``vocab_size`` from the text tokenizer, a decoder
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Iterable
 
 from multimodal.config import constructor_params
@@ -17,6 +18,8 @@ from multimodal.model import MultimodalModel
 from multimodal.nn.lora import apply_lora
 from multimodal.registry import get_registry, modalities
 from multimodal.train_config import TrainConfig
+
+DECODER_FILES_DIR = "decoders"  # a checkpoint's decoders/<name>/: files a decoder stored
 
 
 def build_component(kind: str, section: dict, dotted: str, **context: Any) -> Any:
@@ -79,19 +82,27 @@ def build_datasets(config: dict, split: str, names: Iterable[str] | None = None)
 
 
 def build_model(config: dict, tokenizers: dict[str, Any], *, adapters: bool = True,
-                checkpoint_dir: Any = None):
+                checkpoint_dir: Any = None, decoder_sources: dict[str, Any] | None = None):
     """The backbone and decoders of a validated ``config``, with injected sizes from
     ``tokenizers``, and the LoRA adapters of ``train.lora`` unless ``adapters`` is false (the
     trainer adds them after loading ``init_from``). ``checkpoint_dir`` (a checkpoint being
     loaded) is injected where a component asks for it: a transformers backbone rebuilds itself
-    from the files it stored there instead of reading its pretrained folder.
+    from the files it stored there instead of reading its pretrained folder; a decoder that
+    stored files (:func:`multimodal.checkpoint.model_files`) gets their folder,
+    ``decoders/<name>/``, as ``files_dir``: of ``checkpoint_dir``, or of
+    ``decoder_sources[name]`` (the checkpoint a composed model took that decoder from).
     """
+    sources = {name: checkpoint_dir for name in config["decoders"]}
+    sources.update(decoder_sources or {})
     text = tokenizers.get("text")
     context = {"vocab_size": text.vocab_size if text is not None else 1,
                "checkpoint_dir": checkpoint_dir}
     backbone = build_component("backbones", config["backbone"], "backbone", **context)
-    built = {name: build_component("decoders", section, f"decoders.{name}",
-                                   backbone=backbone, tokenizers=tokenizers, **context)
+    built = {name: build_component(
+                 "decoders", section, f"decoders.{name}", backbone=backbone,
+                 tokenizers=tokenizers, **context,
+                 files_dir=None if sources[name] is None
+                 else Path(sources[name]) / DECODER_FILES_DIR / name)
              for name, section in config["decoders"].items()}
     model = MultimodalModel(backbone=backbone, decoders=built)
     lora = TrainConfig.from_config(config).lora

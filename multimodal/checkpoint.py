@@ -45,7 +45,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from multimodal.builders import build_model, component_kwargs
+from multimodal.builders import DECODER_FILES_DIR, build_model, component_kwargs
 from multimodal.config import dump_yaml, parse_yaml, validate_config
 from multimodal.errors import CheckpointError, ConfigError, excerpt
 from multimodal.io import default_mode, sha256_file
@@ -110,9 +110,9 @@ def _save_checkpoint(path: Path, *, model, config, tokenizers, step, optimizer, 
                    .detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
         # Files a module needs beside its weights to be rebuilt (a transformers backbone's
-        # config.json), so a model loads after the folder it was read from is gone.
-        for name, data in getattr(getattr(model, "backbone", None), "checkpoint_files",
-                                  dict)().items():
+        # config.json, a diffusers denoiser's), so a model loads after the folder it was read
+        # from is gone.
+        for name, data in model_files(model).items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(data)
         if ema is not None:
@@ -139,6 +139,19 @@ def _save_checkpoint(path: Path, *, model, config, tokenizers, step, optimizer, 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def model_files(model: torch.nn.Module) -> dict[str, bytes]:
+    """``{path in the checkpoint: bytes}`` of the files the model's parts need beside their
+    weights to be rebuilt without the folders they were read from: the backbone's
+    ``checkpoint_files()`` (paths as it gives them, e.g. ``backbone/config.json``) and each
+    decoder's, under ``decoders/<name>/`` (where :func:`multimodal.builders.build_model` finds
+    them again)."""
+    files = dict(getattr(getattr(model, "backbone", None), "checkpoint_files", dict)())
+    for name, decoder in getattr(model, "decoders", {}).items():
+        for file, data in getattr(decoder, "checkpoint_files", dict)().items():
+            files[f"{DECODER_FILES_DIR}/{name}/{file}"] = data
+    return files
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -179,6 +192,7 @@ def _write_config_and_tokenizers(tmp: Path, config: dict, tokenizers: dict | Non
     (a config's own blocklist) and each tokenizer in ``tokenizers/<name>/``."""
     (tmp / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
     for name, data in (extra_files or {}).items():
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)  # decoders/<name>/config.json
         (tmp / name).write_bytes(data)
     if tokenizers:
         (tmp / "tokenizers").mkdir()
@@ -568,6 +582,7 @@ def compose_checkpoint(base: str | Path, takes: list[tuple[str | Path, str]]) ->
     config["tokenizers"] = dict(loaded.config.get("tokenizers") or {})
     tokenizers, weights = dict(loaded.tokenizers), loaded.model.state_dict()
     backbone = {k: v for k, v in weights.items() if k.startswith("backbone.")}
+    taken_from: dict[str, Path] = {}  # decoder -> the checkpoint holding its saved files
     for source, part in takes:
         src = load_checkpoint(source)
         name = part.removeprefix("decoders.")
@@ -591,13 +606,15 @@ def compose_checkpoint(base: str | Path, takes: list[tuple[str | Path, str]]) ->
                 raise CheckpointError(f"cannot take '{part}' from {src.path}: its tokenizer "
                                       f"'{tok}' differs from the one of {loaded.path}")
         config["decoders"][name] = src.config["decoders"][name]
+        taken_from[name] = src.path
         if name in (src.config.get("data") or {}):
             config["data"][name] = src.config["data"][name]
         weights = {k: v for k, v in weights.items() if not k.startswith(part + ".")}
         weights.update({k: v for k, v in theirs.items() if k.startswith(part + ".")})
     validate_config(config, source=f"{loaded.path} composed")
     try:
-        model = build_model(config, tokenizers, checkpoint_dir=loaded.path)
+        model = build_model(config, tokenizers, checkpoint_dir=loaded.path,
+                            decoder_sources=taken_from)
     except ConfigError as exc:
         raise CheckpointError(f"cannot build the composed model: {exc}") from None
     load_weights(model, weights)

@@ -54,6 +54,8 @@ TINY: dict[str, dict[str, dict[str, Any]]] = {
         "latent_unet": {"block_out_channels": [16, 32], "norm_num_groups": 8,
                         "num_attention_heads": 2},
         "latent_dit": {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 8},
+        # a tiny random diffusers UNet folder (latents of tiny_tokenizers()'s image_vae)
+        "diffusers_denoiser": {"path": "__DIFFUSERS_DENOISER__"},
         "mel_decoder": {"decoder_channels": 32, "decoder_layers": 2, "duration_channels": 32},
         "latent_captioner": {},
         "latent_video_dit": {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 8,
@@ -812,7 +814,7 @@ def tiny_component(kind: str, name: str, directory=None) -> Any:
 
 
 # -- stand-ins for pretrained Hugging Face folders -----------------------------------------------
-_FOLDER_PLACEHOLDERS = ("__HF_CAUSAL_LM__", "__DIFFUSERS_VAE__")
+_FOLDER_PLACEHOLDERS = ("__HF_CAUSAL_LM__", "__DIFFUSERS_VAE__", "__DIFFUSERS_DENOISER__")
 
 
 def tiny_hf_causal_lm(directory, *, architecture: str = "llama", seed: int = 0):
@@ -870,6 +872,33 @@ def tiny_diffusers_vae(directory, *, in_channels: int = 1, seed: int = 0,
     return Path(directory)
 
 
+def tiny_diffusers_denoiser(directory, *, cross_attention_dim: int = 24, sample_size: int = 8,
+                            in_channels: int = 4, out_channels: int | None = None,
+                            scheduler: dict[str, Any] | None = None, seed: int = 0, **unet: Any):
+    """Write a tiny random diffusers ``UNet2DConditionModel`` (two levels of widths 8 and 16,
+    cross-attention of width ``cross_attention_dim`` in both) into ``directory/unet`` with
+    ``save_pretrained``, and, when ``scheduler`` is given, a ``DDPMScheduler`` of those
+    settings into ``directory/scheduler``: a stand-in for a pretrained Stable Diffusion style
+    folder. ``unet`` overrides other arguments of the UNet. Returns the UNet's folder."""
+    from pathlib import Path
+
+    import torch
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    kwargs = {"sample_size": sample_size, "in_channels": in_channels,
+              "out_channels": in_channels if out_channels is None else out_channels,
+              "down_block_types": ("CrossAttnDownBlock2D",) * 2,
+              "up_block_types": ("CrossAttnUpBlock2D",) * 2, "block_out_channels": (8, 16),
+              "layers_per_block": 1, "norm_num_groups": 8, "attention_head_dim": 2,
+              "cross_attention_dim": cross_attention_dim, **unet}
+    folder = Path(directory) / "unet"
+    UNet2DConditionModel(**kwargs).save_pretrained(str(folder), safe_serialization=True)
+    if scheduler is not None:
+        DDPMScheduler(**scheduler).save_pretrained(str(Path(directory) / "scheduler"))
+    return folder
+
+
 @lru_cache(maxsize=None)
 def tiny_hf_folder(placeholder: str):
     """The folder a ``TINY`` placeholder stands for, written once per process into a
@@ -883,4 +912,6 @@ def tiny_hf_folder(placeholder: str):
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     if placeholder == "__HF_CAUSAL_LM__":
         return tiny_hf_causal_lm(root / "llama")
+    if placeholder == "__DIFFUSERS_DENOISER__":
+        return tiny_diffusers_denoiser(root / "sd")
     return tiny_diffusers_vae(root / "vae")

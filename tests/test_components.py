@@ -191,6 +191,7 @@ DECODERS: dict[str, Callable[[Any, Any], None]] = {
     "lm_head": _exercise_lm_head,
     "latent_unet": _exercise_latent_denoiser,
     "latent_dit": _exercise_latent_denoiser,
+    "diffusers_denoiser": _exercise_latent_denoiser,
     "latent_video_dit": _exercise_latent_video_dit,
     "latent_captioner": _exercise_latent_captioner,
     "mel_decoder": _exercise_mel_decoder,

@@ -47,6 +47,7 @@ from multimodal.checkpoint import (
     load_optimizer_state,
     load_tokenizers,
     load_weights,
+    model_files,
     prune_checkpoints,
     read_config,
     read_sharded,
@@ -603,7 +604,10 @@ class Trainer:
         try:
             save_sharded_checkpoint(
                 path, state=state, config=self.config, tokenizers=self.tokenizers,
-                step=self.step, is_main=self.dist.is_main, extra_files=self.extra_files,
+                step=self.step, is_main=self.dist.is_main,
+                # the files a part needs to be rebuilt without its folder, as save_checkpoint
+                # writes them (an hf_causal_lm's config.json, a diffusers denoiser's)
+                extra_files={**self.extra_files, **model_files(self.model)},
                 trainer_state={"step": self.step, "train": asdict(self.cfg),
                                "param_groups": groups})
         except CheckpointError as exc:

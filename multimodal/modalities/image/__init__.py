@@ -1,8 +1,9 @@
 """Images: a VAE tokenizer (latents), a ViT-style latent patch embedding, latent diffusion
-denoisers conditioned on the shared backbone (UNet and DiT), diffusers schedulers by name, and
-the training objective."""
+denoisers conditioned on the shared backbone (UNet and DiT, or a pretrained diffusers UNet),
+diffusers schedulers by name, and the training objective."""
 
 from multimodal.modalities.image.caption import CaptionModality, LatentCaptioner
+from multimodal.modalities.image.diffusers_denoiser import DiffusersDenoiser
 from multimodal.modalities.image.diffusers_vae import DiffusersVAETokenizer
 from multimodal.modalities.image.denoiser import LatentDenoiser, LatentDiT, LatentUNet
 from multimodal.modalities.image.modality import ImageModality, LatentCaptions, encode_captions
@@ -10,6 +11,6 @@ from multimodal.modalities.image.patches import LatentPatchEmbed, patchify, unpa
 from multimodal.modalities.image.schedulers import make_scheduler
 from multimodal.modalities.image.vae import ImageVAETokenizer
 
-__all__ = ["CaptionModality", "DiffusersVAETokenizer", "ImageModality", "LatentCaptioner", "ImageVAETokenizer", "LatentCaptions", "LatentDenoiser",
+__all__ = ["CaptionModality", "DiffusersDenoiser", "DiffusersVAETokenizer", "ImageModality", "LatentCaptioner", "ImageVAETokenizer", "LatentCaptions", "LatentDenoiser",
            "LatentDiT", "LatentPatchEmbed", "LatentUNet", "encode_captions", "make_scheduler",
            "patchify", "unpatchify"]
