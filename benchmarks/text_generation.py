@@ -8,7 +8,9 @@ Three parts, in one run:
     weights copied into the Hugging Face model. Before timing, the two models must give the
     same logits on a random sequence, and greedy decoding is checked to give identical tokens
     (``tokens_match``). Tokens/s count generated tokens (prefill included in the time) at each
-    batch size; ours and HF runs alternate so that background load hits both alike.
+    batch size; ours and HF runs alternate so that background load hits both alike. With
+    ``--with-compiled``, a copy of our pipeline after ``pipe.compile()`` (its compiled decode
+    step) runs in the same rotation, its first call per batch size (the compilation) untimed.
 
 (b) Training speed. One optimizer step (backbone + tied LM head + cross-entropy + backward +
     gradient clipping + AdamW, as ``Trainer.train_step`` does through ``TextModality.loss``)
@@ -54,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import statistics
@@ -216,11 +219,17 @@ def max_logit_diff(backbone, head, hf, *, length: int, seed: int) -> float:
 
 def bench_decode(backbone, head, hf, args) -> dict:
     """Tokens/s of our pipeline and of HF ``generate`` at each batch size, and whether the
-    greedy tokens agree."""
+    greedy tokens agree; with ``--with-compiled``, of our pipeline after ``pipe.compile()``
+    too (on a copy of the model, so the eager pipeline stays eager)."""
     from transformers import GenerationConfig
 
     eos = 0  # the BPE tokenizer's <|endoftext|>; the pipeline starts every prompt with it
     pipe = TextGenerationPipeline(backbone=backbone, lm_head=head, tokenizer=IdTokenizer(eos))
+    compiled = None
+    if args.with_compiled:
+        backbone_copy, head_copy = copy.deepcopy((backbone, head))  # the head's tie kept
+        compiled = TextGenerationPipeline(backbone=backbone_copy, lm_head=head_copy,
+                                          tokenizer=IdTokenizer(eos)).compile()
     g = torch.Generator().manual_seed(args.seed)
     body = torch.randint(2, backbone.vocab_size, (args.prompt_len - 1,), generator=g).tolist()
     prompt = IdTokenizer(eos).decode(body)  # the pipeline prepends eos: prompt_len ids in all
@@ -243,9 +252,22 @@ def bench_decode(backbone, head, hf, args) -> dict:
                                   generation_config=gen_config)
             return out[:, input_ids.shape[1]:].tolist()
 
+        def ours_compiled():
+            return compiled(prompt, max_new_tokens=new, do_sample=False, num_samples=batch,
+                            stop_at_eos=False, seed=0).token_ids
+
+        runs = {"ours": ours, "hf": theirs}
+        if compiled is not None:
+            runs["ours_compiled"] = ours_compiled
+            start = time.perf_counter()
+            compiled_ids = ours_compiled()  # compiles the decode step for this batch size
+            compile_s = time.perf_counter() - start
+            log(f"  batch {batch:2d}: first compiled call (compiling) {compile_s:.1f} s; "
+                f"tokens as eager: {compiled_ids == ours()}")
         ours_ids, hf_ids = ours(), theirs()  # first calls double as warm-up
         for _ in range(args.warmup - 1):
-            ours(), theirs()
+            for run in runs.values():
+                run()
         if any(len(row) != new for row in ours_ids + hf_ids):
             raise RuntimeError("a decoder stopped before max_new_tokens")
         match = ours_ids == hf_ids
@@ -255,12 +277,12 @@ def bench_decode(backbone, head, hf, args) -> dict:
             first_diff = min(next((j for j, (a, b) in enumerate(zip(ra, rb)) if a != b), new)
                              for ra, rb in zip(ours_ids, hf_ids))
 
-        ours_s, hf_s = [], []
-        for _ in range(args.repeats):  # alternate, so that background load hits both alike
-            ours_s.append(timed(ours))
-            hf_s.append(timed(theirs))
+        seconds = {name: [] for name in runs}
+        for _ in range(args.repeats):  # alternate, so that background load hits all alike
+            for name, run in runs.items():
+                seconds[name].append(timed(run))
         tokens = batch * new
-        ours_tps, hf_tps = summarise(tokens, ours_s), summarise(tokens, hf_s)
+        ours_tps, hf_tps = summarise(tokens, seconds["ours"]), summarise(tokens, seconds["hf"])
         ratio = ours_tps["best"] / hf_tps["best"]
         results[f"batch_{batch}"] = {
             "ours_tok_s": round(ours_tps["best"], 1),
@@ -275,6 +297,19 @@ def bench_decode(backbone, head, hf, args) -> dict:
         log(f"  batch {batch:2d}: ours {ours_tps['best']:8.1f} tok/s "
             f"(median {ours_tps['median']:.1f}) | HF generate {hf_tps['best']:8.1f} tok/s "
             f"(median {hf_tps['median']:.1f}) | ours/HF {ratio:.2f}x | tokens match: {match}")
+        if compiled is not None:
+            comp = summarise(tokens, seconds["ours_compiled"])
+            matches = compiled_ids == hf_ids
+            results[f"batch_{batch}"].update({
+                "ours_compiled_tok_s": round(comp["best"], 1),
+                "ours_compiled_tok_s_median": round(comp["median"], 1),
+                "compiled_ratio": round(comp["best"] / hf_tps["best"], 3),
+                "compiled_ratio_median": round(comp["median"] / hf_tps["median"], 3),
+                "compiled_tokens_match": matches, "compile_s": round(compile_s, 1)})
+            all_match &= matches
+            log(f"  batch {batch:2d}: ours + pipe.compile() {comp['best']:8.1f} tok/s (median "
+                f"{comp['median']:.1f}) | ours compiled/HF {comp['best'] / hf_tps['best']:.2f}x "
+                f"| tokens match: {matches}")
     results["tokens_match"] = all_match
     if args.profile_decode:
         profile_decode(pipe, prompt, new)
@@ -529,8 +564,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--seq-len", type=int, help="default: the config's train.seq_len")
     g.add_argument("--peak-size", type=int, default=2048, help="side of the peak matmul")
     g.add_argument("--with-compiled", action="store_true",
-                   help="also time our step with the backbone under torch.compile (for "
-                        "reference; the headline figure is the eager step the Trainer runs)")
+                   help="also time (a) decoding after pipe.compile() and (b) our training "
+                        "step with the backbone under torch.compile (for reference; the "
+                        "headline figures are eager, what runs by default)")
     g = p.add_argument_group("(c) quality")
     g.add_argument("--train-steps", type=int,
                    help="optimizer steps for both models (default: the config's max_steps)")
@@ -550,7 +586,9 @@ def main(argv=None) -> int:
     report = {"threads": torch.get_num_threads(), "torch": torch.__version__,
               "transformers": transformers.__version__, "cpu_count": os.cpu_count()}
     log(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"{torch.get_num_threads()} thread(s) of {os.cpu_count()} cores")
+        f"{torch.get_num_threads()} thread(s) of {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.2f}")
+    report["load_average_start"] = round(os.getloadavg()[0], 2)
 
     if not args.skip_decode:
         if args.checkpoint:
@@ -584,6 +622,7 @@ def main(argv=None) -> int:
         report["quality"] = bench_quality(args)
         torch.set_num_threads(args.threads)
 
+    report["load_average_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(report), flush=True)
     return 0
 

@@ -29,6 +29,34 @@ def test_kv_cached_decoding_equals_full_forward(backbone):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_static_cache_decode_step_equals_full_forward(backbone, batch):
+    """decode_step, positions as a tensor on a cache longer than the sequence (its unwritten
+    slots hold stale values, masked): logits equal the full forward's, after a prefill by
+    decode_step (what a compiled pipeline runs) or by forward (its cache then continued)."""
+    from multimodal.modalities.text.head import LMHead
+
+    head = LMHead(backbone=backbone)
+    ids = torch.randint(0, backbone.vocab_size, (batch, 24))
+    with torch.no_grad():
+        full = head(backbone(ids))  # (b, n, v)
+        for prefill in ("decode_step", "forward"):
+            cache = backbone.new_kv_cache(batch, 40)
+            for buffer in cache.keys + cache.values:
+                buffer.normal_()  # stale values in every slot: only the mask keeps them out
+            if prefill == "decode_step":
+                steps = [head(backbone.decode_step(ids[:, :8], torch.arange(8), cache))]
+            else:
+                steps = [head(backbone(ids[:, :8], kv_cache=cache))]
+            steps.append(head(backbone.decode_step(ids[:, 8:13], torch.arange(8, 13), cache)))
+            position = torch.tensor([13])
+            for i in range(13, 24):  # one token at a time, the position advanced in place
+                steps.append(head(backbone.decode_step(ids[:, i : i + 1], position, cache)))
+                position += 1
+            torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4,
+                                       msg=lambda m, by=prefill: f"prefill by {by}: {m}")
+
+
 def test_causality(backbone):
     ids = torch.randint(0, backbone.vocab_size, (1, 12))
     changed = ids.clone()

@@ -40,9 +40,9 @@ class Block(nn.Module):
         # None when off: a no-op Dropout call still costs ~4% of decode time.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
-    def forward(self, x, cos, sin, kv_cache=None, layer=0):
-        """(b, n, d) -> (b, n, d)."""
-        attn = self.attn(self.attn_norm(x), cos, sin, kv_cache, layer)
+    def forward(self, x, cos, sin, kv_cache=None, layer=0, input_pos=None, attn_mask=None):
+        """(b, n, d) -> (b, n, d); the cache arguments as :meth:`Attention.forward` takes them."""
+        attn = self.attn(self.attn_norm(x), cos, sin, kv_cache, layer, input_pos, attn_mask)
         x = x + (self.dropout(attn) if self.dropout is not None else attn)
         mlp = self.mlp(self.mlp_norm(x))
         return x + (self.dropout(mlp) if self.dropout is not None else mlp)
@@ -152,6 +152,38 @@ class TransformerBackbone(nn.Module):
             x = block(x, cos, sin, kv_cache, i)
         if kv_cache is not None:
             kv_cache.pos += n
+        return self.norm(x)
+
+    def decode_step(self, input_ids: torch.Tensor, input_pos: torch.Tensor, kv_cache: KVCache,
+                    *, modality_id: int = 0) -> torch.Tensor:
+        """Run new tokens at positions given as a tensor, against ``kv_cache`` as a static cache.
+
+        What a decode loop calls after a prefill by :meth:`forward`: the keys and values are
+        written in place at ``input_pos`` and attention reads the whole cache, masking the
+        slots past each position, so that no shape and no Python number changes from one step
+        to the next and ``torch.compile`` compiles the step once (the static KV cache of
+        gpt-fast, https://github.com/pytorch-labs/gpt-fast). ``kv_cache.pos`` is neither read nor
+        advanced: the caller keeps the positions, and keeps them inside the cache and the
+        backbone's ``max_seq_len`` (not checked here, which would cost a device sync).
+
+        Args:
+            input_ids: Text token ids (b, n), int64.
+            input_pos: Their positions (n,), int64, consecutive; every earlier position is
+                already in the cache.
+            kv_cache: From :meth:`new_kv_cache`.
+            modality_id: Modality-type id of every position (default 0, text).
+
+        Returns:
+            Hidden states (b, n, d), after the final RMSNorm; equal to those of
+            :meth:`forward` up to float rounding.
+        """
+        x = self.tok_embeddings(input_ids) + self.modality_embeddings.weight[modality_id]
+        cos, sin = self.rotary.cos[input_pos], self.rotary.sin[input_pos]  # (n, e)
+        # the cache's length from its tensors: symbolic when a compiler marks it dynamic
+        slots = torch.arange(kv_cache.keys[0].shape[2], device=input_pos.device)
+        attn_mask = slots <= input_pos[:, None]  # (n, m): each sees itself and the earlier
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, kv_cache, i, input_pos, attn_mask)
         return self.norm(x)
 
     def new_kv_cache(self, batch_size: int, max_seq_len: int | None = None,

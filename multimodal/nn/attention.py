@@ -40,7 +40,8 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (b, h, n, e) queries or keys by (n, e) tables."""
+    """Rotate queries or keys by tables that broadcast against them: (b, h, n, e) by (n, e),
+    or (b, n, h, e) by (n, 1, e)."""
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
     if cos.dtype != x.dtype:  # bf16 autocast: the tables are fp32
@@ -82,6 +83,16 @@ class KVCache:
         self.values[layer][:, :, self.pos : end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (b, k, n, e) new keys/values at positions ``input_pos`` (n,) int64 and return
+        the whole (b, k, max_seq_len, e) buffers: shapes that do not change from step to step,
+        so a compiled decode step compiles once (the static cache of gpt-fast). ``pos`` is not
+        read or advanced; positions past the written ones must be masked by the caller."""
+        self.keys[layer].index_copy_(2, input_pos, k)
+        self.values[layer].index_copy_(2, input_pos, v)
+        return self.keys[layer], self.values[layer]
+
 
 class Attention(nn.Module):
     """Causal multi-head self-attention with rotary positions and grouped key/value heads.
@@ -109,22 +120,35 @@ class Attention(nn.Module):
         self.proj = nn.Linear(num_heads * self.head_dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        """(b, n, d) -> (b, n, d). With a cache, ``x`` holds the positions after ``kv_cache.pos``."""
+                kv_cache: KVCache | None = None, layer: int = 0,
+                input_pos: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(b, n, d) -> (b, n, d). With a cache, ``x`` holds the positions after ``kv_cache.pos``;
+        with ``input_pos`` (n,) too, the positions ``input_pos`` of the cache used as a static
+        one (:meth:`KVCache.write`), each attending to the slots where ``attn_mask`` (n, m) is
+        true. ``cos`` and ``sin`` are the (n, e) rotary tables of these positions."""
         b, n, _ = x.shape
+        h, kv = self.num_heads, self.num_kv_heads
         # Plain view/transpose rather than einops here: this runs once per layer per decoded
         # token, where einops' parsing overhead measured ~6% of decode time.
-        qkv = self.qkv(x).view(b, n, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
-        q, k, v = qkv.transpose(1, 2).split(
-            [self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)  # (b, h|k, n, e)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qkv = self.qkv(x).view(b, n, h + 2 * kv, self.head_dim)
+        # Queries and keys sit side by side in qkv: one rotation for both (half the small ops
+        # of a decode step's rotary), with the tables broadcast over heads.
+        qk = apply_rotary(qkv[:, :, : h + kv], cos[:, None], sin[:, None])  # (b, n, h+k, e)
+        q, k = qk.transpose(1, 2).split([h, kv], dim=1)  # (b, h|k, n, e)
+        v = qkv[:, :, h + kv :].transpose(1, 2)  # (b, k, n, e)
 
+        gqa = kv != h
+        dropout = self.dropout if self.training else 0.0
+        if input_pos is not None:  # static cache: every slot, those not written yet masked
+            k, v = kv_cache.write(layer, k, v, input_pos)  # (b, k, m, e)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                                 dropout_p=dropout, enable_gqa=gqa)
+            return self.proj(out.transpose(1, 2).reshape(b, n, -1))  # (b, n, h*e)
         past = 0
         if kv_cache is not None:
             past = kv_cache.pos
             k, v = kv_cache.update(layer, k, v)  # (b, k, m, e)
-        gqa = self.num_kv_heads != self.num_heads
-        dropout = self.dropout if self.training else 0.0
         if past == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1, dropout_p=dropout,
                                                  enable_gqa=gqa)
