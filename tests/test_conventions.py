@@ -578,6 +578,18 @@ def test_transformers_text_iterator_streamer(text_pipe):
     assert len(pieces) > 1 and "".join(pieces) == result["out"].texts[0]
 
 
+def test_text_streamer_with_several_samples_or_a_seed_and_generator_is_refused(text_pipe):
+    # transformers refuses a streamer for a batch; streaming sample 0 of several in silence
+    # would hide the others
+    with pytest.raises(InputError, match="one prompt and one sample"):
+        text_pipe("a", num_return_sequences=2, max_new_tokens=4,
+                  streamer=HFTextStreamer(text_pipe.tokenizer))
+    with pytest.raises(InputError, match="seed and a generator were both given"):
+        text_pipe("a", max_new_tokens=4, seed=1, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(InputError, match=r"prompt\[1\] must be a string"):
+        text_pipe(["a", 1], max_new_tokens=4)
+
+
 def test_own_streamer_follows_the_same_protocol(text_pipe):
     pieces = []
     out = text_pipe("The", max_new_tokens=12, seed=1,

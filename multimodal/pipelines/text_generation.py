@@ -14,7 +14,8 @@ import torch
 
 from multimodal.errors import InputError
 from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_int,
-                                       check_num_samples, check_seed, check_text, prompt_seed,
+                                       check_num_samples, check_prompts, check_seed,
+                                       check_seed_or_generator, check_text, prompt_seed,
                                        runtime_settings, seeded)
 from multimodal.pipelines.sampling import sample_next_token
 from multimodal.registry import pipelines
@@ -330,11 +331,12 @@ class TextGenerationPipeline(Pipeline):
                 (kept in the text, as transformers does).
             num_samples: Continuations of each prompt (>= 1).
             num_return_sequences: transformers' name of ``num_samples`` (give one of the two).
-            seed: Seed of the sampling generator (``generator`` wins when both are given).
+            seed: Seed of the sampling generator (not with ``generator``).
             stop_at_eos: Stop a sample at end-of-text.
             streamer: Receives the prompt's ids, then sample 0's tokens as they are made, as
                 tensors, then ``end()`` (transformers' ``put``/``end`` protocol: its
-                ``TextStreamer`` and ``TextIteratorStreamer`` work); one prompt only.
+                ``TextStreamer`` and ``TextIteratorStreamer`` work); one prompt and one sample
+                only.
 
         Returns:
             :class:`TextGenerationOutput`.
@@ -342,12 +344,8 @@ class TextGenerationPipeline(Pipeline):
         Raises:
             InputError: an argument outside the ranges above, or a prompt that is not a string.
         """
-        is_list = isinstance(prompt, (list, tuple))
-        prompts = list(prompt) if is_list else [prompt]
-        if not prompts:
-            raise InputError("prompt is an empty list; give at least one prompt")
+        prompts, is_list = check_prompts(prompt)
         for text in prompts:
-            check_text("prompt", text)
             policy_of(self).check(text, task="text-generation")
         if num_return_sequences is not None:
             if num_samples != 1 and num_samples != num_return_sequences:
@@ -377,10 +375,12 @@ class TextGenerationPipeline(Pipeline):
         for stop in stops:
             if not check_text("stop_strings", stop):
                 raise InputError("stop_strings: a stop string must not be empty")
-        if streamer is not None and is_list:
-            raise InputError("a streamer takes one prompt (transformers' streamers take batch "
-                             "size 1); give prompt as a string")
+        if streamer is not None and (is_list or num_samples > 1):
+            raise InputError("a streamer takes one prompt and one sample (transformers' "
+                             "streamers take batch size 1); give prompt as a string and "
+                             "num_samples / num_return_sequences 1")
         base = check_seed(seed)
+        check_seed_or_generator([base], generator)
         seeds: list[int | None] = [seed] if not is_list else \
             [None if base is None else prompt_seed(base, i) for i in range(len(prompts))]
         generators = []
