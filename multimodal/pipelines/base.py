@@ -207,6 +207,25 @@ def check_prompts(prompt: Any, name: str = "prompt") -> tuple[list[str], bool]:
     return [check_text(name, prompt)], False
 
 
+def locate_sample(prompt: str | list[str], counts: list[int] | None, index: int, total: int,
+                  noun: str = "sample") -> tuple[int | None, int, int]:
+    """Where output ``index`` of a call sits: ``(prompt index or None, sample within its
+    prompt, samples of that prompt)``; ``None`` and ``total`` for a call with one prompt
+    (``prompt`` a string), else found through ``counts``, the samples of each prompt.
+
+    Raises:
+        IndexError: ``index`` past the last sample, saying how many there are.
+    """
+    if not isinstance(prompt, list):
+        return None, index, total
+    start = 0
+    for group, count in enumerate(counts or []):
+        if index < start + count:
+            return group, index - start, count
+        start += count
+    raise IndexError(f"{noun} {index} of {start}")
+
+
 def per_prompt(name: str, value: Any, count: int) -> list | None:
     """``value`` as a list of one item per prompt when it is a list (tuple), else ``None``
     (one value for every prompt).

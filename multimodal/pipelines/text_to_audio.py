@@ -57,8 +57,8 @@ from multimodal.data.espeak import foreign_letters
 from multimodal.errors import InputError, excerpt
 from multimodal.pipelines.base import (Pipeline, check_bool, check_float, check_generators,
                                        check_num_samples, check_output_type, check_prompts,
-                                       check_seed, check_text, prompt_seed, runtime_settings,
-                                       samples_per_prompt, seeded)
+                                       check_seed, check_text, locate_sample, prompt_seed,
+                                       runtime_settings, samples_per_prompt, seeded)
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
 
@@ -114,18 +114,10 @@ class AudioGenerationOutput:
     output_type: str = "np"
     waveforms: list[np.ndarray] = field(default_factory=list, repr=False)
 
-    # Copied from multimodal.pipelines.text_to_image.ImageGenerationOutput._locate (images ->
-    # waveforms)
     def _locate(self, index: int) -> tuple[int | None, int, int]:
         """``(prompt index or None, sample within its prompt, waveforms of that prompt)``."""
-        if not isinstance(self.prompt, list):
-            return None, index, len(self.samples)
-        start = 0
-        for group, count in enumerate(self.num_waveforms_per_prompt):
-            if index < start + count:
-                return group, index - start, count
-            start += count
-        raise IndexError(f"waveform {index} of {start}")
+        return locate_sample(self.prompt, self.num_waveforms_per_prompt, index, len(self.samples),
+                             "waveform")
 
     def metadata(self, index: int) -> dict[str, Any]:
         """The settings of sample ``index`` (written next to its WAV)."""

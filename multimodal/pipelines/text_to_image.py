@@ -94,8 +94,8 @@ from multimodal.modalities.image.schedulers import make_scheduler
 from multimodal.pipelines.base import (Pipeline, check_bool, check_callable, check_float,
                                        check_generators, check_int, check_num_samples,
                                        check_output_type, check_prompts, check_seed,
-                                       check_text, initial_noise, per_prompt, prompt_seed,
-                                       runtime_settings, samples_per_prompt)
+                                       check_text, initial_noise, locate_sample, per_prompt,
+                                       prompt_seed, runtime_settings, samples_per_prompt)
 from multimodal.registry import pipelines
 from multimodal.safety import policy_of
 
@@ -174,14 +174,8 @@ class ImageGenerationOutput:
 
     def _locate(self, index: int) -> tuple[int | None, int, int]:
         """``(prompt index or None, sample within its prompt, images of that prompt)``."""
-        if not isinstance(self.prompt, list):
-            return None, index, len(self.samples)
-        start = 0
-        for group, count in enumerate(self.num_images_per_prompt):
-            if index < start + count:
-                return group, index - start, count
-            start += count
-        raise IndexError(f"image {index} of {start}")
+        return locate_sample(self.prompt, self.num_images_per_prompt, index, len(self.samples),
+                             "image")
 
     def metadata(self, index: int | None = None) -> dict[str, Any]:
         """The settings of sample ``index`` as written into its PNG (for a list call: its own

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from multimodal.modalities.video.vae import decode_video
 from multimodal.modalities.video.files import gif_timing, mp4_padding
 from multimodal.pipelines.base import (check_bool, check_float, check_generators, check_int,
-                                       check_output_type, check_text, initial_noise,
+                                       check_output_type, check_text, initial_noise, locate_sample,
                                        runtime_settings, samples_per_prompt)
 from multimodal.pipelines.text_to_image import (CALLBACK_TENSOR_INPUTS, DEFAULT_GUIDANCE,
                                                 DEFAULT_SCHEDULER, OUTPUT_TYPES,
@@ -115,18 +115,10 @@ class VideoGenerationOutput:
     output_type: str = "uint8"
     pixels: list[np.ndarray] = field(repr=False, default_factory=list)
 
-    # Copied from multimodal.pipelines.text_to_image.ImageGenerationOutput._locate (images ->
-    # videos)
     def _locate(self, index: int) -> tuple[int | None, int, int]:
         """``(prompt index or None, sample within its prompt, clips of that prompt)``."""
-        if not isinstance(self.prompt, list):
-            return None, index, len(self.samples)
-        start = 0
-        for group, count in enumerate(self.num_videos_per_prompt):
-            if index < start + count:
-                return group, index - start, count
-            start += count
-        raise IndexError(f"clip {index} of {start}")
+        return locate_sample(self.prompt, self.num_videos_per_prompt, index, len(self.samples),
+                             "clip")
 
     def metadata(self, index: int | None = None) -> dict[str, Any]:
         """The settings of sample ``index``, as written into its sidecar JSON.
