@@ -99,6 +99,23 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
         raise CheckpointError(f"cannot write checkpoint {path}: {reason}{where}") from None
 
 
+def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with every tensor that shares memory with an earlier one copied:
+    safetensors refuses shared tensors, and a tied head (GPT-2's ``lm_head`` is its token
+    embedding) names one tensor twice in a ``state_dict``. Loading writes the same values into
+    both names, so the tie holds."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for key, value in tensors.items():
+        where = (value.untyped_storage().data_ptr(), value.untyped_storage().nbytes())
+        if value.numel() and where in seen:
+            value = value.clone()
+        elif value.numel():
+            seen.add(where)
+        out[key] = value
+    return out
+
+
 def _save_checkpoint(path: Path, *, model, config, tokenizers, step, optimizer, trainer_state,
                      dtype, ema, extra_files, tokenizer_dtype) -> Path:
     """See :func:`save_checkpoint`."""
@@ -106,8 +123,9 @@ def _save_checkpoint(path: Path, *, model, config, tokenizers, step, optimizer, 
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         os.chmod(tmp, default_mode(directory=True))
-        weights = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
-                   .detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        weights = unshared({k: (v.to(dtype) if dtype is not None and v.is_floating_point()
+                                else v).detach().cpu().contiguous()
+                            for k, v in model.state_dict().items()})
         save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
         # Files a module needs beside its weights to be rebuilt (a transformers backbone's
         # config.json, a diffusers denoiser's), so a model loads after the folder it was read
@@ -116,7 +134,7 @@ def _save_checkpoint(path: Path, *, model, config, tokenizers, step, optimizer, 
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(data)
         if ema is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()},
+            save_file(unshared({k: v.detach().cpu().contiguous() for k, v in ema.items()}),
                       tmp / "ema.safetensors", metadata={"format": "pt"})
         _write_config_and_tokenizers(tmp, config, tokenizers, extra_files)
         if tokenizers and tokenizer_dtype is not None:

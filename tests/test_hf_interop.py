@@ -162,6 +162,23 @@ def test_train_on_an_hf_llama_folder_then_generate_without_it(folders, tmp_path)
     assert generated[0, prompt.shape[1]:].tolist() == output.token_ids[0]
 
 
+def test_a_tied_head_trains_saves_and_stays_tied(folders, tmp_path):
+    """GPT-2 ties its head to its token embedding: the state_dict names one tensor twice,
+    which safetensors refuses to write shared (the first checkpoint crashed, losing the run).
+    Each name is written, and the loaded model is tied again."""
+    from transformers import AutoModelForCausalLM
+
+    from multimodal.checkpoint import load_checkpoint
+    from multimodal.training.trainer import train
+
+    result = train(_hf_config(folders["gpt2"], tmp_path), out_dir=tmp_path / "run",
+                   progress=False)
+    hf = load_checkpoint(result["checkpoint"]).model.backbone.model
+    assert hf.lm_head.weight.data_ptr() == hf.get_input_embeddings().weight.data_ptr()
+    before = AutoModelForCausalLM.from_pretrained(folders["gpt2"], local_files_only=True)
+    assert not torch.equal(hf.lm_head.weight, before.lm_head.weight)  # it trained
+
+
 # -- out: our checkpoint as Hugging Face folders -------------------------------------------------
 @pytest.mark.parametrize("variant", ["tied", "gqa_untied"])
 def test_export_builtin_backbone_loads_in_transformers_with_the_same_logits(tmp_path, variant):
