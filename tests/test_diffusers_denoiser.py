@@ -234,8 +234,13 @@ def test_a_folder_that_is_not_a_diffusers_unet_is_named(tmp_path, vae_tokenizers
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("hello")
-    with pytest.raises(ConfigError, match=rf"{SECTION}.*not a diffusers model folder.*notes"):
+    with pytest.raises(ConfigError, match=rf"{SECTION}.*not a diffusers model folder.*notes"
+                                          r".*Accepted: a UNet2DConditionModel folder"):
         _build(empty, vae_tokenizers)
+    # a pipeline folder without model_index.json: pointed at its unet/
+    tiny_diffusers_denoiser(tmp_path / "pipe")  # writes pipe/unet/, no model_index.json
+    with pytest.raises(ConfigError, match=r"its UNet is probably .*pipe/unet"):
+        _build(tmp_path / "pipe", vae_tokenizers)
     with pytest.raises(ConfigError, match="denoiser folder not found"):
         _build(tmp_path / "missing", vae_tokenizers)
     with pytest.raises(ConfigError, match="is a file"):
@@ -248,7 +253,7 @@ def test_a_folder_that_is_not_a_diffusers_unet_is_named(tmp_path, vae_tokenizers
         _build(pickled, vae_tokenizers)
     # another model class: a VAE is no denoiser
     vae = tiny_diffusers_vae(tmp_path / "vae")
-    with pytest.raises(ConfigError, match="holds a AutoencoderKL, not a UNet2DConditionModel"):
+    with pytest.raises(ConfigError, match="holds an AutoencoderKL, not a UNet2DConditionModel"):
         _build(vae, vae_tokenizers)
 
 

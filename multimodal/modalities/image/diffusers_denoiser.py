@@ -77,8 +77,12 @@ def find_unet_folder(path: str | Path) -> Path:
         return folder / "unet"
     if not (folder / CONFIG_FILE).is_file():
         present = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
+        hint = (f"; its UNet is probably {folder / 'unet'}"
+                if (folder / "unet" / CONFIG_FILE).is_file() else "")
         raise ValueError(f"{folder} is not a diffusers model folder: it has no config.json "
-                         f"(it holds {present})")
+                         f"(it holds {present}){hint}. Accepted: a UNet2DConditionModel "
+                         f"folder (config.json + {WEIGHTS}.safetensors, as save_pretrained "
+                         "writes) or a pipeline folder (model_index.json + unet/)")
     return folder
 
 
@@ -99,7 +103,9 @@ def read_unet_config(folder: Path) -> dict[str, Any]:
                          f"{str(exc).splitlines()[0]}") from None
     kind = config.get("_class_name")
     if kind != UNET_CLASS:
-        raise ValueError(f"{folder} holds a {kind or 'model of unknown class'}, not a "
+        what = kind or "model of unknown class"
+        article = "an" if what[0].lower() in "aeiou" else "a"
+        raise ValueError(f"{folder} holds {article} {what}, not a "
                          f"{UNET_CLASS} (a denoiser conditioned by cross-attention, as Stable "
                          "Diffusion's unet/ folder)")
     return config

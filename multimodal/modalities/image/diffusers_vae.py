@@ -42,7 +42,9 @@ def _load_vae(folder: Path):
         raise ValueError(f"cannot read {config_file}: {str(exc).splitlines()[0]}") from None
     kind = config.get("_class_name")
     if kind != "AutoencoderKL":
-        raise ValueError(f"{folder} holds a {kind or 'model of unknown class'}, not an "
+        what = kind or "model of unknown class"
+        article = "an" if what[0].lower() in "aeiou" else "a"
+        raise ValueError(f"{folder} holds {article} {what}, not an "
                          "AutoencoderKL")
     if not (folder / "diffusion_pytorch_model.safetensors").is_file():
         raise ValueError(f"{folder} has no diffusion_pytorch_model.safetensors (pickle weights "
