@@ -595,6 +595,19 @@ class ParallelWaveGANGenerator(nn.Module):
         samples as the whole clip does (:meth:`stream`)."""
         return 1 + math.ceil((self.receptive_field - self.fold) / (2 * self.hop_length))
 
+    def _checked_noise(self, mel: torch.Tensor, noise: torch.Tensor | None,
+                       generator: torch.Generator | None) -> torch.Tensor:
+        """The (b, f * hop_length) input noise of :meth:`forward` and :meth:`stream`:
+        ``noise`` checked against ``mel``, or drawn from ``generator`` when None."""
+        check_mel(mel, self.mel_channels)
+        if noise is None:
+            b, _, frames = mel.shape
+            device = generator.device if generator is not None else mel.device
+            noise = torch.randn(b, frames * self.hop_length, generator=generator,
+                                device=device).to(mel.device)
+        check_audio(noise, mel, self.hop_length)
+        return noise
+
     @torch.no_grad()
     def stream(self, mel: torch.Tensor, *, noise: torch.Tensor | None = None,
                generator: torch.Generator | None = None,
@@ -617,13 +630,8 @@ class ParallelWaveGANGenerator(nn.Module):
         """
         if chunk_frames < 1:
             raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
-        check_mel(mel, self.mel_channels)
-        b, _, frames = mel.shape
-        if noise is None:
-            device = generator.device if generator is not None else mel.device
-            noise = torch.randn(b, frames * self.hop_length, generator=generator,
-                                device=device).to(mel.device)
-        check_audio(noise, mel, self.hop_length)
+        noise = self._checked_noise(mel, noise, generator)
+        frames = mel.shape[-1]
         hop, context = self.hop_length, self.context_frames
         for first in range(0, frames, chunk_frames):
             last = min(first + chunk_frames, frames)
@@ -647,13 +655,7 @@ class ParallelWaveGANGenerator(nn.Module):
         Raises:
             ValueError: a mel of the wrong shape or noise of the wrong length.
         """
-        check_mel(mel, self.mel_channels)
-        b, _, frames = mel.shape
-        if noise is None:
-            device = generator.device if generator is not None else mel.device
-            noise = torch.randn(b, frames * self.hop_length, generator=generator,
-                                device=device).to(mel.device)
-        check_audio(noise, mel, self.hop_length)
+        noise = self._checked_noise(mel, noise, generator)
         x = self.input(rearrange(noise, "b (n r) -> b r n", r=self.fold))  # (b, c, t / fold)
         cond = self.conditioning(mel)  # (b, l, gate, f)
         skip = 0
