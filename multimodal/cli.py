@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from multimodal.checkpoint import export_checkpoint
+from multimodal.checkpoint import export_checkpoint, find_checkpoint
 from multimodal.config import load_config
 from multimodal.demo import run_demo
 from multimodal.errors import InputError, MultimodalError, UnknownComponentError, did_you_mean
@@ -48,6 +48,7 @@ from multimodal.replay import replay
 from multimodal.safety import EXIT_BLOCKED, PromptBlockedError
 from multimodal.training.init_from import init_from_problems
 from multimodal.training.plan import memory_plan, parse_memory
+from multimodal.training.run_dir import run_dir
 from multimodal.training.trainer import resolve_device, train
 
 EXIT_USAGE = 2
@@ -220,7 +221,9 @@ def _cmd_train(args) -> int:
         if processes < 1:
             raise InputError(f"--processes must be at least 1, got {processes}")
         device = resolve_device(config.get("train", {}).get("device", "auto")).type
-        plan = memory_plan(config, processes=processes, device=device, memory=memory)
+        plan = memory_plan(config, processes=processes, device=device, memory=memory,
+                           checkpoint_dir=find_checkpoint(run_dir(config, args.out_dir))
+                           if args.resume else None)
         if os.environ.get("RANK", "0") == "0":
             print(plan.format())
         return 0 if plan.fits else 1

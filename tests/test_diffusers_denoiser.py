@@ -118,7 +118,7 @@ def _config(tmp_path, unet, vae, **train) -> dict:
 
 def test_trains_generates_and_loads_without_its_folder(tmp_path):
     from multimodal.pipelines import load_pipeline
-    from multimodal.training.trainer import Trainer
+    from multimodal.training.trainer import Trainer, train
 
     sources = tmp_path / "sources"
     unet = tiny_diffusers_denoiser(sources / "sd", sample_size=4, cross_attention_dim=24,
@@ -155,6 +155,12 @@ def test_trains_generates_and_loads_without_its_folder(tmp_path):
     replayed = again(["a vertical bar", "a square blob"], num_inference_steps=3,
                      guidance_scale=3.0, seed=0, progress=False)
     assert all(np.array_equal(a, b) for a, b in zip(out.images, replayed.images))
+    # and the run resumes without them (built from the checkpoint's files, as loading is)
+    config = trainer.config
+    longer = dict(config, train={**config["train"], "max_steps": 6})
+    resumed = train(longer, out_dir=tmp_path / "run", resume=True, allow_changes=["max_steps"],
+                    progress=False)
+    assert resumed["step"] == 6 and math.isfinite(resumed["loss"])
 
 
 def test_a_sharded_checkpoint_keeps_the_unets_files_too(tmp_path):

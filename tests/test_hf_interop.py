@@ -141,10 +141,15 @@ def test_train_on_an_hf_llama_folder_then_generate_without_it(folders, tmp_path)
     source = folders["root"] / "llama_copy"
     shutil.copytree(folders["llama"], source)
     before = AutoModelForCausalLM.from_pretrained(source, local_files_only=True)
-    result = train(_hf_config(source, tmp_path), out_dir=tmp_path / "run", progress=False)
+    config = _hf_config(source, tmp_path)
+    result = train(config, out_dir=tmp_path / "run", progress=False)
+    assert (Path(result["checkpoint"]) / "backbone" / "config.json").is_file()
+    shutil.rmtree(source)  # the checkpoint holds everything it needs: to resume, to generate
+    longer = dict(config, train={**config["train"], "max_steps": 6})
+    result = train(longer, out_dir=tmp_path / "run", resume=True, allow_changes=["max_steps"],
+                   progress=False, memory=10**9)  # (--memory: the plan must be made too)
     checkpoint = Path(result["checkpoint"])
-    assert (checkpoint / "backbone" / "config.json").is_file()
-    shutil.rmtree(source)  # the checkpoint holds everything it needs
+    assert result["step"] == 6
 
     pipe = load_pipeline("text-generation", checkpoint)
     trained = pipe.backbone.model.state_dict()
@@ -177,6 +182,27 @@ def test_a_tied_head_trains_saves_and_stays_tied(folders, tmp_path):
     assert hf.lm_head.weight.data_ptr() == hf.get_input_embeddings().weight.data_ptr()
     before = AutoModelForCausalLM.from_pretrained(folders["gpt2"], local_files_only=True)
     assert not torch.equal(hf.lm_head.weight, before.lm_head.weight)  # it trained
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_the_memory_plan_of_an_hf_backbone_is_within_30_percent_of_the_measured_peak(
+        folders, tmp_path, architecture):
+    """The plan builds the model on the meta device, where from_pretrained refuses to run and
+    transformers cannot read position values; it now plans HF backbones like our own (the
+    measurement as in tests/test_fsdp.py)."""
+    from multimodal.training.plan import memory_plan, peak_allocated
+    from multimodal.training.trainer import Trainer
+
+    config = _hf_config(folders[architecture], tmp_path, batch_size=8, max_steps=2)
+    plan = memory_plan(config)
+    trainer = Trainer(config, out_dir=tmp_path / "run", progress=False)
+    assert trainer.plan is not None  # the start-up check planned it too
+    weights = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+    _, peak = peak_allocated(lambda: [trainer.train_step() for _ in range(2)])
+    trainer.close()
+    measured = weights + peak
+    assert plan.params == weights and not plan.not_estimated
+    assert abs(plan.total - measured) / measured < 0.30, (plan.format(), measured)
 
 
 # -- out: our checkpoint as Hugging Face folders -------------------------------------------------

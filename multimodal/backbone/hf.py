@@ -91,6 +91,11 @@ def causal_lm_problem(config) -> str | None:
     return None
 
 
+def _building_on_meta() -> bool:
+    """Whether modules are being built on the ``meta`` device (``with torch.device("meta")``)."""
+    return torch.empty(0).device.type == "meta"
+
+
 class HFKVCache:
     """The key/value cache of an :class:`HFCausalLMBackbone`: a transformers ``DynamicCache``
     with the ``pos`` and ``max_seq_len`` the pipelines read (``pos`` advances by ``n`` in each
@@ -151,12 +156,18 @@ class HFCausalLMBackbone(nn.Module):
             if problem:
                 raise ValueError(f"{folder} cannot serve as the backbone: {problem}")
             check_safetensors(folder)
-            try:
-                self.model = AutoModelForCausalLM.from_pretrained(
-                    folder, local_files_only=True, use_safetensors=True, dtype=torch.float32)
-            except (OSError, ValueError, RuntimeError) as exc:
-                raise ValueError(f"cannot load the model in {folder}: "
-                                 f"{str(exc).splitlines()[0]}") from None
+            if _building_on_meta():
+                # shapes only (the memory plan builds the model on the meta device): the
+                # weights are not read, and from_pretrained refuses a meta context
+                self.model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            else:
+                try:
+                    self.model = AutoModelForCausalLM.from_pretrained(
+                        folder, local_files_only=True, use_safetensors=True,
+                        dtype=torch.float32)
+                except (OSError, ValueError, RuntimeError) as exc:
+                    raise ValueError(f"cannot load the model in {folder}: "
+                                     f"{str(exc).splitlines()[0]}") from None
             where = str(folder)
         config = self.model.config
         self.source = where
@@ -183,7 +194,7 @@ class HFCausalLMBackbone(nn.Module):
         self._cache_arg = "cache" if "cache" in parameters else "past_key_values"
         self.modality_embeddings = nn.Embedding(num_modalities, self.dim)
         nn.init.zeros_(self.modality_embeddings.weight)
-        if saved is None or not saved.is_file():
+        if (saved is None or not saved.is_file()) and not _building_on_meta():
             self._check_causal()
 
     @torch.no_grad()
@@ -250,10 +261,14 @@ class HFCausalLMBackbone(nn.Module):
         if start + n > limit:
             raise ValueError(f"sequence of {start + n} positions exceeds the backbone's "
                              f"max_seq_len ({limit})")
-        positions = torch.arange(start, start + n, device=x.device).expand(b, n)  # (b, n)
+        # positions are the model's default (start..start+n-1, from the cache's length): given
+        # explicitly, transformers would look for packed sequences in them on every call
+        if kv_cache is None and x.device.type == "meta":
+            # the memory plan's shapes-only pass: without a cache transformers reads the
+            # positions' values (looking for packed sequences), which meta tensors do not have
+            kv_cache = self.new_kv_cache(b)
         cache = {self._cache_arg: kv_cache.cache} if kv_cache is not None else {}
-        out = self.model.base_model(inputs_embeds=x, position_ids=positions,
-                                    use_cache=kv_cache is not None, **cache)
+        out = self.model.base_model(inputs_embeds=x, use_cache=kv_cache is not None, **cache)
         if kv_cache is not None:
             kv_cache.pos += n
         return out.last_hidden_state

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -167,13 +168,19 @@ class _PlannedTokenizer:
         return getattr(self._tokenizer, name)
 
 
-def build_planned_model(config: dict) -> nn.Module:
+def build_planned_model(config: dict, checkpoint_dir: Path | None = None) -> nn.Module:
     """The model of ``config`` on the ``meta`` device, frozen and adapted as the trainer
-    does (``train.freeze``, ``train.lora``)."""
+    does (``train.freeze``, ``train.lora``); of a run resumed from ``checkpoint_dir``, built
+    from that checkpoint's tokenizers and stored files, as the trainer builds it."""
+    # deferred: checkpoint.py imports the pipelines' modules; only a resumed plan reads one
+    from multimodal.checkpoint import load_tokenizers
+
     cfg = TrainConfig.from_config(config)
-    tokenizers = {k: _PlannedTokenizer(t) for k, t in build_tokenizers(config).items()}
+    built = (load_tokenizers(Path(checkpoint_dir), config) if checkpoint_dir is not None
+             else build_tokenizers(config))
+    tokenizers = {k: _PlannedTokenizer(t) for k, t in built.items()}
     with torch.device("meta"):
-        model = build_model(config, tokenizers, adapters=False)
+        model = build_model(config, tokenizers, adapters=False, checkpoint_dir=checkpoint_dir)
         if cfg.freeze:
             freeze(model, list(cfg.freeze))
         if cfg.lora is not None:
@@ -240,7 +247,8 @@ def _saved_activations(model: nn.Module, loss_fn) -> _Saved:
 
 
 def memory_plan(config: dict, *, processes: int = 1, device: str = "cpu",
-                memory: int | None = None, model: nn.Module | None = None) -> MemoryPlan:
+                memory: int | None = None, model: nn.Module | None = None,
+                checkpoint_dir: Path | None = None) -> MemoryPlan:
     """The memory one process of a run of ``config`` holds (see the module docstring).
 
     Args:
@@ -249,9 +257,11 @@ def memory_plan(config: dict, *, processes: int = 1, device: str = "cpu",
         device: ``"cpu"`` or ``"cuda"`` (bf16 compute under FSDP on CUDA).
         memory: Bytes one process may use, for ``fits`` and the largest batch.
         model: The model on ``meta`` (default: built from ``config``).
+        checkpoint_dir: The checkpoint a resumed run starts from: the model is built from
+            its tokenizers and stored files (a pretrained folder need not exist any more).
     """
     cfg = TrainConfig.from_config(config)
-    model = model if model is not None else build_planned_model(config)
+    model = model if model is not None else build_planned_model(config, checkpoint_dir)
     fsdp = cfg.strategy == "fsdp"
     shards = processes if fsdp else 1
     params = [p for p in model.parameters()]

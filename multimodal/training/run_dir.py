@@ -41,6 +41,12 @@ HARMLESS_CHANGES = frozenset({"eval_every", "log_every", "checkpoint_every", "ke
                               "compile", "strategy", "activation_checkpointing"})
 
 
+def run_dir(config: dict, out_dir: str | Path | None = None) -> Path:
+    """The run directory of ``config``: ``out_dir`` when given, else the config's
+    ``out_dir``, else ``runs/<task>``."""
+    return Path(out_dir or config.get("out_dir") or f"runs/{config.get('task', 'run')}")
+
+
 def check_fresh(out_dir: Path) -> None:
     """Refuse to start a new run in ``out_dir`` if it already holds checkpoints (complete or
     partial).

@@ -89,6 +89,7 @@ from multimodal.training.run_dir import (
     allowed_change_keys,
     check_fresh,
     resume_changes,
+    run_dir,
 )
 
 _SHARED_TOKENIZERS = ".tokenizers-shared"  # rank 0 hands its fitted tokenizers to the others
@@ -170,7 +171,7 @@ class Trainer:
         self.config = config
         self.cfg = TrainConfig.from_config(config)
         self.seed = int(config.get("seed", 0))
-        self.out_dir = Path(out_dir or config.get("out_dir") or f"runs/{config.get('task', 'run')}")
+        self.out_dir = run_dir(config, out_dir)
         self.progress = progress
         self.allow_changes = allowed_change_keys(allow_changes)
         if self.allow_changes and not resume:
@@ -180,13 +181,13 @@ class Trainer:
         self.lock: RunLock | None = None
         self._created_out_dir = False
         self._setup_device()
-        self._check_memory(memory)
+        self._check_memory(memory, resume)
         self._claim_out_dir(resume)
         try:
             resume_from, init_sources = self._resolve_start(resume)
             train_sets = self._setup_datasets()
             self._setup_tokenizers(resume_from, init_sources, train_sets)
-            self._setup_model(init_sources)
+            self._setup_model(init_sources, resume_from)
             self._setup_data(train_sets)
             self._setup_optimizer()
             self._setup_ema()
@@ -213,15 +214,19 @@ class Trainer:
             torch.set_num_threads(1)  # one thread per rank: ranks must not oversubscribe
         torch.manual_seed(self.seed)
 
-    def _check_memory(self, memory: int | None) -> None:
+    def _check_memory(self, memory: int | None, resume: bool = False) -> None:
         """Refuse, before any set-up, a run whose memory plan does not fit ``memory`` (or the
         device's memory), printing the plan."""
         local = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world_size))
         limit = memory if memory is not None else default_memory(self.device, local)
+        resumed = None
+        if resume:
+            with contextlib.suppress(CheckpointError):  # (--resume then says what is missing)
+                resumed = find_checkpoint(self.out_dir)
         try:
             self.plan: MemoryPlan | None = memory_plan(
                 self.config, processes=self.dist.world_size, device=self.device.type,
-                memory=limit)
+                memory=limit, checkpoint_dir=resumed)
         except Exception as exc:  # noqa: BLE001 - a plan the model cannot be probed for
             if memory is not None:  # asked for: say why there is none
                 raise TrainingError(f"--memory: no memory plan for this config: "
@@ -340,10 +345,13 @@ class Trainer:
             if self.dist.is_main:
                 shutil.rmtree(shared, ignore_errors=True)
 
-    def _setup_model(self, init_sources: list) -> None:
+    def _setup_model(self, init_sources: list, resume_from: Path | None = None) -> None:
         """Build the model, load ``init_from``, freeze, add LoRA adapters, start every rank
-        from the same weights."""
-        self.model = build_model(self.config, self.tokenizers, adapters=False).to(self.device)
+        from the same weights. A resumed run builds it from the files its checkpoint stored
+        (a pretrained folder's config, a diffusers UNet's): the folders it started from are not
+        read again, so a run resumes after they are gone."""
+        self.model = build_model(self.config, self.tokenizers, adapters=False,
+                                 checkpoint_dir=resume_from).to(self.device)
         if init_sources:
             load_weights(self.model, merge_init_weights(init_sources, self.model), adapt=True)
         if self.cfg.freeze:
