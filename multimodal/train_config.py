@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from multimodal.errors import did_you_mean, excerpt
-from multimodal.nn.lora import DEFAULT_LORA_MODULES
 
 Problems = list[tuple[str, str]]
 
@@ -35,13 +34,15 @@ class LoRASettings:
         dropout: Dropout on the adapter's input, in [0, 1) (default 0).
         modules: Regular expression over full module names (``backbone.blocks.0.attn.qkv``,
             ``decoders.image.net.transformer_blocks.0.attn1.to_q``, ...) of the linear layers
-            to adapt (default: every linear layer of the backbone's blocks).
+            to adapt (default ``None``: every linear layer of the backbone's blocks, of a
+            built-in or a transformers backbone alike; see
+            :func:`multimodal.nn.lora.default_lora_modules`).
     """
 
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    modules: str = DEFAULT_LORA_MODULES
+    modules: str | None = None
 
 
 @dataclass

@@ -500,6 +500,46 @@ def test_lora_on_an_hf_backbone_exports_as_a_peft_adapter(folders, tmp_path):
         assert (adapted(input_ids=ids).logits - ours).abs().max() <= LOGITS_ATOL
 
 
+@pytest.mark.parametrize("architecture,layers", [
+    ("llama", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}),
+    ("gpt2", {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"})])
+def test_lora_by_default_adapts_every_linear_layer_of_an_hf_backbones_layers(
+        folders, tmp_path, architecture, layers):
+    """train.lora without modules: the transformers model's decoder layers (GPT-2's Conv1D
+    ones too, transposed), not its embeddings or head; the adapter exports and loads in
+    peft, and merged, with the checkpoint's logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from multimodal.checkpoint import load_checkpoint
+    from multimodal.interop import export_hf
+    from multimodal.training.trainer import train
+
+    config = _hf_config(folders[architecture], tmp_path, max_steps=3, lr=3e-2,
+                        lora={"rank": 2, "alpha": 4})
+    checkpoint = train(config, out_dir=tmp_path / "run", progress=False)["checkpoint"]
+    loaded = load_checkpoint(checkpoint)
+    adapted = [n for n, m in loaded.model.named_modules() if hasattr(m, "lora_A")]
+    depth = loaded.model.backbone.depth
+    assert len(adapted) == depth * len(layers)
+    assert {n.split(".", 5)[-1] for n in adapted} == layers
+    trained = loaded.model.get_submodule(adapted[0]).lora_B["default"].weight
+    assert trained.abs().max() > 0  # B starts at zero: the adapters trained
+    ids = _ids(loaded.tokenizers["text"])
+    with torch.no_grad():
+        ours = loaded.model.decoders["text"](loaded.model.backbone(ids))
+    export_hf(checkpoint, tmp_path / "hf", lora=True)
+    export_hf(checkpoint, tmp_path / "merged")
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True)
+        adapter = PeftModel.from_pretrained(base, tmp_path / "hf" / "lora").eval()
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged",
+                                                      local_files_only=True).eval()
+        for model in (adapter, merged):
+            assert (model(input_ids=ids).logits - ours).abs().max() <= LOGITS_ATOL
+
+
 def test_export_in_the_multimodal_format_from_the_command_line(tmp_path):
     from multimodal.checkpoint import load_checkpoint
     from multimodal.cli import main

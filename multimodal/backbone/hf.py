@@ -24,6 +24,7 @@ Axes: b batch, n tokens, d width, v vocabulary.
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import torch
@@ -221,6 +222,19 @@ class HFCausalLMBackbone(nn.Module):
     def output_embeddings(self) -> nn.Module | None:
         """The model's LM head (a (v, d) linear layer, tied or not)."""
         return self.model.get_output_embeddings()
+
+    @property
+    def lora_modules(self) -> str:
+        """``train.lora``'s default (:mod:`multimodal.nn.lora`), by name inside the backbone:
+        every linear layer of the model's decoder layers (``model.model.layers.<i>.*`` of a
+        Llama, ``model.transformer.h.<i>.*`` of a GPT-2, whose ``Conv1D`` layers count as
+        linear), not the embeddings or the LM head."""
+        layers = max((m for m in self.model.modules() if isinstance(m, nn.ModuleList)),
+                     key=len, default=None)
+        name = next((n for n, m in self.model.named_modules() if m is layers), None)
+        if layers is None or name is None or len(layers) != self.depth:
+            return r"model\..+"  # (no layer list: every linear layer of the model)
+        return rf"model\.{re.escape(name)}\.\d+\..+"
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings (b, n, d) of text ids (b, n)."""

@@ -70,6 +70,9 @@ class TransformerBackbone(nn.Module):
     """
 
     injected_args = ("vocab_size",)
+    # train.lora's default (multimodal.nn.lora): every linear layer of the blocks, by name
+    # inside the backbone: attention q/k/v + output, the SwiGLU MLP
+    lora_modules = r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(w13|w2))"
 
     def __init__(self, *, vocab_size: int, dim: int = 256, depth: int = 6, num_heads: int = 8,
                  num_kv_heads: int | None = None, hidden_dim: int | None = None,

@@ -189,7 +189,10 @@ def _export_text(loaded: LoadedCheckpoint, tmp: Path, report: ExportReport, *, l
         lora_settings = (loaded.config.get("train") or {}).get("lora") or {}
         _write_adapter(tmp / "lora", adapter, rank=int(lora_settings.get("rank", 8)),
                        alpha=float(lora_settings.get("alpha", 16.0)),
-                       dropout=float(lora_settings.get("dropout", 0.0)))
+                       dropout=float(lora_settings.get("dropout", 0.0)),
+                       fan_in_fan_out=any(getattr(m, "fan_in_fan_out", False)
+                                          for n, m in adapted.items()
+                                          if n.startswith("backbone.")))
         report.parts["lora"] = (f"PEFT LoRA adapter: {len(adapter) // 2} matrices pairs on "
                                 f"{len({k.rsplit('.lora_', 1)[0] for k in adapter})} layers")
     if unexported:
@@ -346,15 +349,16 @@ def _fast_tokenizer(tokenizer):
 
 
 def _write_adapter(directory: Path, adapter: dict[str, torch.Tensor], *, rank: int,
-                   alpha: float, dropout: float) -> None:
-    """A PEFT LoRA adapter folder: ``adapter_config.json`` + ``adapter_model.safetensors``."""
+                   alpha: float, dropout: float, fan_in_fan_out: bool = False) -> None:
+    """A PEFT LoRA adapter folder: ``adapter_config.json`` + ``adapter_model.safetensors``
+    (``fan_in_fan_out`` for GPT-2's transposed ``Conv1D`` layers)."""
     # deferred: peft imports transformers (seconds), needed only for LoRA exports
     from peft import LoraConfig
 
     targets = sorted({k[len("base_model.model."):].rsplit(".lora_", 1)[0] for k in adapter})
     directory.mkdir()
     LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-               bias="none", task_type="CAUSAL_LM",
+               fan_in_fan_out=fan_in_fan_out, bias="none", task_type="CAUSAL_LM",
                base_model_name_or_path="..").save_pretrained(str(directory))
     save_file(adapter, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
 

@@ -22,12 +22,27 @@ import torch
 
 from multimodal.errors import ConfigError
 
-# Every linear layer of the backbone's blocks: attention q/k/v + output, the SwiGLU MLP.
-DEFAULT_LORA_MODULES = r"backbone\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(w13|w2))"
+# The default of a backbone that names none (its ``lora_modules``): every linear layer in it.
+DEFAULT_LORA_MODULES = r"backbone\..+"
+
+
+def is_linear(module: torch.nn.Module) -> bool:
+    """A layer LoRA can adapt: an ``nn.Linear``, or transformers' ``Conv1D`` (GPT-2's
+    linear layer, its weight stored (in, out): peft's ``fan_in_fan_out``)."""
+    return isinstance(module, torch.nn.Linear) or (
+        type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
+
+
+def default_lora_modules(model: torch.nn.Module) -> str:
+    """``train.lora.modules`` when a config leaves it out: the backbone's ``lora_modules``
+    (a pattern inside the backbone: every linear layer of its blocks or decoder layers),
+    under ``backbone.``."""
+    inside = getattr(getattr(model, "backbone", None), "lora_modules", None)
+    return rf"backbone\.{inside}" if inside else DEFAULT_LORA_MODULES
 
 
 def apply_lora(model: torch.nn.Module, *, rank: int = 8, alpha: float = 16.0,
-               dropout: float = 0.0, modules: str = DEFAULT_LORA_MODULES) -> list[str]:
+               dropout: float = 0.0, modules: str | None = None) -> list[str]:
     """Wrap the matching linear layers of ``model`` in LoRA layers, in place.
 
     Args:
@@ -36,8 +51,10 @@ def apply_lora(model: torch.nn.Module, *, rank: int = 8, alpha: float = 16.0,
         alpha: Scale numerator: the update is ``alpha / r * B A`` (default 16).
         dropout: Dropout on the adapter's input, in [0, 1) (default 0).
         modules: Regular expression over full module names (``backbone.blocks.0.attn.qkv``,
+            ``backbone.model.model.layers.0.self_attn.q_proj``,
             ``decoders.image.net.transformer_blocks.0.attn1.to_q``, ...) of the linear layers
-            to adapt (default: every linear layer of the backbone's blocks).
+            to adapt (default: :func:`default_lora_modules`, every linear layer of the
+            backbone's blocks, of a built-in or a transformers backbone alike).
 
     Returns:
         The names of the adapted layers.
@@ -48,16 +65,22 @@ def apply_lora(model: torch.nn.Module, *, rank: int = 8, alpha: float = 16.0,
     # Deferred: peft imports transformers (seconds), needed only when a config has train.lora.
     from peft import LoraConfig, inject_adapter_in_model
 
+    modules = modules if modules is not None else default_lora_modules(model)
     pattern = re.compile(modules)
     targets = [name for name, module in model.named_modules()
-               if isinstance(module, torch.nn.Linear) and pattern.fullmatch(name)]
+               if is_linear(module) and pattern.fullmatch(name)]
     if not targets:
-        linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        linear = [n for n, m in model.named_modules() if is_linear(m)]
         raise ConfigError(f"train.lora.modules {modules!r} matches no linear layer; "
                           f"linear layers: {', '.join(linear[:8])}"
                           + (f" and {len(linear) - 8} more" if len(linear) > 8 else ""))
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+    # GPT-2's Conv1D layers store their weight transposed; peft adapts them with
+    # fan_in_fan_out (set per layer: it corrects a mixed model itself)
+    conv1d = all(not isinstance(m, torch.nn.Linear) for n, m in model.named_modules()
+                 if n in set(targets))
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        fan_in_fan_out=conv1d)
     inject_adapter_in_model(config, model)
     # peft freezes everything but the adapters; only the adapted base weights should be.
     for name, param in model.named_parameters():
