@@ -36,7 +36,7 @@ from multimodal.demo import run_demo
 from multimodal.errors import InputError, MultimodalError, UnknownComponentError, did_you_mean
 from multimodal.evaluation import evaluate
 from multimodal.interop import export_hf
-from multimodal.io import OutputFiles, atomic_write_text
+from multimodal.io import OutputFiles, atomic_write_text, check_new_folder
 from multimodal.outputs import check_overwrite, output_stems, write_outputs
 from multimodal.pipelines import check_device, load_pipeline, prepare
 from multimodal.pipelines.base import DTYPES, check_compile, check_dtype
@@ -611,16 +611,16 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"output folder {out} exists and is not empty: refusing to overwrite "
-                         "it; give a new folder (or remove it)")
+    out = check_new_folder(args.out)
     if args.format == "hf":
         report = export_hf(args.checkpoint, out, lora=args.lora)
         for part, what in report.parts.items():
             print(f"{part}: {what}")
         for figure, value in report.measured.items():
             print(f"{figure}: {value:.3g}" if isinstance(value, float) else f"{figure}: {value}")
+        if report.not_exported:
+            print("not exported (no Hugging Face form; they stay in the checkpoint): "
+                  + ", ".join(report.not_exported))
     else:
         if args.lora:
             raise InputError("--lora applies to --format hf (the multimodal format keeps the "

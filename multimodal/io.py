@@ -34,6 +34,22 @@ def prepare_out_dir(out_dir: str | Path) -> Path:
     return out
 
 
+def check_new_folder(out: str | Path, what: str = "output folder") -> Path:
+    """``out`` as a folder to write whole: it must not exist, or be an empty folder.
+
+    Raises:
+        InputError: ``out`` is a file, or a folder that is not empty (nothing is overwritten).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{what} {out} is a file; give a folder that does not exist yet (or "
+                         "an empty one)")
+    if out.is_dir() and any(out.iterdir()):
+        raise InputError(f"{what} {out} exists and is not empty: refusing to overwrite it; "
+                         "give a new folder (or remove it)")
+    return out
+
+
 def existing_files(out_dir: str | Path, stems: list[str]) -> list[Path]:
     """The files in ``out_dir`` whose stem is one of ``stems`` (``000`` matches ``000.png``
     and ``000.json``), sorted; none when ``out_dir`` does not exist."""

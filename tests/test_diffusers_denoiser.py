@@ -83,6 +83,40 @@ def test_output_is_the_unets_own_forward(tmp_path, vae_tokenizers, cross_attenti
     assert decoder.latent_shape == (4, 8, 8) and decoder.size_multiple == 2
 
 
+@pytest.mark.parametrize("unet_args", [{"cross_attention_dim": WIDTH},
+                                       {"cross_attention_dim": 24},
+                                       {"cross_attention_dim": 24, "encoder_hid_dim": 16}],
+                         ids=["direct", "projected", "projected_twice"])
+def test_the_export_reads_the_backbones_states_as_the_decoder_does(tmp_path, vae_tokenizers,
+                                                                   unet_args):
+    """The exported UNet takes the backbone's states itself: the decoder's projection becomes
+    its encoder_hid_proj, composed with the UNet's own where it had one."""
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from multimodal.interop.hf_export import ExportReport, _export_unet
+
+    folder = tiny_diffusers_denoiser(tmp_path / "sd", scheduler={"beta_end": 0.015},
+                                     **unet_args)
+    decoder = _build(folder, vae_tokenizers).eval()
+    loaded = SimpleNamespace(model=SimpleNamespace(decoders={"image": decoder}))
+    report = ExportReport(out=tmp_path / "hf")
+    _export_unet(loaded, "image", tmp_path / "hf" / "unet", tmp_path / "hf" / "scheduler",
+                 report, part="unet")
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "hf" / "unet",
+                                                local_files_only=True).eval()
+    x_t, timesteps, context, mask = _inputs(WIDTH)
+    with torch.no_grad():
+        theirs = unet(x_t, timesteps, encoder_hidden_states=context,
+                      encoder_attention_mask=mask).sample
+        ours = decoder(x_t, timesteps, context, mask)
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)
+    assert report.measured["max |UNet output difference| (unet)"] <= 1e-5
+    scheduler = DDPMScheduler.from_pretrained(tmp_path / "hf" / "scheduler")
+    assert {k: scheduler.config[k] for k in decoder.noise_schedule} == decoder.noise_schedule
+
+
 def test_schedule_and_prediction_type_come_from_the_folders_scheduler(tmp_path, vae_tokenizers):
     schedule = {"num_train_timesteps": 500, "beta_start": 0.00085, "beta_end": 0.012,
                 "beta_schedule": "scaled_linear", "prediction_type": "v_prediction"}
@@ -161,6 +195,22 @@ def test_trains_generates_and_loads_without_its_folder(tmp_path):
     resumed = train(longer, out_dir=tmp_path / "run", resume=True, allow_changes=["max_steps"],
                     progress=False)
     assert resumed["step"] == 6 and math.isfinite(resumed["loss"])
+
+    # out: multimodal export --format hf writes the trained UNet (and the VAE) for diffusers,
+    # and says what it leaves out
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from multimodal.cli import main
+
+    assert main(["export", resumed["checkpoint"], str(tmp_path / "hf"), "--format", "hf"]) == 0
+    unet_out = UNet2DConditionModel.from_pretrained(tmp_path / "hf", subfolder="unet",
+                                                    local_files_only=True)
+    assert unet_out.config.encoder_hid_dim == WIDTH  # reads the backbone's states
+    scheduler = DDPMScheduler.from_pretrained(tmp_path / "hf", subfolder="scheduler")
+    assert scheduler.config.prediction_type == "v_prediction"
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "## Not exported" in card and "`tokenizers.text (byte_bpe)`" in card
+    assert "`backbone (transformer)`" in card  # (no text decoder: no transformers model)
 
 
 def test_a_sharded_checkpoint_keeps_the_unets_files_too(tmp_path):

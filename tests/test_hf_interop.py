@@ -254,6 +254,13 @@ def test_export_refuses_an_output_folder_that_is_not_empty(tmp_path, folders):
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
     assert main(["export", str(checkpoint), str(out), "--format", "hf"]) == 2
     assert not list(tmp_path.glob(".taken.tmp-*"))
+    a_file = tmp_path / "model.safetensors"
+    a_file.write_bytes(b"mine")
+    with pytest.raises(InputError, match="is a file; give a folder that does not exist"):
+        export_hf(checkpoint, a_file)
+    for format_ in ("hf", "multimodal"):
+        assert main(["export", str(checkpoint), str(a_file), "--format", format_]) == 2
+    assert a_file.read_bytes() == b"mine"
     (out / "mine.txt").unlink()  # an empty folder is taken
     export_hf(checkpoint, out)
     assert (out / "vae" / "config.json").is_file()
@@ -395,9 +402,14 @@ def test_export_our_trained_image_vae(tmp_path):
 
     checkpoint = train(tiny_image_config(train={"max_steps": 1}), out_dir=tmp_path / "run",
                        progress=False)["checkpoint"]
-    tok = load_checkpoint(checkpoint).tokenizers["image"]
+    loaded = load_checkpoint(checkpoint)
+    tok = loaded.tokenizers["image"]
     assert tok.shift_factor != 0 and tok.scaling_factor != 1  # measured when fitted
-    export_hf(checkpoint, tmp_path / "hf")
+    report = export_hf(checkpoint, tmp_path / "hf")
+    # our latent_unet is a diffusers UNet: it goes too, checked against the decoder
+    assert loaded.config["decoders"]["image"]["type"] == "latent_unet"
+    assert report.measured["max |UNet output difference| (unet)"] <= LATENTS_ATOL
+    assert (tmp_path / "hf" / "unet" / "config.json").is_file()
     vae = AutoencoderKL.from_pretrained(tmp_path / "hf", subfolder="vae", local_files_only=True)
     images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
     with torch.no_grad():

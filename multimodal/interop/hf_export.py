@@ -8,6 +8,12 @@ What ``OUT`` holds::
                                                               fast tokenizer
       vae/                   each image VAE tokenizer as a diffusers AutoencoderKL folder
                              (``<name>_vae/`` for tokenizers other than ``image``)
+      unet/ scheduler/       an image decoder built on a diffusers UNet2DConditionModel
+                             (``latent_unet``, ``diffusers_denoiser``) as a UNet folder that
+                             reads the backbone's states (a ``context_proj`` folded in as the
+                             UNet's ``encoder_hid_proj``), and its noise schedule as a
+                             DDPMScheduler config
+                             (``<name>_unet/``, ``<name>_scheduler/`` for other decoders)
       lora/                  with ``lora=True``: the LoRA adapters as a PEFT adapter folder
       README.md              the model card: config, data, measured figures
 
@@ -15,7 +21,10 @@ What ``OUT`` holds::
 ``AutoTokenizer.from_pretrained(OUT)`` its token ids, ``AutoencoderKL.from_pretrained(OUT,
 subfolder="vae")`` its latents (``(latent_dist.mean - shift_factor) * scaling_factor``), and
 ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(OUT), OUT / "lora")`` the
-adapted model. The export checks itself: it loads what it wrote with transformers, diffusers
+adapted model, ``UNet2DConditionModel.from_pretrained(OUT, subfolder="unet")`` the image
+decoder's predictions given the backbone's states of a prompt. What has no Hugging Face form (our
+own denoisers, the mel decoder, the vocoders, the captioner) is listed in the report and the model
+card, and stays in the multimodal checkpoint. The export checks itself: it loads what it wrote with transformers, diffusers
 and peft and compares logits, ids and latents with the checkpoint's (the differences are in the
 model card); a difference above the tolerance is an error and nothing is written.
 
@@ -29,7 +38,7 @@ without that row). An ``hf_causal_lm`` backbone is written as the transformers m
 with it, ``OUT`` holds the base weights and ``lora/`` the adapters.
 
 Writes are all-or-nothing: everything goes into a temporary sibling of ``OUT`` that is renamed
-into place when complete; an ``OUT`` that exists and is not empty is refused.
+into place when complete; an ``OUT`` that is a file, or a folder that is not empty, is refused.
 
 Axes: b batch, n tokens, d width, v vocabulary, r LoRA rank.
 """
@@ -54,7 +63,7 @@ from safetensors.torch import save_file
 from multimodal.checkpoint import LoadedCheckpoint, load_checkpoint
 from multimodal.config import dump_yaml
 from multimodal.errors import CheckpointError, InputError
-from multimodal.io import default_mode
+from multimodal.io import check_new_folder, default_mode
 from multimodal.modalities.text.tokenizer import EOS_TOKEN, PAD_TOKEN
 
 # Checked after writing: the largest |difference| allowed, relative to the largest |value|.
@@ -69,14 +78,18 @@ class ExportReport:
 
     Attributes:
         out: The folder written.
-        parts: ``{part: what it is}`` (``"text"``, ``"vae"``, ``"lora"``).
+        parts: ``{part: what it is}`` (``"text"``, ``"vae"``, ``"lora"``, ``"unet"``).
         measured: ``{figure: value}``: the round-trip differences (max |logits difference|,
-            max |latents difference|, whether the token ids matched).
+            max |latents difference|, max |UNet output difference|, whether the token ids
+            matched).
+        not_exported: The checkpoint's decoders and tokenizers that have no Hugging Face form
+            (``"decoders.audio (mel_decoder)"``, ...): they stay in the checkpoint.
     """
 
     out: Path
     parts: dict[str, str] = field(default_factory=dict)
     measured: dict[str, Any] = field(default_factory=dict)
+    not_exported: list[str] = field(default_factory=list)
 
 
 def export_hf(checkpoint: str | Path, out: str | Path, *, lora: bool = False) -> ExportReport:
@@ -92,13 +105,12 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, lora: bool = False) ->
         :class:`ExportReport`.
 
     Raises:
-        InputError: ``out`` exists and is not empty, ``lora`` for a checkpoint without LoRA
-            adapters, or a checkpoint with nothing these formats hold.
+        InputError: ``out`` is a file or a folder that is not empty, ``lora`` for a checkpoint
+            without LoRA adapters, or a checkpoint with nothing these formats hold.
         CheckpointError: the checkpoint cannot be loaded, its backbone has no transformers
             form, or the written folders do not reproduce it (a bug: nothing is left).
     """
-    out = Path(out)
-    _check_out(out)
+    out = check_new_folder(out)
     loaded = load_checkpoint(checkpoint)
     adapted = _adapted_modules(loaded.model)
     if lora and not adapted:
@@ -109,12 +121,28 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, lora: bool = False) ->
     report = ExportReport(out=out)
     try:
         decoders = loaded.model.decoders
+        exported = set()
         if "text" in decoders and "text" in loaded.tokenizers:
             _export_text(loaded, tmp, report, lora=lora, adapted=adapted)
+            exported |= {"decoders.text", "tokenizers.text"}
         for name, tok in loaded.tokenizers.items():
             if _is_autoencoder_kl(getattr(tok, "vae", None)):
                 _export_vae(tok, tmp / ("vae" if name == "image" else f"{name}_vae"), report,
                             part="vae" if name == "image" else f"{name}_vae")
+                exported.add(f"tokenizers.{name}")
+        for name, decoder in decoders.items():
+            if _is_diffusers_unet(getattr(decoder, "net", None)):  # latent_unet too
+                prefix = "" if name == "image" else f"{name}_"
+                _export_unet(loaded, name, tmp / f"{prefix}unet", tmp / f"{prefix}scheduler",
+                             report, part=f"{prefix}unet")
+                exported.add(f"decoders.{name}")
+        config = loaded.config
+        report.not_exported = [
+            f"{section}.{name} ({(config.get(section) or {}).get(name, {}).get('type', '?')})"
+            for section, names in (("decoders", decoders), ("tokenizers", loaded.tokenizers))
+            for name in names if f"{section}.{name}" not in exported]
+        if "decoders.text" not in exported:  # the backbone goes with the text model only
+            report.not_exported.insert(0, f"backbone ({config['backbone'].get('type', '?')})")
         if not report.parts:
             raise InputError(f"checkpoint {loaded.path} has neither a text decoder with its "
                              "tokenizer nor an image VAE: nothing to export as Hugging Face "
@@ -122,7 +150,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, lora: bool = False) ->
         (tmp / "README.md").write_text(model_card(loaded, report), encoding="utf-8")
         for f in [tmp, *tmp.rglob("*")]:  # safetensors writes 0600 files
             os.chmod(f, default_mode(directory=f.is_dir()))
-        _check_out(out)  # nothing appeared there while this ran
+        check_new_folder(out)  # nothing appeared there while this ran
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -133,14 +161,12 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, lora: bool = False) ->
     return report
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"output folder {out} exists and is not empty: refusing to overwrite "
-                         "it; give a new folder (or remove it)")
-
-
 def _is_autoencoder_kl(module: Any) -> bool:
     return type(module).__name__ == "AutoencoderKL"
+
+
+def _is_diffusers_unet(module: Any) -> bool:
+    return type(module).__name__ == "UNet2DConditionModel"
 
 
 def _adapted_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -299,6 +325,25 @@ def _llama_from_backbone(loaded, backbone, head, tokenizer, *, merged: bool):
     return model.eval(), {k: v.detach().float().clone() for k, v in adapter.items()}
 
 
+def _plain_state_dict(module: torch.nn.Module, *, merged: bool
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``module``'s state dict without peft's wrapping (its LoRA updates merged into the
+    weights when ``merged``), and its adapters as PEFT adapter tensors."""
+    state: dict[str, torch.Tensor] = {}
+    for key, value in module.state_dict().items():
+        if ".lora_" in key or ".base_layer." in key:
+            continue
+        state[key] = value.detach()
+    adapter: dict[str, torch.Tensor] = {}
+    for name, layer in _adapted_modules(module).items():
+        state[f"{name}.weight"] = _linear_weight(layer, merged=merged)
+        if getattr(layer.base_layer, "bias", None) is not None:
+            state[f"{name}.bias"] = layer.base_layer.bias.detach()
+        adapter[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A["default"].weight.detach()
+        adapter[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B["default"].weight.detach()
+    return state, adapter
+
+
 def _clean_hf_model(backbone, head, *, merged: bool):
     """The ``hf_causal_lm`` backbone's transformers model without peft's wrapping (adapters
     merged when ``merged``), and its PEFT adapter tensors."""
@@ -309,19 +354,7 @@ def _clean_hf_model(backbone, head, *, merged: bool):
     if float(backbone.modality_embeddings.weight.detach()[0].abs().max()) != 0.0:
         raise CheckpointError("the text row of the backbone's modality embedding is not zero, "
                               "so the transformers model alone does not give its text logits")
-    layers = _adapted_modules(inner)
-    state: dict[str, torch.Tensor] = {}
-    for key, value in inner.state_dict().items():
-        if ".lora_" in key or ".base_layer." in key:
-            continue
-        state[key] = value.detach()
-    adapter: dict[str, torch.Tensor] = {}
-    for name, module in layers.items():
-        state[f"{name}.weight"] = _linear_weight(module, merged=merged)
-        if getattr(module.base_layer, "bias", None) is not None:
-            state[f"{name}.bias"] = module.base_layer.bias.detach()
-        adapter[f"base_model.model.{name}.lora_A.weight"] = module.lora_A["default"].weight.detach()
-        adapter[f"base_model.model.{name}.lora_B.weight"] = module.lora_B["default"].weight.detach()
+    state, adapter = _plain_state_dict(inner, merged=merged)
     model = AutoModelForCausalLM.from_config(copy.deepcopy(inner.config), dtype=torch.float32)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {k for k in missing if k == "lm_head.weight"} if inner.config.tie_word_embeddings \
@@ -392,6 +425,72 @@ def _export_vae(tok, directory: Path, report: ExportReport, *, part: str) -> Non
                           f"{tok.scaling_factor:.4g}, shift_factor {tok.shift_factor:.4g})")
 
 
+# -- the image denoiser (a diffusers UNet) -------------------------------------------------------
+def _export_unet(loaded: LoadedCheckpoint, name: str, directory: Path, scheduler_dir: Path,
+                 report: ExportReport, *, part: str) -> None:
+    """A decoder built on a UNet2DConditionModel (``latent_unet``, ``diffusers_denoiser``) as
+    a UNet folder that reads the backbone's states (b, n, d) itself, and its noise schedule as a
+    DDPMScheduler folder. A ``latent_unet`` with ``pooled_conditioning`` also reads
+    ``class_labels``: the state of the prompt's last real token (b, d).
+
+    A ``diffusers_denoiser``'s ``context_proj`` (d -> the UNet's conditioning width), where it has one,
+    becomes the UNet's ``encoder_hid_proj`` (``encoder_hid_dim_type: text_proj``); where the
+    UNet already had one (w -> its cross-attention width) the two linear maps are composed into
+    one. LoRA adapters of the UNet are merged.
+    """
+    # deferred: diffusers takes ~1.5 s to import; only this export needs it
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    decoder = loaded.model.decoders[name]
+    net, proj = decoder.net, getattr(decoder, "context_proj", None)
+    width = int(getattr(decoder, "backbone_width", None) or net.config.cross_attention_dim)
+    pooled = bool(getattr(decoder, "pooled_conditioning", False))
+    config = {k: v for k, v in net.config.items() if not k.startswith("_")}
+    state, _ = _plain_state_dict(net, merged=True)
+    state = {k: v.float().cpu() for k, v in state.items()}
+    if proj is not None:
+        weight, bias = proj.weight.detach().float().cpu(), proj.bias.detach().float().cpu()
+        if "encoder_hid_proj.weight" in state:  # the UNet's own text_proj after ours
+            outer_w, outer_b = state["encoder_hid_proj.weight"], state["encoder_hid_proj.bias"]
+            weight, bias = outer_w @ weight, outer_w @ bias + outer_b
+        state["encoder_hid_proj.weight"], state["encoder_hid_proj.bias"] = weight, bias
+        config.update(encoder_hid_dim=width, encoder_hid_dim_type="text_proj")
+    unet = UNet2DConditionModel.from_config(config)
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"decoders.{name}'s weights do not fit a fresh "
+                              f"UNet2DConditionModel: missing {sorted(missing)[:4]}, "
+                              f"unexpected {sorted(unexpected)[:4]}")
+    unet.save_pretrained(str(directory), safe_serialization=True)
+    DDPMScheduler(**decoder.noise_schedule).save_pretrained(str(scheduler_dir))
+
+    # The check: the folder, read back by diffusers, predicts what the decoder predicts.
+    generator = torch.Generator().manual_seed(0)
+    x_t = torch.randn(2, *decoder.latent_shape, generator=generator)  # (b, l, y, x)
+    timesteps = torch.tensor([10, decoder.num_train_timesteps - 1])  # (b,)
+    context = torch.randn(2, 5, width, generator=generator)  # (b, n, d)
+    theirs_unet = UNet2DConditionModel.from_pretrained(str(directory), local_files_only=True,
+                                                       torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        ours = decoder(x_t, timesteps, context).float()
+        theirs = theirs_unet(x_t, timesteps, encoder_hidden_states=context,
+                             class_labels=context[:, -1] if pooled else None).sample
+    diff = float((ours - theirs).abs().max())
+    report.measured[f"max |UNet output difference| ({part})"] = diff
+    if diff > LATENTS_RTOL * max(1.0, float(ours.abs().max())):
+        raise CheckpointError(f"the exported UNet's predictions differ from decoders.{name}'s "
+                              f"by {diff:.3g}; nothing was written")
+    folded = " (its context projection folded into encoder_hid_proj)" if proj is not None else ""
+    report.parts[part] = (f"UNet2DConditionModel ({sum(p.numel() for p in unet.parameters()):,} "
+                          f"parameters), reads the backbone's states of width "
+                          f"{width}{folded}"
+                          + ("; class_labels: the state of the prompt's last real token"
+                             if pooled else "")
+                          + f"; predicts {decoder.prediction_type} "
+                          f"of {tuple(decoder.latent_shape)} latents; its noise schedule in "
+                          f"`{scheduler_dir.name}/`")
+
+
 # -- the model card ------------------------------------------------------------------------------
 def _recorded_figures(loaded: LoadedCheckpoint) -> dict[str, str]:
     """The last value of each metric the run logged up to this checkpoint's step
@@ -453,6 +552,13 @@ def model_card(loaded: LoadedCheckpoint, report: ExportReport) -> str:
                       f"vae = AutoencoderKL.from_pretrained(OUT, subfolder=\"{part}\")",
                       "latents = (vae.encode(images).latent_dist.mean - "
                       "vae.config.shift_factor) * vae.config.scaling_factor"]
+        if part.endswith("unet"):
+            scheduler = part[:-len("unet")] + "scheduler"
+            lines += ["from diffusers import DDPMScheduler, UNet2DConditionModel",
+                      f"unet = UNet2DConditionModel.from_pretrained(OUT, subfolder=\"{part}\")",
+                      f"scheduler = DDPMScheduler.from_pretrained(OUT, subfolder=\"{scheduler}\")",
+                      "# states: the backbone's final hidden states of the prompt (b, n, d)",
+                      "prediction = unet(latents, t, encoder_hidden_states=states).sample"]
     lines += ["```", "", "Text prompts start with the end-of-text token (it separates the "
               "training documents), as `multimodal generate text-generation` does.", "",
               "## Measured", "", "Checked when exported (the folders read back by "
@@ -465,6 +571,10 @@ def model_card(loaded: LoadedCheckpoint, report: ExportReport) -> str:
         lines += ["", "Recorded by the training run up to this step:", "",
                   "| metric | value |", "|---|---|"]
         lines += [f"| {key} | {value} |" for key, value in figures.items()]
+    if report.not_exported:
+        lines += ["", "## Not exported", "", "These parts have no Hugging Face form; they stay in "
+                  "the `multimodal` checkpoint (`multimodal generate --checkpoint ...`):", ""]
+        lines += [f"- `{part}`" for part in report.not_exported]
     lines += ["", "## Data", "", "```yaml", dump_yaml({"data": config.get("data") or {}}).strip(),
               "```", "", "## Config", "", "```yaml", dump_yaml(config).strip(), "```", ""]
     return "\n".join(lines)
