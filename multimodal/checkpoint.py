@@ -456,7 +456,8 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
     """Rebuild the model and tokenizers saved in a checkpoint (or a run's newest one).
 
     With ``ema`` (default) the EMA weights are loaded where the checkpoint has them
-    (``ema.safetensors``, from ``train.ema_decay``); else the raw weights.
+    (``ema.safetensors``, or the ``ema.*`` shards of a sharded checkpoint, from
+    ``train.ema_decay``); else the raw weights.
 
     Raises:
         CheckpointError: missing, partial or incompatible checkpoint (see :func:`find_checkpoint`
@@ -471,7 +472,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path}: cannot build its model: {exc}") from None
     if is_sharded(path):  # converted in memory: read every shard into the whole model
-        load_weights(model, sharded_model_weights(path))
+        load_weights(model, sharded_model_weights(path, ema=ema))
     else:
         load_weights(model, generation_weights(path) if ema else path / "model.safetensors")
     model.to(device).eval()
@@ -760,19 +761,27 @@ def read_sharded(path: Path, template: dict[str, torch.Tensor]) -> None:
         raise CheckpointError(f"cannot read sharded checkpoint {path}: {exc}") from None
 
 
-def sharded_model_weights(path: Path) -> dict[str, torch.Tensor]:
+def sharded_model_weights(path: Path, *, ema: bool = False) -> dict[str, torch.Tensor]:
     """The whole model weights of sharded checkpoint ``path`` (``{name: tensor}``, as
-    ``model.safetensors`` would hold them)."""
+    ``model.safetensors`` would hold them); with ``ema``, its EMA weights in place of the
+    parameters where it has them (as ``ema.safetensors`` would hold them)."""
     saved = sharded_keys(path)
     template = {}
     with safe_open(str(next((path / SHARDED_DIR).glob("*.safetensors"))), framework="pt") as f:
         dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
     for key, shape in saved.items():
-        if key.startswith("model."):
+        if key.startswith("model.") or (ema and key.startswith("ema.")):
             dtype = _SAFETENSORS_DTYPES.get(dtypes.get(key, "F32"), torch.float32)
             template[key] = torch.empty(shape, dtype=dtype)
     read_sharded(path, template)
-    return {k[len("model."):]: v for k, v in template.items()}
+    weights = {k[len("model."):]: v for k, v in template.items() if k.startswith("model.")}
+    weights.update({k[len("ema."):]: v for k, v in template.items() if k.startswith("ema.")})
+    return weights
+
+
+def has_sharded_ema(path: Path) -> bool:
+    """Whether sharded checkpoint ``path`` holds EMA weights (``train.ema_decay``)."""
+    return any(key.startswith("ema.") for key in sharded_keys(path))
 
 
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -782,7 +791,8 @@ _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch
 
 def consolidate_checkpoint(source: str | Path, destination: str | Path) -> Path:
     """Convert a sharded checkpoint (or a run's newest) into the single-folder format
-    (``model.safetensors``, the config, the tokenizers; no optimizer state), for generation
+    (``model.safetensors``, ``ema.safetensors`` where it has EMA weights, the config, the
+    tokenizers; no optimizer state), for generation
     and for tools that read that format. One process, no ``torchrun``.
 
     Raises:
@@ -792,9 +802,11 @@ def consolidate_checkpoint(source: str | Path, destination: str | Path) -> Path:
     if not is_sharded(path):
         raise CheckpointError(f"{path} is not a sharded checkpoint (it holds "
                               "model.safetensors already)")
-    loaded = load_checkpoint(path)
+    loaded = load_checkpoint(path, ema=False)
     blocklist = loaded.path / CHECKPOINT_BLOCKLIST
     return save_checkpoint(destination, model=loaded.model, config=loaded.config,
                            tokenizers=loaded.tokenizers, step=loaded.meta.get("step", 0),
+                           ema=sharded_model_weights(path, ema=True)
+                           if has_sharded_ema(path) else None,
                            extra_files={CHECKPOINT_BLOCKLIST: blocklist.read_bytes()}
                            if blocklist.is_file() else None)

@@ -95,8 +95,9 @@ class TrainConfig:
             a whole copy of the model on every process and averages the gradients;
             ``"fsdp"`` shards parameters, gradients and optimizer state over the processes
             (PyTorch's FSDP2 ``fully_shard``; bf16 compute with fp32 gradient reductions on
-            CUDA with ``precision: bf16``) and writes sharded checkpoints. ``"fsdp"`` needs
-            ``torchrun`` (any ``--nproc_per_node``, 1 included).
+            CUDA with ``precision: bf16``) and writes sharded checkpoints, EMA weights sharded
+            as the parameters are; ``compile`` compiles the backbone after sharding.
+            ``"fsdp"`` needs ``torchrun`` (any ``--nproc_per_node``, 1 included).
         activation_checkpointing: Keep only each repeated block's input during the forward
             pass and recompute the rest in the backward pass (``torch.utils.checkpoint``,
             non-reentrant): less activation memory for about one more forward of compute.
@@ -226,15 +227,6 @@ def train_problems(config: dict) -> Problems:
         problems.append(("train.sampling", "'train.sampling' rests every modality (all 0); give "
                                            "at least one a share above 0"))
     problems += _lora_problems(section.get("lora"))
-    if section.get("strategy") == "fsdp":
-        for key, value, why in (
-                ("ema_decay", section.get("ema_decay"), "the EMA copy is not sharded yet"),
-                ("compile", section.get("compile"), "the backbone is compiled before it is "
-                                                    "sharded; not supported yet")):
-            if value not in (None, False):
-                problems.append((f"train.{key}", f"'train.{key}' does not work with "
-                                                 f"'train.strategy: fsdp' ({why}); remove it, "
-                                                 "or use strategy ddp"))
     return problems
 
 

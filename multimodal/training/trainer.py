@@ -363,8 +363,6 @@ class Trainer:
             raise ConfigError("train.freeze leaves nothing to train; freeze less, or add "
                               "train.lora adapters")
         self.dist.broadcast_(list(self.model.state_dict().values()))  # start identical
-        if self.cfg.compile:
-            self.model.backbone.compile(dynamic=False)  # in place: state_dict keys unchanged
         if self.cfg.activation_checkpointing:
             apply_activation_checkpointing(self.model)
         self.runner = None  # strategy fsdp: the root unit every loss is computed through
@@ -372,6 +370,8 @@ class Trainer:
             self.runner = shard_model(self.model, device=self.device,
                                       world_size=self.dist.world_size,
                                       precision=self.cfg.precision)
+        if self.cfg.compile:  # after sharding: FSDP2's hooks stay outside the compiled code
+            self.model.backbone.compile(dynamic=False)  # in place: state_dict keys unchanged
 
     def _setup_data(self, train_sets: dict) -> None:
         """Each training modality's prepared data, and its validation data where it has
@@ -446,8 +446,10 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         file = path / "ema.safetensors"
-        if self.ema is not None and not file.is_file():
-            raise CheckpointError(f"--resume: {path} has no ema.safetensors, but "
+        has_ema = (any(k.startswith("ema.") for k in sharded_keys(path)) if is_sharded(path)
+                   else file.is_file())
+        if self.ema is not None and not has_ema:
+            raise CheckpointError(f"--resume: {path} has no EMA weights, but "
                                   "train.ema_decay is set; resume with the same config")
         if is_sharded(path):
             with self._naming_fallback(path):
@@ -603,6 +605,9 @@ class Trainer:
         path = self.out_dir / "checkpoints" / f"step_{self.step:06d}"
         names = {id(p): n for n, p in self.model.named_parameters()}
         state = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self.ema is not None:  # sharded as the parameters are
+            state.update({f"ema.{name}": shadow for (name, _), shadow in
+                          zip(self.model.named_parameters(), self.ema.shadow_params)})
         for p, values in self.optimizer.state.items():
             state.update({f"optim.{names[id(p)]}.{k}": v for k, v in values.items()
                           if torch.is_tensor(v)})
@@ -631,11 +636,13 @@ class Trainer:
         return path
 
     def _resume_sharded(self, path: Path) -> None:
-        """Restore the weights and optimizer state of a sharded checkpoint, written by any
-        number of processes, into this run (sharded or not)."""
+        """Restore the weights, optimizer state and EMA weights of a sharded checkpoint,
+        written by any number of processes, into this run (sharded or not)."""
         saved = sharded_keys(path)
         names = dict(self.model.named_parameters())
         template = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self.ema is not None:
+            template.update({f"ema.{name}": torch.empty_like(p) for name, p in names.items()})
         optim: dict[str, dict[str, torch.Tensor]] = {}
         for name, p in names.items():
             keys = [k for k in (f"optim.{name}.step", f"optim.{name}.exp_avg",
@@ -652,11 +659,15 @@ class Trainer:
                                     if k.startswith("model.")})
         for name, values in optim.items():
             self.optimizer.state[names[name]] = values
+        if self.ema is not None:
+            self.ema.shadow_params = [template[f"ema.{name}"] for name in names]
         state = read_trainer_state(path)
         for group, saved_group in zip(self.optimizer.param_groups, state.get("param_groups", [])):
             group.update({k: (tuple(v) if k == "betas" else v)
                           for k, v in saved_group.items() if k != "params"})
         self.step = int(state["step"])
+        if self.ema is not None:
+            self.ema.optimization_step = self.step
 
     def preview(self, checkpoint: Path) -> None:
         """Generate from ``train.preview_prompts`` with the checkpoint just written, through the
